@@ -1,0 +1,2 @@
+"""Settlement on Ethereum (DESIGN §8): contract bindings, the chain view and
+the oracle's epoch settlement."""

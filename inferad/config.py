@@ -1,0 +1,108 @@
+"""Node configuration: a commented TOML file with a default for every key.
+
+``inferad init`` writes :data:`TEMPLATE`, so an operator reads every setting,
+its meaning and its default in their own home; a missing key means the
+default, an unknown or mistyped one is an error that names the file and key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TEMPLATE = """\
+# inferad node configuration.  Every key is optional: the value shown is the
+# default.  Command-line flags override what is set here.
+
+[node]
+# libp2p listen addresses (TCP; Noise encryption, Yamux multiplexing).
+# Port 0 picks a free port; the chosen one is written to node.json.
+listen = ["/ip4/0.0.0.0/tcp/4001"]
+
+[engine]
+# Models to serve: catalog names (see `inferad models --catalog`) or GGUF paths.
+models = ["gemma-3-270m"]
+# Context window in tokens; prompt + max_tokens must fit in it.
+n_ctx = 2048
+# CPU threads for llama.cpp; 0 means one per core.
+n_threads = 0
+# Layers offloaded to the GPU when llama-cpp-python was built with CUDA
+# (-1 = all, 0 = CPU only).
+n_gpu_layers = -1
+# Largest max_tokens a job may ask for.
+max_tokens = 1024
+# Jobs waiting for the engine beyond the running one; more are refused "busy".
+queue_size = 8
+
+[limits]
+# Largest stream frame accepted, in bytes; longer frames reset the stream.
+max_frame = 1048576
+# Longest lifetime a job may declare (expires_at - created_at), in seconds.
+max_job_ttl = 600
+# Tolerated clock difference with clients, in seconds.
+clock_skew = 60
+# Seconds a peer has to send its whole request before the stream is reset.
+request_timeout = 10
+"""
+
+
+class ConfigError(Exception):
+    """The configuration file is unreadable or holds a bad value; the message says which."""
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
+    models: tuple[str, ...] = ("gemma-3-270m",)
+    n_ctx: int = 2048
+    n_threads: int = 0
+    n_gpu_layers: int = -1
+    max_tokens: int = 1024
+    queue_size: int = 8
+    max_frame: int = 1 << 20
+    max_job_ttl: int = 600
+    clock_skew: int = 60
+    request_timeout: int = 10
+
+    def with_overrides(self, **overrides: Any) -> Config:
+        """A copy with the given settings replaced; ``None`` values are ignored."""
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+SECTIONS = {
+    "node": ("listen",),
+    "engine": ("models", "n_ctx", "n_threads", "n_gpu_layers", "max_tokens", "queue_size"),
+    "limits": ("max_frame", "max_job_ttl", "clock_skew", "request_timeout"),
+}
+
+
+def load_config(path: Path) -> Config:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        return Config()
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+    defaults = Config()
+    values: dict[str, Any] = {}
+    for section, table in data.items():
+        if section not in SECTIONS or not isinstance(table, dict):
+            raise ConfigError(f"{path}: unknown section [{section}]")
+        for key, value in table.items():
+            if key not in SECTIONS[section]:
+                raise ConfigError(f"{path}: unknown key {section}.{key}")
+            values[key] = _coerce(path, f"{section}.{key}", getattr(defaults, key), value)
+    return dataclasses.replace(defaults, **values)
+
+
+def _coerce(path: Path, name: str, default: Any, value: Any) -> Any:
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: {name} must be a list of strings")
+        return tuple(value)
+    if type(value) is not int or (value < 0 and name != "engine.n_gpu_layers"):
+        raise ConfigError(f"{path}: {name} must be a non-negative integer, got {value!r}")
+    return value

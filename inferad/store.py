@@ -1,0 +1,154 @@
+"""The node's durable record: jobs and results in LevelDB (DESIGN §9).
+
+Keys are ``job/<job_id>`` and ``result/<job_id>``; values are msgpack maps that
+keep the signed envelopes byte for byte, so anything read back can be
+re-verified by anyone.  Writes that a peer will rely on (accepting a job id,
+storing a result before acknowledging it) are synced to disk, so they survive
+``kill -9`` and power loss.
+
+plyvel is blocking; the node calls these methods through ``trio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import msgpack
+import plyvel
+
+JOB = b"job/"
+RESULT = b"result/"
+
+
+class StoreError(Exception):
+    """The database cannot be opened or read; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    job_id: str
+    job: bytes  # the client-signed envelope as received
+    received_at: int  # unix ms
+    status: str  # accepted | done | failed | interrupted
+    error: str | None = None
+    result: bytes | None = None  # the worker-signed envelope, once done
+
+    def to_json(self) -> dict:
+        """A JSON-friendly view with the envelopes decoded (they were verified on the way in)."""
+        from p2p import wire
+
+        view = {"job_id": self.job_id, "status": self.status, "received_at": self.received_at,
+                "job": _jsonable(wire.decode(self.job).body)}
+        if self.error:
+            view["error"] = self.error
+        if self.result is not None:
+            result = wire.decode(self.result)
+            view["result"] = _jsonable(result.body)
+            view["result_hash"] = result.digest
+            view["worker_signature_valid"] = True  # decode() verified it, or it raised
+        return view
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+class Store:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        try:
+            self._db = plyvel.DB(str(self.path), create_if_missing=True)
+        except plyvel.IOError as exc:
+            if "lock" in str(exc).lower():
+                raise StoreError(
+                    f"database {self.path} is in use by another process "
+                    "(is a node running on this home? ask it instead, or stop it)"
+                ) from None
+            raise StoreError(f"cannot open database {self.path}: {exc}") from None
+        except plyvel.CorruptionError as exc:
+            raise StoreError(f"database {self.path} is corrupt: {exc}") from None
+        # Check-then-write of a job id must be atomic across engine threads.
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ jobs
+
+    def has_job(self, job_id: str) -> bool:
+        return self._db.get(JOB + job_id.encode()) is not None
+
+    def accept_job(self, job_id: str, job: bytes) -> bool:
+        """Record a job id as taken (synced); False if it was seen before (a replay)."""
+        key = JOB + job_id.encode()
+        with self._lock:
+            if self._db.get(key) is not None:
+                return False
+            record = {"job": job, "received_at": _now_ms(), "status": "accepted"}
+            self._db.put(key, msgpack.packb(record), sync=True)
+            return True
+
+    def finish_job(self, job_id: str, result: bytes) -> None:
+        """Store the signed result, synced, before the client is told it exists."""
+        with self._lock:
+            batch = self._db.write_batch(sync=True)
+            batch.put(RESULT + job_id.encode(), result)
+            batch.put(JOB + job_id.encode(), self._updated(job_id, status="done"))
+            batch.write()
+
+    def fail_job(self, job_id: str, error: str) -> None:
+        with self._lock:
+            self._db.put(JOB + job_id.encode(), self._updated(job_id, status="failed", error=error))
+
+    def _updated(self, job_id: str, **changes) -> bytes:
+        raw = self._db.get(JOB + job_id.encode())
+        if raw is None:
+            raise KeyError(job_id)
+        record = msgpack.unpackb(raw)
+        record.update(changes)
+        return msgpack.packb(record)
+
+    def job(self, job_id: str) -> JobRecord | None:
+        raw = self._db.get(JOB + job_id.encode())
+        return None if raw is None else self._record(job_id, raw)
+
+    def jobs(self) -> Iterator[JobRecord]:
+        """Every job, in job-id order."""
+        for key, raw in self._db.iterator(prefix=JOB):
+            yield self._record(key[len(JOB):].decode(), raw)
+
+    def _record(self, job_id: str, raw: bytes) -> JobRecord:
+        record = msgpack.unpackb(raw)
+        result = self._db.get(RESULT + job_id.encode())
+        return JobRecord(job_id=job_id, job=record["job"], received_at=record["received_at"],
+                         status=record["status"], error=record.get("error"), result=result)
+
+    def mark_interrupted(self) -> int:
+        """After a crash: jobs accepted but never finished become ``interrupted``."""
+        stale = [key for key, raw in self._db.iterator(prefix=JOB)
+                 if msgpack.unpackb(raw)["status"] == "accepted"]
+        with self._lock:
+            for key in stale:
+                job_id = key[len(JOB):].decode()
+                self._db.put(key, self._updated(job_id, status="interrupted"))
+        return len(stale)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,395 @@
+"""The inferad wire format (DESIGN §4), sans I/O.
+
+Every message is a canonical msgpack map ``{v, t, body, pk, sig}``.  Signed
+types carry the Ed25519 public key of their author and a signature over
+``b"inferad/1/" + t + b"\\0" + canonical(body)``; the domain prefix keeps a
+signature made for one message type from being replayed as another.
+
+Decoding is strict on purpose: sizes are bounded before allocation, the bytes
+must be the canonical encoding of what they decode to (so no two byte strings
+carry the same signed content), unknown keys are rejected and every field is
+range-checked.  Anything wrong raises a :class:`WireError` whose ``code`` goes
+back to the peer in an ``error`` frame.  This module imports no libp2p: it is
+tested without sockets, like h11.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgpack
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from p2p.schema import (
+    ETH_ADDRESS,
+    HEX_DIGEST,
+    PEER_ID,
+    UINT64,
+    SchemaError,
+    WireError,
+    choice,
+    field,
+    integer,
+    nested,
+    number,
+    optional,
+    parse,
+    sequence,
+    text,
+    unparse,
+)
+
+__all__ = [
+    "WireError", "SchemaError", "MalformedMessage", "BadSignature", "FrameTooLarge",
+    "ModelRef", "ChatMessage", "SamplingParams", "JobRequest", "JobResult", "Usage",
+    "Timings", "EngineInfo", "Token", "ErrorFrame", "Envelope",
+    "canonical", "digest", "sign", "encode_unsigned", "decode", "encode_frame",
+    "FrameDecoder", "peer_id_from_public_key", "DEFAULT_MAX_FRAME",
+]
+
+VERSION = 1
+DEFAULT_MAX_FRAME = 1 << 20
+MAX_NESTING = 16
+MAX_TOKENS_LIMIT = 32768
+MAX_PROMPT_CHARS = 512 * 1024
+
+
+class MalformedMessage(WireError):
+    code = "malformed"
+
+
+class BadSignature(WireError):
+    code = "bad_signature"
+
+
+class FrameTooLarge(WireError):
+    code = "frame_too_large"
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model is its file's sha256; the name is for people."""
+
+    sha256: str = field(HEX_DIGEST)
+    name: str = field(text(128, 1))
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str = field(choice("system", "user", "assistant"))
+    content: str = field(text(MAX_PROMPT_CHARS))
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding parameters; temperature 0 means greedy and makes output reproducible."""
+
+    max_tokens: int = field(integer(1, MAX_TOKENS_LIMIT))
+    temperature: float = field(number(0.0, 2.0), 0.0)
+    top_p: float = field(number(0.0, 1.0), 1.0)
+    top_k: int = field(integer(0, 1000), 0)
+    seed: int = field(integer(0, 2**32 - 1), 0)
+    stop: tuple = field(sequence(text(64, 1), 8), ())
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A client-signed inference job; its id is the sha256 of its canonical body."""
+
+    type: ClassVar[str] = "job"
+    signed: ClassVar[bool] = True
+
+    model: ModelRef = field(nested(ModelRef))
+    params: SamplingParams = field(nested(SamplingParams))
+    max_price: int = field(UINT64)
+    client_eth: str = field(ETH_ADDRESS)
+    nonce: int = field(UINT64)
+    created_at: int = field(UINT64)
+    expires_at: int = field(UINT64)
+    prompt: str | None = field(optional(text(MAX_PROMPT_CHARS)), None)
+    messages: tuple | None = field(optional(sequence(nested(ChatMessage), 256)), None)
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("exactly one of prompt and messages is required")
+        if self.expires_at <= self.created_at:
+            raise ValueError("expires_at must be after created_at")
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int = field(integer(0, 2**31))
+    completion_tokens: int = field(integer(0, 2**31))
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds spent waiting in the queue, evaluating the prompt and decoding."""
+
+    queue_ms: int = field(integer(0, 2**40))
+    prompt_ms: int = field(integer(0, 2**40))
+    decode_ms: int = field(integer(0, 2**40))
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    name: str = field(text(64, 1))
+    version: str = field(text(64))
+    backend: str = field(text(64))
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A worker-signed result; ``sha256(canonical body)`` is the result hash."""
+
+    type: ClassVar[str] = "result"
+    signed: ClassVar[bool] = True
+
+    job_id: str = field(HEX_DIGEST)
+    model: ModelRef = field(nested(ModelRef))
+    output_tokens: tuple = field(sequence(integer(0, 2**31 - 1), MAX_TOKENS_LIMIT))
+    text: str = field(text(4 * MAX_PROMPT_CHARS))
+    finish_reason: str = field(choice("stop", "length"))
+    usage: Usage = field(nested(Usage))
+    timings: Timings = field(nested(Timings))
+    engine: EngineInfo = field(nested(EngineInfo))
+    worker: str = field(PEER_ID)
+
+    def __post_init__(self) -> None:
+        if self.usage.completion_tokens != len(self.output_tokens):
+            raise ValueError("usage.completion_tokens must equal the number of output tokens")
+
+
+@dataclass(frozen=True)
+class Token:
+    """One streamed token; unsigned, the signed result that closes the stream covers it."""
+
+    type: ClassVar[str] = "token"
+    signed: ClassVar[bool] = False
+
+    index: int = field(integer(0, MAX_TOKENS_LIMIT))
+    id: int = field(integer(0, 2**31 - 1))
+    text: str = field(text(1024))
+
+
+@dataclass(frozen=True)
+class ErrorFrame:
+    """A typed refusal: ``code`` is for programs, ``message`` for people."""
+
+    type: ClassVar[str] = "error"
+    signed: ClassVar[bool] = False
+
+    code: str = field(text(32, 1))
+    message: str = field(text(2048))
+
+
+MESSAGE_TYPES: dict[str, type] = {cls.type: cls for cls in (JobRequest, JobResult, Token, ErrorFrame)}
+
+
+# --------------------------------------------------------------------------- codec
+
+
+def _sorted(obj: Any, depth: int = 0) -> Any:
+    if depth > MAX_NESTING:
+        raise MalformedMessage(f"nesting deeper than {MAX_NESTING}")
+    if type(obj) is dict:
+        try:
+            keys = sorted(obj)
+        except TypeError:
+            raise MalformedMessage("map keys must all be strings") from None
+        return {k: _sorted(obj[k], depth + 1) for k in keys}
+    if type(obj) is list:
+        return [_sorted(v, depth + 1) for v in obj]
+    return obj
+
+
+def canonical(obj: Any) -> bytes:
+    """Canonical msgpack: maps with sorted keys, shortest integer forms, float64."""
+    return msgpack.packb(_sorted(obj), use_bin_type=True)
+
+
+def digest(body: Any) -> str:
+    """sha256 hex of a body's canonical encoding: job ids and result hashes."""
+    return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def _signing_input(msg_type: str, body: Any) -> bytes:
+    return b"inferad/%d/" % VERSION + msg_type.encode() + b"\0" + canonical(body)
+
+
+def sign(message: Any, key: SigningKey) -> bytes:
+    """Encode and sign a message of a signed type with ``key``."""
+    if not message.signed:
+        raise TypeError(f"{message.type} messages are not signed; use encode_unsigned")
+    body = unparse(message)
+    sig = key.sign(_signing_input(message.type, body)).signature
+    return canonical({"v": VERSION, "t": message.type, "body": body,
+                      "pk": bytes(key.verify_key), "sig": sig})
+
+
+def encode_unsigned(message: Any) -> bytes:
+    if message.signed:
+        raise TypeError(f"{message.type} messages must be signed; use sign")
+    return canonical({"v": VERSION, "t": message.type, "body": unparse(message)})
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A decoded, verified message.
+
+    ``body`` is the raw map exactly as signed (ids and hashes are computed from
+    it); ``message`` is its validated dataclass; ``signer`` the author's
+    Ed25519 public key for signed types.
+    """
+
+    type: str
+    body: dict
+    message: Any
+    signer: bytes | None
+
+    @property
+    def digest(self) -> str:
+        return digest(self.body)
+
+    @property
+    def signer_peer_id(self) -> str:
+        if self.signer is None:
+            raise ValueError(f"{self.type} messages are unsigned")
+        return peer_id_from_public_key(self.signer)
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise MalformedMessage("msgpack extension types are not allowed")
+
+
+def decode(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Envelope:
+    """Decode and verify one message; raises a WireError subclass on anything wrong."""
+    if type(data) is not bytes:
+        raise MalformedMessage("expected bytes")
+    if len(data) > max_size:
+        raise FrameTooLarge(f"message of {len(data)} bytes exceeds {max_size}")
+    try:
+        obj = msgpack.unpackb(
+            data, raw=False, strict_map_key=True, ext_hook=_reject_ext,
+            max_str_len=max_size, max_bin_len=max_size,
+            max_array_len=MAX_TOKENS_LIMIT + 1, max_map_len=64,
+        )
+    except WireError:
+        raise
+    except Exception as exc:  # msgpack raises a zoo of types on garbage
+        raise MalformedMessage(f"not msgpack: {type(exc).__name__}") from None
+    if type(obj) is not dict:
+        raise MalformedMessage("a message must be a map")
+    if canonical(obj) != data:
+        raise MalformedMessage("message is not canonically encoded")
+    if obj.get("v") != VERSION:
+        raise MalformedMessage(f"unsupported protocol version {obj.get('v')!r}")
+    msg_type = obj.get("t")
+    cls = MESSAGE_TYPES.get(msg_type) if type(msg_type) is str else None
+    if cls is None:
+        raise MalformedMessage(f"unknown message type {msg_type!r}")
+    expected_keys = {"v", "t", "body", "pk", "sig"} if cls.signed else {"v", "t", "body"}
+    if set(obj) != expected_keys:
+        raise MalformedMessage(f"a {msg_type} envelope has exactly the keys {sorted(expected_keys)}")
+    signer = None
+    if cls.signed:
+        pk, sig = obj["pk"], obj["sig"]
+        if type(pk) is not bytes or len(pk) != 32 or type(sig) is not bytes or len(sig) != 64:
+            raise BadSignature("pk must be 32 bytes and sig 64 bytes")
+        try:
+            VerifyKey(pk).verify(_signing_input(msg_type, obj["body"]), sig)
+        except (BadSignatureError, ValueError):
+            raise BadSignature(f"{msg_type} signature does not verify") from None
+        signer = pk
+    message = parse(cls, obj["body"], f"{msg_type}.body")
+    return Envelope(type=msg_type, body=obj["body"], message=message, signer=signer)
+
+
+# --------------------------------------------------------------------------- framing
+
+
+def encode_frame(payload: bytes) -> bytes:
+    """Prefix ``payload`` with its length as an unsigned LEB128 varint."""
+    n, prefix = len(payload), bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        prefix.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(prefix) + payload
+
+
+class FrameDecoder:
+    """Incremental varint-length-prefixed frame parser (feed bytes, take frames).
+
+    A length above ``max_frame`` raises :class:`FrameTooLarge` as soon as the
+    prefix proves it, before any payload is buffered.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self.max_frame = max_frame
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)
+
+    def next_frame(self) -> bytes | None:
+        """The next complete frame, or None if more bytes are needed."""
+        length = shift = 0
+        for pos, byte in enumerate(self._buffer):
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if length > self.max_frame:
+                raise FrameTooLarge(f"frame length exceeds the {self.max_frame}-byte limit")
+            if not byte & 0x80:
+                start = pos + 1
+                break
+        else:
+            return None
+        if len(self._buffer) - start < length:
+            return None
+        frame = bytes(self._buffer[start:start + length])
+        del self._buffer[:start + length]
+        return frame
+
+
+# --------------------------------------------------------------------------- identity
+
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def _base58(data: bytes) -> str:
+    n = int.from_bytes(data, "big")
+    out = ""
+    while n:
+        n, r = divmod(n, 58)
+        out = _B58[r] + out
+    return "1" * (len(data) - len(data.lstrip(b"\0"))) + out
+
+
+def peer_id_from_public_key(pk: bytes) -> str:
+    """The libp2p peer id (``12D3KooW…``) of an Ed25519 public key.
+
+    Identity multihash of the protobuf ``PublicKey{Type: Ed25519, Data: pk}``,
+    base58btc: the same id every libp2p implementation derives.
+    """
+    if len(pk) != 32:
+        raise ValueError("an Ed25519 public key is 32 bytes")
+    protobuf = b"\x08\x01\x12\x20" + pk
+    return _base58(b"\x00" + bytes([len(protobuf)]) + protobuf)
+
+
+def error_frame(code: str, message: str) -> bytes:
+    """An encoded ``error`` frame (messages are clipped to the schema's limit)."""
+    return encode_unsigned(ErrorFrame(code=code, message=message[:2048]))
+
