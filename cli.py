@@ -1,0 +1,298 @@
+"""inferad: run a node of the inferad inference network, or use one.
+
+Imports are lazy: ``inferad --help`` must not pay for llama.cpp or libp2p.
+Exit codes: 0 ok, 1 error, 2 usage, 3 job rejected by the node, 4 node
+unreachable or timed out.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+EXIT_ERROR, EXIT_USAGE, EXIT_REJECTED, EXIT_UNREACHABLE = 1, 2, 3, 4
+
+home_option = click.option(
+    "--home", type=click.Path(file_okay=False, path_type=Path), envvar="INFERAD_HOME",
+    help="Node home holding keys, config and database [env INFERAD_HOME; default ~/.inferad].",
+)
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(code)
+
+
+def open_home(path: Path | None):
+    """The home, created on first use (clear errors for foreign or unreadable ones)."""
+    from inferad.home import Home, HomeError
+
+    home = Home(path)
+    try:
+        home.ensure()
+    except HomeError as exc:
+        fail(str(exc))
+    return home
+
+
+def emit_json(data) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="inferad")
+def main() -> None:
+    """Run a node of the inferad network, or send it inference jobs.
+
+    \b
+    Start here:
+      inferad init  --home /tmp/n1
+      inferad start --home /tmp/n1 --listen /ip4/127.0.0.1/tcp/0
+      inferad submit --node-home /tmp/n1 "The capital of France is" --max-tokens 16
+      inferad jobs  --home /tmp/n1
+    """
+
+
+@main.command()
+@home_option
+@json_option
+def init(home: Path | None, as_json: bool) -> None:
+    """Create a node home: Ed25519 node and client keys, an Ethereum keystore, config.toml.
+
+    Existing files are kept: init never overwrites a key.
+    """
+    from inferad.home import Home, HomeError
+    from p2p.wire import peer_id_from_public_key
+
+    h = Home(home)
+    try:
+        created = h.ensure()
+        info = {
+            "home": str(h.path),
+            "peer_id": peer_id_from_public_key(bytes(h.node_key.verify_key)),
+            "client_key": bytes(h.client_key.verify_key).hex(),
+            "eth_address": h.eth_address,
+            "created": [p.name for p in created],
+        }
+    except HomeError as exc:
+        fail(str(exc))
+    if as_json:
+        emit_json(info)
+        return
+    verb = "created" if created else "already initialised"
+    click.echo(f"{verb}: {info['home']}" + (f" ({', '.join(info['created'])})" if created else ""))
+    click.echo(f"  peer id      {info['peer_id']}")
+    click.echo(f"  eth address  {info['eth_address']}")
+    click.echo(f"  config       {h.config_path}")
+
+
+@main.command()
+@home_option
+@click.option("--listen", multiple=True, metavar="MULTIADDR",
+              help="libp2p listen address, repeatable [config node.listen; e.g. /ip4/127.0.0.1/tcp/0].")
+@click.option("--model", "models", multiple=True, metavar="NAME|GGUF",
+              help="Model to serve, repeatable: a catalog name or a GGUF path [default gemma-3-270m].")
+@click.option("--max-tokens", type=click.IntRange(1, 32768), help="Largest max_tokens a job may ask.")
+@click.option("--n-ctx", type=click.IntRange(64, 1 << 20), help="Context window in tokens.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
+              show_default=True)
+def start(home, listen, models, max_tokens, n_ctx, log_format, log_level) -> None:
+    """Run the node daemon until Ctrl-C or SIGTERM.
+
+    Loads the models, listens for jobs on libp2p and writes <home>/node.json
+    (peer id, addresses, pid) so other commands can find it.
+    """
+    from inferad.config import ConfigError
+    from inferad.logs import setup_logging
+
+    setup_logging(log_level, log_format)
+    h = open_home(home)
+    try:
+        config = h.config.with_overrides(listen=listen or None, models=models or None,
+                                         max_tokens=max_tokens, n_ctx=n_ctx)
+    except ConfigError as exc:
+        fail(str(exc))
+    import trio
+
+    from inferad.node import Node, NodeError
+
+    if h.node_info_path.exists() and _pid_alive(json.loads(h.node_info_path.read_text()).get("pid")):
+        fail(f"a node is already running on {h.path} (see {h.node_info_path})")
+    try:
+        trio.run(Node(h, config).run)
+    except NodeError as exc:
+        fail(str(exc))
+
+
+def _pid_alive(pid) -> bool:
+    import os
+
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def _node_address(node: str | None, node_home: Path | None) -> str:
+    if node:
+        return node
+    from inferad.home import Home
+
+    info_path = Home(node_home).node_info_path
+    try:
+        info = json.loads(info_path.read_text())
+    except FileNotFoundError:
+        fail(f"no running node found: {info_path} does not exist (start one, or pass --node)",
+             EXIT_UNREACHABLE)
+    if not _pid_alive(info.get("pid")):
+        fail(f"the node in {info_path} (pid {info.get('pid')}) is not running", EXIT_UNREACHABLE)
+    return info["addrs"][0]
+
+
+@main.command()
+@home_option
+@click.argument("prompt")
+@click.option("--node", metavar="MULTIADDR", help="Node to send the job to (/ip4/…/tcp/…/p2p/12D3KooW…).")
+@click.option("--node-home", type=click.Path(file_okay=False, path_type=Path),
+              help="Find the node through <node-home>/node.json instead of --node.")
+@click.option("--model", default="gemma-3-270m", show_default=True, metavar="NAME|GGUF|NAME:SHA256",
+              help="Model the job asks for.")
+@click.option("--max-tokens", type=click.IntRange(1, 32768), default=64, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True,
+              help="0 means greedy decoding (reproducible).")
+@click.option("--top-p", type=click.FloatRange(0, 1), default=1.0, show_default=True)
+@click.option("--top-k", type=click.IntRange(0, 1000), default=0, show_default=True, help="0 disables top-k.")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option("--stop", multiple=True, help="Stop sequence, repeatable.")
+@click.option("--ttl", type=click.IntRange(1, 3600), default=300, show_default=True,
+              help="Seconds before the job expires.")
+@click.option("--timeout", type=click.FloatRange(0.1), default=600, show_default=True,
+              help="Seconds to wait for the whole answer.")
+@json_option
+def submit(home, prompt, node, node_home, model, max_tokens, temperature, top_p, top_k, seed, stop, ttl,
+           timeout, as_json) -> None:
+    """Sign a job with the client key, run it on a node and stream the text.
+
+    The worker's signature on the result is checked before exit 0.
+    Exit codes: 3 rejected by the node, 4 unreachable or timed out.
+    """
+    if bool(node) == bool(node_home):
+        fail("pass exactly one of --node MULTIADDR and --node-home PATH", EXIT_USAGE)
+    address = _node_address(node, node_home)
+    h = open_home(home)
+    import trio
+
+    from inferad.client import BadResponse, JobRejected, NodeClient, NodeUnreachable, model_ref, new_job
+    from inferad.models import ModelError
+
+    try:
+        ref = model_ref(model)
+    except (ModelError, ValueError) as exc:
+        fail(str(exc), EXIT_USAGE)
+    job = new_job(ref, h.eth_address, prompt=prompt, ttl_s=ttl, max_tokens=max_tokens,
+                  temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop))
+
+    def show(token) -> None:
+        if not as_json:
+            click.echo(token.text, nl=False)
+
+    async def run():
+        async with NodeClient.connect(address, h.client_key, timeout=min(timeout, 30)) as client:
+            return await client.submit(job, on_token=show, timeout=timeout)
+
+    try:
+        completion = trio.run(run)
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    except JobRejected as exc:
+        fail(f"rejected ({exc.code}): {exc.message}", EXIT_REJECTED)
+    except NodeUnreachable as exc:
+        fail(str(exc), EXIT_UNREACHABLE)
+    except BadResponse as exc:
+        fail(f"invalid answer: {exc}")
+    if as_json:
+        emit_json(completion.to_json())
+        return
+    result = completion.result
+    click.echo()
+    click.secho(
+        f"[{result.usage.completion_tokens} tokens, {result.finish_reason}; signed by worker "
+        f"{result.worker[:16]}…, signature verified; job {completion.job_id[:16]}…]",
+        fg="green", err=True,
+    )
+
+
+@main.command()
+@home_option
+@click.argument("job_id", required=False)
+@json_option
+def jobs(home, job_id, as_json) -> None:
+    """List the jobs a node has seen, with their results (from its LevelDB).
+
+    Asks the running node if there is one, else reads the database directly.
+    """
+    records = _ask_or_open(home, "jobs", lambda store: [
+        r.to_json() for r in ([store.job(job_id)] if job_id else store.jobs()) if r], job_id=job_id)
+    if as_json:
+        emit_json(records)
+        return
+    if not records:
+        click.echo("no jobs")
+        return
+    for r in sorted(records, key=lambda r: r["received_at"]):
+        result = r.get("result", {})
+        text = result.get("text", "").replace("\n", " ")
+        click.echo(f"{r['job_id'][:16]}  {r['status']:<11} {result.get('usage', {}).get('completion_tokens', '-'):>4} "
+                   f"tok  {text[:60]}")
+
+
+def _ask_or_open(home: Path | None, cmd: str, offline, **args):
+    """Ask the node running on ``home`` over its control socket, or read its store."""
+    from inferad.home import Home
+
+    h = Home(home)
+    info_path = h.node_info_path
+    if info_path.exists() and _pid_alive(json.loads(info_path.read_text()).get("pid")):
+        import trio
+
+        from inferad import control
+
+        try:
+            return trio.run(lambda: control.ask(h.path / "control.sock", cmd, **args))
+        except control.ControlError as exc:
+            fail(str(exc))
+    if not h.db_path.exists():
+        fail(f"{h.path} has no database yet (no node has run there)")
+    from inferad.store import Store, StoreError
+
+    try:
+        with Store(h.db_path) as store:
+            return offline(store)
+    except StoreError as exc:
+        fail(str(exc))
+
+
+@main.command()
+@home_option
+@json_option
+def status(home, as_json) -> None:
+    """What the node running on this home is doing: addresses, models, queue."""
+    info = _ask_or_open(home, "status", lambda store: fail("no node is running on this home"))
+    if as_json:
+        emit_json(info)
+        return
+    click.echo(f"peer id  {info['peer_id']}   up {info['uptime_s']} s   version {info['version']}")
+    for addr in info["addrs"]:
+        click.echo(f"listen   {addr}")
+    for m in info["models"]:
+        click.echo(f"model    {m['name']} {m['sha256'][:12]}…  running {m['running']}  queued {m['queued']}")
+
+
+if __name__ == "__main__":
+    main()

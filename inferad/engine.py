@@ -1,0 +1,154 @@
+"""Running a job on a real model with llama.cpp (llama-cpp-python).
+
+An :class:`Engine` owns one loaded model.  :meth:`Engine.generate` is
+blocking and not re-entrant (a llama.cpp context is single-threaded); the
+node runs it in a worker thread behind a limiter of one and streams tokens
+out through a callback.
+
+Every job is evaluated from an empty KV cache, so the same prompt and
+parameters give the same tokens on the same build: greedy output is
+reproducible, which is what verifiers and tests rely on.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from inferad.models import LocalModel
+from p2p import wire
+
+log = logging.getLogger("inferad.engine")
+
+OnToken = Callable[[int, str], bool]  # (token id, text delta) -> keep going?
+
+
+class EngineError(Exception):
+    """The model cannot be loaded or run."""
+
+
+class GenerationCancelled(Exception):
+    """The consumer went away; the generation was stopped early."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    tokens: list[int]
+    text: str
+    finish_reason: str  # "stop" (end of sequence or a stop string) | "length"
+    prompt_tokens: int
+    prompt_ms: int
+    decode_ms: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return len(self.tokens) / max(self.decode_ms + self.prompt_ms, 1) * 1000
+
+
+class StopScanner:
+    """Finds stop strings in streamed text, holding back what may start one.
+
+    Text is released only once no stop string can begin inside it, so a
+    client never sees part of a stop sequence that is then cut.
+    """
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.pending = ""
+
+    def push(self, piece: str) -> tuple[str, bool]:
+        """Add text; return (text safe to emit, whether a stop string was hit)."""
+        self.pending += piece
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        hold = 0
+        for stop in self.stops:
+            for k in range(min(len(stop) - 1, len(self.pending)), hold, -1):
+                if stop.startswith(self.pending[-k:]):
+                    hold = k
+                    break
+        cut = len(self.pending) - hold
+        out, self.pending = self.pending[:cut], self.pending[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class Engine:
+    def __init__(self, model: LocalModel, *, n_ctx: int = 2048, n_threads: int = 0,
+                 n_gpu_layers: int = -1) -> None:
+        import llama_cpp
+
+        self.model = model
+        started = time.perf_counter()
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(model.path), n_ctx=n_ctx, n_threads=n_threads or None,
+                n_gpu_layers=n_gpu_layers, verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise EngineError(f"llama.cpp cannot load {model.path}: {exc}") from None
+        self.load_seconds = time.perf_counter() - started
+        self._is_eog = lambda tok: llama_cpp.llama_vocab_is_eog(self._llm._model.vocab, tok)
+        gpu = llama_cpp.llama_supports_gpu_offload() and n_gpu_layers != 0
+        self.info = wire.EngineInfo(name="llama.cpp", version=f"llama-cpp-python {llama_cpp.__version__}",
+                                    backend="gpu" if gpu else "cpu")
+        self.ref = wire.ModelRef(sha256=model.sha256, name=model.name)
+        log.info("loaded %s (%s) in %.2f s, n_ctx=%d, backend=%s", model.name, model.sha256[:12],
+                 self.load_seconds, n_ctx, self.info.backend)
+
+    @property
+    def n_ctx(self) -> int:
+        return self._llm.n_ctx()
+
+    def prompt_tokens(self, job: wire.JobRequest) -> list[int]:
+        """The token ids the model sees for a job (BOS + prompt)."""
+        if job.prompt is None:
+            raise EngineError("chat messages are not supported by this engine yet")
+        return self._llm.tokenize(job.prompt.encode(), add_bos=True, special=False)
+
+    def generate(self, prompt: list[int], params: wire.SamplingParams, on_token: OnToken) -> Generation:
+        """Decode up to ``params.max_tokens`` tokens; blocking, call from a worker thread."""
+        llm = self._llm
+        llm.reset()  # a fresh KV cache: output depends on the job alone
+        llm.set_seed(params.seed)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        stops = StopScanner(params.stop)
+        tokens: list[int] = []
+        text: list[str] = []
+        finish = "length"
+        started = time.perf_counter()
+        first_token_at = None
+        for tok in llm.generate(prompt, temp=params.temperature, top_p=params.top_p, top_k=params.top_k,
+                                min_p=0.0, typical_p=1.0, repeat_penalty=1.0, reset=True):
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            tokens.append(tok)
+            eog = self._is_eog(tok)
+            piece = "" if eog else decoder.decode(llm.detokenize([tok], special=False))
+            delta, hit_stop = stops.push(piece)
+            done = eog or hit_stop or len(tokens) >= params.max_tokens
+            if done and not hit_stop:
+                delta += stops.flush() + decoder.decode(b"", final=True)
+            text.append(delta)
+            if not on_token(tok, delta):
+                raise GenerationCancelled()
+            if done:
+                finish = "stop" if eog or hit_stop else "length"
+                break
+        ended = time.perf_counter()
+        first_token_at = first_token_at or ended
+        return Generation(
+            tokens=tokens, text="".join(text), finish_reason=finish, prompt_tokens=len(prompt),
+            prompt_ms=int((first_token_at - started) * 1000), decode_ms=int((ended - first_token_at) * 1000),
+        )
+
+    def close(self) -> None:
+        self._llm.close()

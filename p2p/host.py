@@ -1,0 +1,88 @@
+"""A py-libp2p host that speaks standard libp2p, configured for inferad.
+
+TCP, Noise only (py-libp2p also offers secio and plaintext by default; other
+implementations reject them and plaintext is unsafe), Yamux, and one
+connection per peer (py-libp2p otherwise waits 250 ms on every dial for a
+second connection).  The node's Ed25519 key is its libp2p identity, so a peer
+id names the key that signs the node's results.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from nacl.signing import SigningKey
+
+PROTOCOL_SUBMIT = "/inferad/submit/1.0.0"
+
+
+def _reattach_libp2p_logging() -> None:
+    """``import libp2p`` gives the ``libp2p`` logger its own handler and stops
+    propagation; hand its records back to the process's logging setup."""
+    logger = logging.getLogger("libp2p")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.propagate = True
+    logger.setLevel(logging.WARNING)
+
+
+def make_host(key: SigningKey):
+    """A libp2p host whose identity is ``key``; start it with ``host.run(listen_addrs=…)``."""
+    from libp2p import new_host
+    from libp2p.crypto.ed25519 import Ed25519PrivateKey
+    from libp2p.crypto.keys import KeyPair
+    from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+    from libp2p.custom_types import TProtocol
+    from libp2p.network.config import ConnectionConfig
+    from libp2p.security.noise.transport import PROTOCOL_ID as NOISE
+    from libp2p.security.noise.transport import Transport as NoiseTransport
+    from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX
+    from libp2p.stream_muxer.yamux.yamux import Yamux
+    from libp2p.transport.tcp.tcp import TCP
+
+    _reattach_libp2p_logging()
+    private = Ed25519PrivateKey.from_bytes(bytes(key))
+    key_pair = KeyPair(private, private.get_public_key())
+    return new_host(
+        key_pair=key_pair,
+        sec_opt={NOISE: NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)},
+        muxer_opt={TProtocol(YAMUX): Yamux},
+        transports=[TCP()],
+        connection_config=ConnectionConfig(max_connections_per_peer=1),
+    )
+
+
+def peer_info(multiaddr_text: str):
+    """Parse ``/ip4/…/tcp/…/p2p/<id>`` into a PeerInfo; ValueError with a clear message."""
+    import multiaddr
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+
+    try:
+        return info_from_p2p_addr(multiaddr.Multiaddr(multiaddr_text))
+    except Exception as exc:
+        raise ValueError(
+            f"{multiaddr_text!r} is not a full peer address like /ip4/127.0.0.1/tcp/4001/p2p/12D3KooW… "
+            f"({exc})"
+        ) from None
+
+
+@asynccontextmanager
+async def running(host: Any, listen_addrs: list) -> AsyncIterator[Any]:
+    """``host.run`` without its exception groups.
+
+    py-libp2p yields from inside a nursery, so under trio's strict exception
+    groups anything raised in the ``async with`` body comes out wrapped; a
+    caller expects the exception it raised.
+    """
+    try:
+        async with host.run(listen_addrs=listen_addrs):
+            yield host
+    except BaseExceptionGroup as group:
+        leaf: BaseException = group
+        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+            leaf = leaf.exceptions[0]
+        if leaf is group:
+            raise
+        raise leaf from None

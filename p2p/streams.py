@@ -1,0 +1,73 @@
+"""Length-prefixed msgpack frames over a libp2p stream.
+
+The sans-I/O :class:`~p2p.wire.FrameDecoder` does the parsing; this module
+only moves bytes, so all the rules about sizes live in one tested place.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+
+from p2p import wire
+
+log = logging.getLogger("inferad.p2p")
+READ_CHUNK = 64 * 1024
+
+
+class StreamClosed(Exception):
+    """The peer closed or reset the stream before a whole frame arrived."""
+
+
+class FramedStream:
+    def __init__(self, stream: Any, max_frame: int = wire.DEFAULT_MAX_FRAME) -> None:
+        self.stream = stream
+        self._decoder = wire.FrameDecoder(max_frame)
+
+    @property
+    def remote_peer_id(self) -> str:
+        return self.stream.muxed_conn.peer_id.to_base58()
+
+    async def receive(self) -> bytes:
+        """The next frame; FrameTooLarge as soon as a length prefix is too big."""
+        from libp2p.network.stream.exceptions import StreamError
+
+        while (frame := self._decoder.next_frame()) is None:
+            try:
+                chunk = await self.stream.read(READ_CHUNK)
+            except StreamError as exc:
+                raise StreamClosed(str(exc) or type(exc).__name__) from None
+            if not chunk:
+                raise StreamClosed("end of stream")
+            self._decoder.feed(chunk)
+        return frame
+
+    async def send(self, payload: bytes) -> None:
+        from libp2p.network.stream.exceptions import StreamError
+
+        try:
+            await self.stream.write(wire.encode_frame(payload))
+        except StreamError as exc:
+            raise StreamClosed(str(exc) or type(exc).__name__) from None
+
+    async def send_error(self, code: str, message: str) -> None:
+        """Tell the peer why, if it is still listening."""
+        try:
+            await self.send(wire.error_frame(code, message))
+        except StreamClosed:
+            pass
+
+    async def close(self) -> None:
+        with trio.move_on_after(2):
+            try:
+                await self.stream.close()
+            except Exception:  # already reset by the peer: nothing left to close
+                pass
+
+    async def reset(self) -> None:
+        try:
+            await self.stream.reset()
+        except Exception:
+            pass
