@@ -95,7 +95,9 @@ class NodeClient:
     async def connect(cls, address: str, key: SigningKey, *, timeout: float = 10,
                       max_frame: int = wire.DEFAULT_MAX_FRAME) -> AsyncIterator[NodeClient]:
         peer = peer_info(address)
-        host = make_host(key)
+        # A fresh transport identity per connection: jobs are signed by ``key``
+        # anyway, and two processes of one client must not collide as one peer.
+        host = make_host(SigningKey.generate())
         async with running(host, []):
             try:
                 with trio.fail_after(timeout):

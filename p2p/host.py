@@ -19,13 +19,16 @@ PROTOCOL_SUBMIT = "/inferad/submit/1.0.0"
 
 
 def _reattach_libp2p_logging() -> None:
-    """``import libp2p`` gives the ``libp2p`` logger its own handler and stops
-    propagation; hand its records back to the process's logging setup."""
-    logger = logging.getLogger("libp2p")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    logger.propagate = True
-    logger.setLevel(logging.WARNING)
+    """``import libp2p`` gives its loggers their own handlers and stops
+    propagation; hand their records back to the process's logging setup,
+    at WARNING (some modules hard-code a chatty INFO level)."""
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("libp2p") and isinstance(logger, logging.Logger):
+            logger.handlers.clear()
+            logger.propagate = True
+            if logger.level and logger.level < logging.WARNING:
+                logger.setLevel(logging.WARNING)
+    logging.getLogger("libp2p").setLevel(logging.WARNING)
 
 
 def make_host(key: SigningKey):
@@ -42,16 +45,17 @@ def make_host(key: SigningKey):
     from libp2p.stream_muxer.yamux.yamux import Yamux
     from libp2p.transport.tcp.tcp import TCP
 
-    _reattach_libp2p_logging()
     private = Ed25519PrivateKey.from_bytes(bytes(key))
     key_pair = KeyPair(private, private.get_public_key())
-    return new_host(
+    host = new_host(
         key_pair=key_pair,
         sec_opt={NOISE: NoiseTransport(key_pair, noise_privkey=new_x25519_key_pair().private_key)},
         muxer_opt={TProtocol(YAMUX): Yamux},
         transports=[TCP()],
         connection_config=ConnectionConfig(max_connections_per_peer=1),
     )
+    _reattach_libp2p_logging()  # after new_host: it imports the modules that set their own levels
+    return host
 
 
 def peer_info(multiaddr_text: str):
@@ -78,6 +82,9 @@ async def running(host: Any, listen_addrs: list) -> AsyncIterator[Any]:
     """
     try:
         async with host.run(listen_addrs=listen_addrs):
+            # Our membership logic dials peers itself; the stock auto-connector
+            # would try to hold 50+ connections to whatever it has heard of.
+            await host.get_network().auto_connector.stop()
             yield host
     except BaseExceptionGroup as group:
         leaf: BaseException = group

@@ -10,8 +10,8 @@ CLIENT_ETH = "0x" + "ab" * 20
 WORKER = "12D3KooWEyoppNCUx8Yx66oV9fJnriXwCcXwDDUA2kj6vnc6iDEp"
 
 
-def make_job(prompt="Hello", *, max_tokens=8, ttl_s=60, model=GEMMA, **params) -> wire.JobRequest:
-    now = int(time.time() * 1000)
+def make_job(prompt="Hello", *, max_tokens=8, ttl_s=60, age_s=0, model=GEMMA, **params) -> wire.JobRequest:
+    now = int(time.time() * 1000) - age_s * 1000
     return wire.JobRequest(
         model=model,
         params=wire.SamplingParams(max_tokens=max_tokens, **params),

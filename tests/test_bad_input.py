@@ -1,0 +1,118 @@
+"""Bad input against a running node: each gets its typed error, and the node serves on."""
+
+import msgpack
+import pytest
+import trio
+from nacl.signing import SigningKey
+
+from inferad.client import NodeClient
+from p2p import wire
+from p2p.host import PROTOCOL_SUBMIT, make_host, peer_info, running
+from p2p.streams import FramedStream, StreamClosed
+from tests.conftest import run_cli
+from tests.factories import make_job, make_result
+
+pytestmark = [pytest.mark.integration, pytest.mark.model]
+
+CLIENT = SigningKey(b"c" * 32)
+
+
+async def exchange(addr: str, raw: bytes) -> list:
+    """Write raw bytes on a fresh submit stream; return the decoded frames received."""
+    from libp2p.custom_types import TProtocol
+
+    peer = peer_info(addr)
+    async with running(make_host(SigningKey.generate()), []) as host:
+        await host.connect(peer)
+        stream = await host.new_stream(peer.peer_id, [TProtocol(PROTOCOL_SUBMIT)])
+        framed = FramedStream(stream)
+        await stream.write(raw)
+        frames = []
+        with trio.fail_after(30):
+            while True:
+                try:
+                    frames.append(wire.decode(await framed.receive()))
+                except StreamClosed:
+                    return frames
+
+
+def error_code(addr: str, raw: bytes) -> str:
+    frames = trio.run(exchange, addr, raw)
+    assert frames and frames[-1].type == "error", frames
+    return frames[-1].message.code
+
+
+def signed(job, key=CLIENT) -> bytes:
+    return wire.encode_frame(wire.sign(job, key))
+
+
+def served_model(node) -> wire.ModelRef:
+    model = node.info["models"][0]
+    return wire.ModelRef(sha256=model["sha256"], name=model["name"])
+
+
+def resign(job_bytes: bytes, mutate) -> bytes:
+    """Change a signed envelope's body and keep the old signature."""
+    envelope = msgpack.unpackb(job_bytes)
+    mutate(envelope)
+    return wire.encode_frame(wire.canonical(envelope))
+
+
+def job_body(node, **changes) -> dict:
+    body = wire.unparse(make_job(model=served_model(node)))
+    body.update(changes)
+    return body
+
+
+CASES = {
+    "random_bytes": (lambda node: wire.encode_frame(bytes(range(256)) * 3), "malformed"),
+    "oversized_length_prefix": (lambda node: b"\xff\xff\xff\xff\x0f", "frame_too_large"),
+    "signed_job_with_unknown_field": (
+        lambda node: wire.encode_frame(wire.sign_body("job", job_body(node, surprise=1), CLIENT)), "schema"),
+    "signed_job_with_out_of_range_field": (
+        lambda node: wire.encode_frame(wire.sign_body("job", job_body(node, nonce=-5), CLIENT)), "schema"),
+    "bad_signature": (lambda node: resign(wire.sign(make_job(model=served_model(node)), CLIENT),
+                                          lambda e: e.update(sig=bytes(64))), "bad_signature"),
+    "tampered_body": (lambda node: resign(wire.sign(make_job(model=served_model(node)), CLIENT),
+                                          lambda e: e["body"].update(nonce=1)), "bad_signature"),
+    "expired": (lambda node: signed(make_job(model=served_model(node), ttl_s=5, age_s=10)), "expired"),
+    "unknown_model": (lambda node: signed(make_job(model=wire.ModelRef(sha256="11" * 32, name="other"))),
+                      "unknown_model"),
+    "max_tokens_over_limit": (lambda node: signed(make_job(model=served_model(node), max_tokens=65)),
+                              "max_tokens"),
+    "prompt_longer_than_context": (lambda node: signed(make_job("word " * 600, model=served_model(node))),
+                                   "context_overflow"),
+    "result_instead_of_job": (lambda node: wire.encode_frame(wire.sign(make_result(), CLIENT)), "unexpected"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_request_gets_typed_error_and_node_serves_next_job(node, case):
+    build, expected = CASES[case]
+    assert error_code(node.addr, build(node)) == expected
+    assert good_job_is_served(node)
+
+
+def good_job_is_served(node) -> bool:
+    async def run():
+        async with NodeClient.connect(node.addr, CLIENT) as client:
+            return await client.submit(make_job(model=served_model(node), max_tokens=2))
+
+    return trio.run(run).result.usage.completion_tokens >= 1
+
+
+def test_replayed_job_is_rejected(node):
+    frame = signed(make_job(model=served_model(node), max_tokens=2))
+    first = trio.run(exchange, node.addr, frame)
+    assert first[-1].type == "result"
+    assert error_code(node.addr, frame) == "replay"
+
+
+def test_silent_client_times_out_and_node_serves_on(start_node, tmp_path):
+    home = tmp_path / "slow"
+    run_cli("init", home=home, check=True)
+    config = home / "config.toml"
+    config.write_text(config.read_text().replace("request_timeout = 10", "request_timeout = 1"))
+    n = start_node("slow", "--max-tokens", "8", "--n-ctx", "256")
+    assert error_code(n.addr, b"\x05ab") == "timeout"  # promises 5 bytes, sends 2, then waits
+    assert good_job_is_served(n)
