@@ -239,13 +239,14 @@ def jobs(home, job_id, as_json) -> None:
     """
     records = _ask_or_open(home, "jobs", lambda store: [
         r.to_json() for r in ([store.job(job_id)] if job_id else store.jobs()) if r], job_id=job_id)
+    records.sort(key=lambda r: r["received_at"])
     if as_json:
         emit_json(records)
         return
     if not records:
         click.echo("no jobs")
         return
-    for r in sorted(records, key=lambda r: r["received_at"]):
+    for r in records:
         result = r.get("result", {})
         text = result.get("text", "").replace("\n", " ")
         click.echo(f"{r['job_id'][:16]}  {r['status']:<11} {result.get('usage', {}).get('completion_tokens', '-'):>4} "

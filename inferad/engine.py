@@ -13,6 +13,7 @@ reproducible, which is what verifiers and tests rely on.
 from __future__ import annotations
 
 import codecs
+import os
 import logging
 import time
 from dataclasses import dataclass
@@ -90,7 +91,7 @@ class Engine:
         started = time.perf_counter()
         try:
             self._llm = llama_cpp.Llama(
-                model_path=str(model.path), n_ctx=n_ctx, n_threads=n_threads or None,
+                model_path=str(model.path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
                 n_gpu_layers=n_gpu_layers, verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
@@ -108,11 +109,15 @@ class Engine:
     def n_ctx(self) -> int:
         return self._llm.n_ctx()
 
+    def tokenize(self, text: str) -> list[int]:
+        """BOS + the text's tokens; special-token syntax in user text stays plain text."""
+        return self._llm.tokenize(text.encode(), add_bos=True, special=False)
+
     def prompt_tokens(self, job: wire.JobRequest) -> list[int]:
-        """The token ids the model sees for a job (BOS + prompt)."""
+        """The token ids the model sees for a job."""
         if job.prompt is None:
             raise EngineError("chat messages are not supported by this engine yet")
-        return self._llm.tokenize(job.prompt.encode(), add_bos=True, special=False)
+        return self.tokenize(job.prompt)
 
     def generate(self, prompt: list[int], params: wire.SamplingParams, on_token: OnToken) -> Generation:
         """Decode up to ``params.max_tokens`` tokens; blocking, call from a worker thread."""

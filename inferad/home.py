@@ -35,7 +35,7 @@ def default_home() -> Path:
 
 class Home:
     def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path).expanduser() if path else default_home()
+        self.path = (Path(path).expanduser() if path else default_home()).absolute()
 
     config_path = property(lambda self: self.path / "config.toml")
     node_key_path = property(lambda self: self.path / "node.key")
@@ -97,11 +97,16 @@ class Home:
 
     @property
     def eth_address(self) -> str:
-        """The checksummed address of the keystore (read without decrypting it)."""
-        from eth_utils import to_checksum_address
+        """The EIP-55 checksummed address of the keystore (read without decrypting it)."""
+        from eth_hash.auto import keccak  # eth_utils would cost a submit 0.15 s of imports
 
-        data = json.loads(_read_private(self.eth_keystore_path))
-        return to_checksum_address("0x" + data["address"])
+        try:
+            address = json.loads(_read_private(self.eth_keystore_path))["address"].lower()
+            int(address, 16)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise HomeError(f"{self.eth_keystore_path} is not an Ethereum keystore") from None
+        digest = keccak(address.encode()).hex()
+        return "0x" + "".join(c.upper() if int(d, 16) >= 8 else c for c, d in zip(address, digest))
 
     def eth_account(self):  # -> eth_account.signers.local.LocalAccount
         """Decrypt the Ethereum key with INFERAD_PASSPHRASE (empty on a devnet)."""

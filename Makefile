@@ -1,0 +1,35 @@
+# inferad: every target installs what it needs first and is quick the second time.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PIP    := $(PY) -m pip --disable-pip-version-check --quiet
+
+.PHONY: install test demo bench lint clean
+
+install: $(STAMP)
+
+# llama-cpp-python builds from source the first time (~6 min on 2 cores); pip
+# caches the wheel, so later installs take seconds.  For a CUDA build:
+#   CMAKE_ARGS="-DGGML_CUDA=on" make install
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@echo "installing inferad and its dependencies into $(VENV) (first time: llama.cpp compiles, ~6 min)"
+	$(PIP) install --upgrade pip setuptools wheel
+	$(PIP) install -e '.[dev]'
+	$(PY) -c "from inferad.models import resolve; print('model ready:', resolve('gemma-3-270m').path)"
+	@touch $@
+
+test: install
+	$(PY) -m pytest -q
+
+demo: install
+	bash scripts/demo.sh
+
+bench: install
+	$(PY) benchmarks/overhead.py
+
+lint: install
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-home
