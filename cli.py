@@ -98,10 +98,11 @@ def init(home: Path | None, as_json: bool) -> None:
               help="Model to serve, repeatable: a catalog name or a GGUF path [default gemma-3-270m].")
 @click.option("--max-tokens", type=click.IntRange(1, 32768), help="Largest max_tokens a job may ask.")
 @click.option("--n-ctx", type=click.IntRange(64, 1 << 20), help="Context window in tokens.")
+@click.option("--threads", type=click.IntRange(0, 1024), help="CPU threads for llama.cpp (0 = one per core).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
               show_default=True)
-def start(home, listen, models, max_tokens, n_ctx, log_format, log_level) -> None:
+def start(home, listen, models, max_tokens, n_ctx, threads, log_format, log_level) -> None:
     """Run the node daemon until Ctrl-C or SIGTERM.
 
     Loads the models, listens for jobs on libp2p and writes <home>/node.json
@@ -114,7 +115,7 @@ def start(home, listen, models, max_tokens, n_ctx, log_format, log_level) -> Non
     h = open_home(home)
     try:
         config = h.config.with_overrides(listen=listen or None, models=models or None,
-                                         max_tokens=max_tokens, n_ctx=n_ctx)
+                                         max_tokens=max_tokens, n_ctx=n_ctx, n_threads=threads)
     except ConfigError as exc:
         fail(str(exc))
     import trio

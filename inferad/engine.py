@@ -13,11 +13,11 @@ reproducible, which is what verifiers and tests rely on.
 from __future__ import annotations
 
 import codecs
-import os
 import logging
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from inferad.models import LocalModel
 from p2p import wire
@@ -25,6 +25,31 @@ from p2p import wire
 log = logging.getLogger("inferad.engine")
 
 OnToken = Callable[[int, str], bool]  # (token id, text delta) -> keep going?
+
+
+def _route_llama_logs() -> None:
+    """Send llama.cpp's own log lines to Python logging ("llama.cpp" logger,
+    errors at ERROR, the rest at DEBUG) instead of bare stderr."""
+    import ctypes
+
+    import llama_cpp
+
+    global _llama_log_callback
+    if _llama_log_callback is not None:
+        return
+    llama_log = logging.getLogger("llama.cpp")
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        message = text.decode("utf-8", "replace").rstrip()
+        if message:
+            llama_log.log(logging.ERROR if level == 3 else logging.DEBUG, "%s", message)
+
+    _llama_log_callback = callback  # ctypes callbacks must outlive their registration
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+_llama_log_callback = None
 
 
 class EngineError(Exception):
@@ -87,6 +112,7 @@ class Engine:
                  n_gpu_layers: int = -1) -> None:
         import llama_cpp
 
+        _route_llama_logs()
         self.model = model
         started = time.perf_counter()
         try:

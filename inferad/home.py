@@ -106,7 +106,7 @@ class Home:
         except (ValueError, KeyError, TypeError, AttributeError):
             raise HomeError(f"{self.eth_keystore_path} is not an Ethereum keystore") from None
         digest = keccak(address.encode()).hex()
-        return "0x" + "".join(c.upper() if int(d, 16) >= 8 else c for c, d in zip(address, digest))
+        return "0x" + "".join(c.upper() if int(d, 16) >= 8 else c for c, d in zip(address, digest, strict=False))
 
     def eth_account(self):  # -> eth_account.signers.local.LocalAccount
         """Decrypt the Ethereum key with INFERAD_PASSPHRASE (empty on a devnet)."""

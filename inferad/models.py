@@ -16,9 +16,9 @@ import importlib
 import json
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 

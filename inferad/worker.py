@@ -12,8 +12,8 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 import trio
 
@@ -68,13 +68,19 @@ class Worker:
                         send_token: SendToken) -> Generation:
         send, receive = trio.open_memory_channel(math.inf)
         stop = threading.Event()
+        trio_token = trio.lowlevel.current_trio_token()
+
+        def deliver(item: tuple[int, str]) -> None:  # runs in trio; must not raise
+            try:
+                send.send_nowait(item)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                stop.set()
 
         def on_token(token_id: int, delta: str) -> bool:
-            if stop.is_set():
-                return False
+            # Fire and forget: the llama.cpp thread never waits for the event loop.
             try:
-                trio.from_thread.run_sync(send.send_nowait, (token_id, delta))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio.RunFinishedError):
+                trio_token.run_sync_soon(deliver, (token_id, delta))
+            except trio.RunFinishedError:
                 return False
             return not stop.is_set()
 

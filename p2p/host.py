@@ -10,8 +10,9 @@ id names the key that signs the node's results.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 
 from nacl.signing import SigningKey
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 Check = Callable[[Any, str], Any]
 M = TypeVar("M")

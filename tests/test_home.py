@@ -57,7 +57,7 @@ def test_key_readable_by_others_is_refused(tmp_path):
     home.ensure()
     home.node_key_path.chmod(0o644)
     with pytest.raises(HomeError, match="chmod 600"):
-        home.node_key
+        _ = home.node_key
 
 
 def test_garbled_key_file_is_a_clear_error(tmp_path):
@@ -65,7 +65,7 @@ def test_garbled_key_file_is_a_clear_error(tmp_path):
     home.ensure()
     home.client_key_path.write_text("ed25519:zz")
     with pytest.raises(HomeError, match="not an inferad key file"):
-        home.client_key
+        _ = home.client_key
 
 
 def test_eth_key_decrypts_with_the_passphrase(tmp_path, monkeypatch):

@@ -40,9 +40,8 @@ def test_unfinished_jobs_are_marked_interrupted_after_restart(tmp_path):
 
 
 def test_second_process_gets_a_clear_error_while_the_db_is_open(tmp_path):
-    with Store(tmp_path / "db"):
-        with pytest.raises(StoreError, match="in use by another process"):
-            Store(tmp_path / "db")
+    with Store(tmp_path / "db"), pytest.raises(StoreError, match="in use by another process"):
+        Store(tmp_path / "db")
 
 
 WRITER = textwrap.dedent("""
