@@ -78,3 +78,26 @@ def test_submit_exit_codes(node, tmp_path):
     assert unreachable.returncode == 4
     usage = run_cli("submit", "x", home=client)
     assert usage.returncode == 2
+
+
+def test_sigterm_lets_the_running_job_finish_then_exits_cleanly(start_node, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import INFERAD, ROOT
+
+    n = start_node("n1", "--max-tokens", "64", "--n-ctx", "256")
+    client = subprocess.Popen([*INFERAD, "submit", "--node", n.addr, "Count to one hundred:", "--max-tokens",
+                               "48", "--json", "--home", str(tmp_path / "c")],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while '"accepted"' not in run_cli("jobs", "--json", home=n.home).stdout:  # the job is running
+        assert time.monotonic() < deadline and client.poll() is None
+        time.sleep(0.05)
+    assert n.stop(signal.SIGTERM) == 0
+    out, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err
+    assert json.loads(out)["result"]["usage"]["completion_tokens"] == 48
+    assert "Traceback" not in n.log()
+    assert [j["status"] for j in json.loads(run_cli("jobs", "--json", home=n.home).stdout)] == ["done"]
