@@ -29,10 +29,11 @@ sys.path.insert(0, str(ROOT))
 PROMPT = "Write a long story about a dragon who learns to cook."
 
 
-def start_node(home: Path, n_ctx: int) -> tuple[subprocess.Popen, dict]:
+def start_node(home: Path, n_ctx: int, threads: int) -> tuple[subprocess.Popen, dict]:
     log = open(home.parent / "node.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "cli", "start", "--home", str(home), "--listen",
-                             "/ip4/127.0.0.1/tcp/0", "--n-ctx", str(n_ctx), "--log-level", "warning"],
+                             "/ip4/127.0.0.1/tcp/0", "--n-ctx", str(n_ctx), "--threads", str(threads),
+                             "--log-level", "warning"],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     info_path = home / "node.json"
     for _ in range(600):
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--n-ctx", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="llama.cpp threads, the same for (a) and the node in (b)")
     args = parser.parse_args()
 
     import llama_cpp
@@ -69,8 +72,8 @@ def main() -> None:
 
     model = resolve("gemma-3-270m")
     print(f"model {model.name} {model.sha256[:12]}…, {args.tokens} greedy tokens, {args.runs} runs each, "
-          f"{os.cpu_count()} cores", flush=True)
-    llm = llama_cpp.Llama(str(model.path), n_ctx=args.n_ctx, n_threads=os.cpu_count(), verbose=False)
+          f"{args.threads} llama.cpp threads on {os.cpu_count()} cores", flush=True)
+    llm = llama_cpp.Llama(str(model.path), n_ctx=args.n_ctx, n_threads=args.threads, verbose=False)
     prompt_tokens = llm.tokenize(PROMPT.encode(), add_bos=True, special=False)
 
     def direct() -> tuple[float, list[int]]:
@@ -87,7 +90,7 @@ def main() -> None:
         node_home, client_home = Path(tmp) / "node", Path(tmp) / "client"
         client = Home(client_home)
         client.ensure()
-        proc, info = start_node(node_home, args.n_ctx)
+        proc, info = start_node(node_home, args.n_ctx, args.threads)
         try:
             ref = wire.ModelRef(sha256=model.sha256, name=model.name)
 

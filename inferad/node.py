@@ -120,7 +120,8 @@ class Node:
                                            n_gpu_layers=self.config.n_gpu_layers))
             except (ModelError, EngineError) as exc:
                 raise NodeError(f"cannot serve model {spec}: {exc}") from None
-            self.served[model.sha256] = Served(engine, Worker(engine, queue_size=self.config.queue_size))
+            self.served[model.sha256] = Served(engine, Worker(engine, queue_size=self.config.queue_size,
+                                                              batch_ms=self.config.stream_batch_ms))
 
     async def _until_signalled(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -190,7 +191,7 @@ class Node:
         self._active_jobs += 1
         try:
             generation, queue_ms = await served.worker.run(
-                prompt, job.params, lambda tok: framed.send(wire.encode_unsigned(tok)))
+                prompt, job.params, framed.send_tokens)
         except JobRejected as exc:
             await self._db(self.store.fail_job, job_id, exc.code)
             self._log_job(job_id, job, outcome=exc.code)

@@ -45,12 +45,19 @@ class FramedStream:
         return frame
 
     async def send(self, payload: bytes) -> None:
+        await self._write(wire.encode_frame(payload))
+
+    async def _write(self, data: bytes) -> None:
         from libp2p.network.stream.exceptions import StreamError
 
         try:
-            await self.stream.write(wire.encode_frame(payload))
+            await self.stream.write(data)
         except StreamError as exc:
             raise StreamClosed(str(exc) or type(exc).__name__) from None
+
+    async def send_tokens(self, tokens: list[wire.Token]) -> None:
+        """Several token frames in one write."""
+        await self._write(b"".join(wire.encode_frame(wire.encode_unsigned(t)) for t in tokens))
 
     async def send_error(self, code: str, message: str) -> None:
         """Tell the peer why, if it is still listening."""

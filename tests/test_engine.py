@@ -104,7 +104,7 @@ def test_worker_refuses_jobs_beyond_its_queue(engine):
     outcomes = []
 
     async def job(name):
-        async def consume(token):
+        async def consume(tokens):
             await trio.sleep(0)
         try:
             await worker.run(engine.tokenize("Hi"), wire.SamplingParams(max_tokens=4), consume)

@@ -2,11 +2,13 @@
 
 import json
 import signal
+import subprocess
+import time
 
 import pytest
 
 from p2p import wire
-from tests.conftest import run_cli
+from tests.conftest import INFERAD, ROOT, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
@@ -81,11 +83,6 @@ def test_submit_exit_codes(node, tmp_path):
 
 
 def test_sigterm_lets_the_running_job_finish_then_exits_cleanly(start_node, tmp_path):
-    import subprocess
-    import sys
-    import time
-
-    from tests.conftest import INFERAD, ROOT
 
     n = start_node("n1", "--max-tokens", "64", "--n-ctx", "256")
     client = subprocess.Popen([*INFERAD, "submit", "--node", n.addr, "Count to one hundred:", "--max-tokens",
