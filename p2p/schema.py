@@ -85,6 +85,15 @@ def matching(pattern: str, what: str) -> Check:
     return check
 
 
+def blob(max_len: int) -> Check:
+    def check(value: Any, path: str) -> bytes:
+        if type(value) is not bytes or len(value) > max_len:
+            raise SchemaError(f"{path}: expected at most {max_len} bytes")
+        return value
+
+    return check
+
+
 def binary(length: int) -> Check:
     def check(value: Any, path: str) -> bytes:
         if type(value) is not bytes or len(value) != length:

@@ -30,6 +30,7 @@ from p2p.schema import (
     UINT64,
     SchemaError,
     WireError,
+    blob,
     choice,
     field,
     integer,
@@ -45,7 +46,8 @@ from p2p.schema import (
 __all__ = [
     "WireError", "SchemaError", "MalformedMessage", "BadSignature", "FrameTooLarge",
     "ModelRef", "ChatMessage", "SamplingParams", "JobRequest", "JobResult", "Usage",
-    "Timings", "EngineInfo", "Token", "ErrorFrame", "Envelope",
+    "Timings", "EngineInfo", "Token", "ErrorFrame", "Envelope", "ExecRequest", "Advert", "ModelOffer",
+    "Hardware", "Gpu", "Load", "provider_key",
     "canonical", "digest", "sign", "sign_body", "encode_unsigned", "decode", "encode_frame",
     "FrameDecoder", "peer_id_from_public_key", "DEFAULT_MAX_FRAME",
 ]
@@ -160,10 +162,87 @@ class JobResult:
     timings: Timings = field(nested(Timings))
     engine: EngineInfo = field(nested(EngineInfo))
     worker: str = field(PEER_ID)
+    # A continuation after another worker failed: the first ``continued_from``
+    # output tokens were given to this worker, which generated the rest.
+    continued_from: int = field(integer(0, MAX_TOKENS_LIMIT), 0)
 
     def __post_init__(self) -> None:
         if self.usage.completion_tokens != len(self.output_tokens):
             raise ValueError("usage.completion_tokens must equal the number of output tokens")
+        if self.continued_from > len(self.output_tokens):
+            raise ValueError("continued_from exceeds the number of output tokens")
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    """A gateway asks a worker to run a client's job (signed by the gateway).
+
+    ``job`` is the client-signed envelope, byte for byte, so the worker checks
+    the client's signature itself; ``prefix`` holds the output tokens already
+    delivered by a worker that failed mid-stream, to continue from.
+    """
+
+    type: ClassVar[str] = "exec"
+    signed: ClassVar[bool] = True
+
+    job: bytes = field(blob(DEFAULT_MAX_FRAME))
+    prefix: tuple = field(sequence(integer(0, 2**31 - 1), MAX_TOKENS_LIMIT), ())
+
+
+@dataclass(frozen=True)
+class ModelOffer:
+    sha256: str = field(HEX_DIGEST)
+    name: str = field(text(128, 1))
+    tokens_per_s: float = field(number(0.0, 1e6))  # measured at start on this hardware
+    n_ctx: int = field(integer(1, 1 << 24))
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str = field(text(128))
+    vram_mb: int = field(integer(0, 1 << 30))
+    driver: str = field(text(64))
+
+
+@dataclass(frozen=True)
+class Hardware:
+    cpu: str = field(text(256))
+    cores: int = field(integer(1, 1 << 16))
+    ram_mb: int = field(integer(0, 1 << 40))
+    gpus: tuple = field(sequence(nested(Gpu), 16), ())
+
+
+@dataclass(frozen=True)
+class Load:
+    queued: int = field(integer(0, 1 << 20))
+    running: int = field(integer(0, 1 << 20))
+    capacity: int = field(integer(0, 1 << 20))
+
+
+@dataclass(frozen=True)
+class Advert:
+    """What a node offers, gossiped every few seconds and on change.
+
+    Signed by the node key; ``peer_id`` must be the signer's.  ``seq`` grows
+    with every advert of a node, so a replayed old advert is ignored.
+    """
+
+    type: ClassVar[str] = "advert"
+    signed: ClassVar[bool] = True
+
+    peer_id: str = field(PEER_ID)
+    addrs: tuple = field(sequence(text(256, 1), 16))
+    eth: str = field(ETH_ADDRESS)
+    engine: str = field(choice("llama.cpp", "sim"))
+    models: tuple = field(sequence(nested(ModelOffer), 32))
+    hardware: Hardware = field(nested(Hardware))
+    load: Load = field(nested(Load))
+    version: str = field(text(32))
+    seq: int = field(UINT64)
+    ts: int = field(UINT64)  # unix ms
+
+    def offers(self, sha256: str) -> ModelOffer | None:
+        return next((m for m in self.models if m.sha256 == sha256), None)
 
 
 @dataclass(frozen=True)
@@ -189,7 +268,9 @@ class ErrorFrame:
     message: str = field(text(2048))
 
 
-MESSAGE_TYPES: dict[str, type] = {cls.type: cls for cls in (JobRequest, JobResult, Token, ErrorFrame)}
+MESSAGE_TYPES: dict[str, type] = {
+    cls.type: cls for cls in (JobRequest, JobResult, ExecRequest, Advert, Token, ErrorFrame)
+}
 
 
 # --------------------------------------------------------------------------- codec
@@ -396,3 +477,13 @@ def error_frame(code: str, message: str) -> bytes:
     """An encoded ``error`` frame (messages are clipped to the schema's limit)."""
     return encode_unsigned(ErrorFrame(code=code, message=message[:2048]))
 
+
+
+def provider_key(model_sha256: str) -> str:
+    """The DHT provider key of a model, as a hex sha2-256 multihash.
+
+    It is the multihash of ``/inferad/model/<sha256>``: the key any libp2p
+    implementation derives from the CIDv1 of that name, so go, js and rust
+    nodes can provide and find the same records.
+    """
+    return "1220" + hashlib.sha256(f"/inferad/model/{model_sha256}".encode()).hexdigest()

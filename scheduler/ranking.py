@@ -1,0 +1,102 @@
+"""Who should run a job: rank candidate workers (DESIGN §6).
+
+A pure function of the job's shape, what the candidates advertise, the
+gateway's own view (RTTs, jobs it has in flight to each, failures) and a
+random source.  The score is the estimated completion time divided by a
+reputation factor; the first pick is the better of two drawn at random
+(power of two choices), so many gateways with the same slightly stale view
+do not all pile onto the same worker; the rest follow in score order and
+serve as failover.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+PREFILL_SPEEDUP = 8.0  # prompt tokens evaluate this many times faster than decoding
+MIN_TOKENS_PER_S = 0.1
+
+
+@dataclass(frozen=True)
+class JobShape:
+    prompt_tokens: int  # exact if known, else an estimate
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    peer_id: str
+    tokens_per_s: float
+    n_ctx: int
+    queued: int = 0
+    running: int = 0
+    slots: int = 1  # jobs it runs in parallel
+    capacity: int = 1  # jobs it accepts at once (slots + queue)
+    inflight: int = 0  # jobs this gateway sent it that the advert may not show yet
+    rtt_s: float = 0.0
+    reputation: float = 0.5  # 0..1; 0.5 for a peer we know nothing about
+
+
+@dataclass(frozen=True)
+class Plan:
+    order: tuple[str, ...]  # attempt order: first choice, then failover
+    excluded: dict[str, str] = field(default_factory=dict)  # peer id -> why not
+
+    def explain(self) -> str:
+        return "; ".join(f"{peer[-8:]}: {why}" for peer, why in sorted(self.excluded.items())) or "none"
+
+
+def estimate_seconds(c: Candidate, job: JobShape) -> float:
+    """Queue wait + prefill + decode at the advertised speed + one round trip."""
+    speed = max(c.tokens_per_s, MIN_TOKENS_PER_S)
+    one_job = job.prompt_tokens / (speed * PREFILL_SPEEDUP) + job.max_tokens / speed
+    ahead = c.queued + c.running + c.inflight
+    wait = max(0, ahead - c.slots + 1) * one_job / max(c.slots, 1)
+    return wait + one_job + c.rtt_s
+
+
+def score(c: Candidate, job: JobShape) -> float:
+    """Lower is better: completion time discounted by reputation (factor 0.5 to 1.5)."""
+    return estimate_seconds(c, job) / (0.5 + min(max(c.reputation, 0.0), 1.0))
+
+
+def exclusion(c: Candidate, job: JobShape, *, backed_off: frozenset[str] | set[str],
+              reputation_floor: float) -> str | None:
+    if c.peer_id in backed_off:
+        return "backing off after a failure"
+    if c.reputation < reputation_floor:
+        return f"reputation {c.reputation:.2f} below the floor {reputation_floor:.2f}"
+    if job.prompt_tokens + job.max_tokens > c.n_ctx:
+        return f"context {c.n_ctx} too small for ~{job.prompt_tokens}+{job.max_tokens} tokens"
+    if c.queued + c.running + c.inflight >= c.capacity:
+        return f"at capacity ({c.queued + c.running + c.inflight}/{c.capacity})"
+    return None
+
+
+def rank_candidates(job: JobShape, candidates: list[Candidate], *, rng: random.Random,
+                    backed_off: frozenset[str] | set[str] = frozenset(),
+                    reputation_floor: float = 0.0) -> Plan:
+    excluded: dict[str, str] = {}
+    eligible: list[Candidate] = []
+    for c in candidates:
+        why = exclusion(c, job, backed_off=backed_off, reputation_floor=reputation_floor)
+        if why:
+            excluded[c.peer_id] = why
+        else:
+            eligible.append(c)
+    if not eligible:
+        return Plan(order=(), excluded=excluded)
+    by_score = sorted(eligible, key=lambda c: (score(c, job), c.peer_id))
+    if len(eligible) >= 2:
+        a, b = rng.sample(eligible, 2)
+        first = a if (score(a, job), a.peer_id) <= (score(b, job), b.peer_id) else b
+        by_score.remove(first)
+        by_score.insert(0, first)
+    return Plan(order=tuple(c.peer_id for c in by_score), excluded=excluded)
+
+
+def estimate_prompt_tokens(prompt_chars: int) -> int:
+    """A gateway without the model's tokenizer guesses ~4 characters per token;
+    the worker checks the exact count and refuses what does not fit."""
+    return prompt_chars // 4 + 1
