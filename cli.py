@@ -94,15 +94,24 @@ def init(home: Path | None, as_json: bool) -> None:
 @home_option
 @click.option("--listen", multiple=True, metavar="MULTIADDR",
               help="libp2p listen address, repeatable [config node.listen; e.g. /ip4/127.0.0.1/tcp/0].")
+@click.option("--bootstrap", multiple=True, metavar="MULTIADDR",
+              help="Node to join (/ip4/…/tcp/…/p2p/12D3KooW…), repeatable [config node.bootstrap].")
 @click.option("--model", "models", multiple=True, metavar="NAME|GGUF",
               help="Model to serve, repeatable: a catalog name or a GGUF path [default gemma-3-270m].")
+@click.option("--no-model", is_flag=True, help="Serve no model: a pure gateway that routes jobs to others.")
+@click.option("--engine", type=click.Choice(["llama", "sim"]), default="llama", show_default=True,
+              help="llama: real inference with llama.cpp.  sim: a SIMULATED engine for scale tests and "
+                   "benchmarks only (no model; deterministic tokens at --sim-tokens-per-s; serves 'sim').")
+@click.option("--sim-tokens-per-s", type=click.FloatRange(0.1, 100000), default=50.0, show_default=True,
+              help="Decode speed of the simulated engine.")
 @click.option("--max-tokens", type=click.IntRange(1, 32768), help="Largest max_tokens a job may ask.")
 @click.option("--n-ctx", type=click.IntRange(64, 1 << 20), help="Context window in tokens.")
 @click.option("--threads", type=click.IntRange(0, 1024), help="CPU threads for llama.cpp (0 = one per core).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
               show_default=True)
-def start(home, listen, models, max_tokens, n_ctx, threads, log_format, log_level) -> None:
+def start(home, listen, bootstrap, models, no_model, engine, sim_tokens_per_s, max_tokens, n_ctx, threads,
+          log_format, log_level) -> None:
     """Run the node daemon until Ctrl-C or SIGTERM.
 
     Loads the models, listens for jobs on libp2p and writes <home>/node.json
@@ -113,8 +122,13 @@ def start(home, listen, models, max_tokens, n_ctx, threads, log_format, log_leve
 
     setup_logging(log_level, log_format)
     h = open_home(home)
+    if no_model and models:
+        fail("--no-model and --model exclude each other", EXIT_USAGE)
+    if engine == "sim" and not models:
+        models = ("sim",)
     try:
-        config = h.config.with_overrides(listen=listen or None, models=models or None,
+        config = h.config.with_overrides(listen=listen or None, bootstrap=bootstrap or None,
+                                         models=() if no_model else (models or None),
                                          max_tokens=max_tokens, n_ctx=n_ctx, n_threads=threads)
     except ConfigError as exc:
         fail(str(exc))
@@ -125,7 +139,7 @@ def start(home, listen, models, max_tokens, n_ctx, threads, log_format, log_leve
     if h.node_info_path.exists() and _pid_alive(json.loads(h.node_info_path.read_text()).get("pid")):
         fail(f"a node is already running on {h.path} (see {h.node_info_path})")
     try:
-        trio.run(Node(h, config).run)
+        trio.run(Node(h, config, engine=engine, sim_tokens_per_s=sim_tokens_per_s).run)
     except NodeError as exc:
         fail(str(exc))
 
@@ -278,6 +292,44 @@ def _ask_or_open(home: Path | None, cmd: str, offline, **args):
             return offline(store)
     except StoreError as exc:
         fail(str(exc))
+
+
+@main.command()
+@home_option
+@json_option
+def peers(home, as_json) -> None:
+    """Every peer the running node hears: hardware, models with tokens/s, load, advert age."""
+    rows = _ask_or_open(home, "peers", lambda store: fail("no node is running on this home"))
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no peers yet")
+    for p in rows:
+        gpus = ", ".join(f"{g['name']} {g['vram_mb'] // 1024} GiB" for g in p["hardware"].get("gpus", []))
+        models = ", ".join(f"{m['name']} {m['tokens_per_s']:.0f} tok/s" for m in p["models"]) or "no models"
+        load = p["load"]
+        click.echo(f"{p['peer_id']}{' (this node)' if p['self'] else ''}\n"
+                   f"    {p['engine']}  {gpus or p['hardware']['cpu'] + ' x' + str(p['hardware']['cores'])}  "
+                   f"{models}\n    load {load['running']} running, {load['queued']} queued of "
+                   f"{load['capacity']}   advert {p['advert_age_s']} s old")
+
+
+@main.command()
+@home_option
+@json_option
+def models(home, as_json) -> None:
+    """Models served in the network the running node is part of, and who serves them."""
+    rows = _ask_or_open(home, "models", lambda store: fail("no node is running on this home"))
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no models in the network yet")
+    for m in rows:
+        click.echo(f"{m['name']}  sha256 {m['sha256'][:16]}…  {len(m['providers'])} provider(s)")
+        for p in m["providers"]:
+            click.echo(f"    {p['peer_id']}  {p['tokens_per_s']:.0f} tok/s  n_ctx {p['n_ctx']}  queued {p['queued']}")
 
 
 @main.command()

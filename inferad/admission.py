@@ -19,12 +19,8 @@ class JobRejected(Exception):
         self.message = message
 
 
-def check_job(job: wire.JobRequest, *, now_ms: int, served: dict[str, object], max_tokens: int,
-              max_ttl_s: int, clock_skew_s: int) -> None:
-    """Raise JobRejected unless ``job`` may run here now.
-
-    ``served`` maps the sha256 of each model the node serves to its engine.
-    """
+def check_timing(job: wire.JobRequest, *, now_ms: int, max_ttl_s: int, clock_skew_s: int) -> None:
+    """Raise JobRejected unless ``job`` is valid now (every role checks this)."""
     skew = clock_skew_s * 1000
     if job.expires_at <= now_ms:
         raise JobRejected("expired", f"job expired {(now_ms - job.expires_at) / 1000:.1f} s ago")
@@ -32,6 +28,13 @@ def check_job(job: wire.JobRequest, *, now_ms: int, served: dict[str, object], m
         raise JobRejected("not_yet_valid", "job is dated in the future; check the client's clock")
     if job.expires_at - job.created_at > max_ttl_s * 1000:
         raise JobRejected("ttl_too_long", f"a job may live at most {max_ttl_s} s")
+
+
+def check_served(job: wire.JobRequest, *, served: dict[str, object], max_tokens: int) -> None:
+    """Raise JobRejected unless this node can run ``job`` (the worker role).
+
+    ``served`` maps the sha256 of each model the node serves to its engine.
+    """
     if job.model.sha256 not in served:
         raise JobRejected("unknown_model",
                           f"this node does not serve model {job.model.name} ({job.model.sha256[:12]}…)")

@@ -25,6 +25,7 @@ from nacl.signing import SigningKey
 
 from inferad.admission import JobRejected
 from inferad.models import CATALOG, resolve
+from inferad.sim import is_sim_model, sim_model_ref
 from p2p import wire
 from p2p.host import PROTOCOL_SUBMIT, make_host, peer_info, running
 from p2p.streams import FramedStream, StreamClosed
@@ -62,6 +63,8 @@ def model_ref(spec: str) -> wire.ModelRef:
     """A catalog name, a GGUF path or ``name:sha256`` -> the reference a job carries."""
     if spec in CATALOG:
         return wire.ModelRef(sha256=CATALOG[spec].sha256, name=spec)
+    if is_sim_model(spec):
+        return sim_model_ref(spec)
     name, _, sha = spec.rpartition(":")
     if name and len(sha) == 64:
         return wire.parse(wire.ModelRef, {"sha256": sha.lower(), "name": name})

@@ -21,6 +21,12 @@ TEMPLATE = """\
 # libp2p listen addresses (TCP; Noise encryption, Yamux multiplexing).
 # Port 0 picks a free port; the chosen one is written to node.json.
 listen = ["/ip4/0.0.0.0/tcp/4001"]
+# Full addresses (/ip4/…/tcp/…/p2p/12D3KooW…) of nodes to join; none: this
+# node starts a new network.
+bootstrap = []
+# Seconds between adverts (also sent on load changes, at most every 0.5 s).
+# A peer silent for 3 periods is dropped from the peer table.
+advert_interval = 2
 
 [engine]
 # Models to serve: catalog names (see `inferad models --catalog`) or GGUF paths.
@@ -41,6 +47,15 @@ queue_size = 8
 # with llama.cpp.  0 sends every token on its own.
 stream_batch_ms = 50
 
+[routing]
+# Seconds to connect to a worker, to wait for its first token (queue wait
+# included), and between two of its tokens; past them it is replaced.
+connect_timeout = 5
+first_token_timeout = 60
+stall_timeout = 10
+# Workers tried for one job before the gateway gives up.
+max_attempts = 4
+
 [limits]
 # Largest stream frame accepted, in bytes; longer frames reset the stream.
 max_frame = 1048576
@@ -60,6 +75,8 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Config:
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
+    bootstrap: tuple[str, ...] = ()
+    advert_interval: int = 2
     models: tuple[str, ...] = ("gemma-3-270m",)
     n_ctx: int = 2048
     n_threads: int = 0
@@ -67,6 +84,10 @@ class Config:
     max_tokens: int = 1024
     queue_size: int = 8
     stream_batch_ms: int = 50
+    connect_timeout: int = 5
+    first_token_timeout: int = 60
+    stall_timeout: int = 10
+    max_attempts: int = 4
     max_frame: int = 1 << 20
     max_job_ttl: int = 600
     clock_skew: int = 60
@@ -78,8 +99,9 @@ class Config:
 
 
 SECTIONS = {
-    "node": ("listen",),
+    "node": ("listen", "bootstrap", "advert_interval"),
     "engine": ("models", "n_ctx", "n_threads", "n_gpu_layers", "max_tokens", "queue_size", "stream_batch_ms"),
+    "routing": ("connect_timeout", "first_token_timeout", "stall_timeout", "max_attempts"),
     "limits": ("max_frame", "max_job_ttl", "clock_skew", "request_timeout"),
 }
 

@@ -16,7 +16,7 @@ import codecs
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from inferad.models import LocalModel
@@ -43,7 +43,7 @@ def _route_llama_logs() -> None:
     def callback(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         message = text.decode("utf-8", "replace").rstrip()
         if message:
-            llama_log.log(logging.ERROR if level == 3 else logging.DEBUG, "%s", message)
+            llama_log.log(logging.ERROR if level == 4 else logging.DEBUG, "%s", message)
 
     _llama_log_callback = callback  # ctypes callbacks must outlive their registration
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
@@ -107,7 +107,64 @@ class StopScanner:
         return out
 
 
+class OutputStream:
+    """Turns generated token ids into streamed text and an outcome.
+
+    Shared by every engine: assembles UTF-8 across tokens, cuts at stop
+    strings, ends at end-of-generation or ``max_tokens``.  A continuation
+    replays the ``prefix`` tokens first without emitting them, which leaves
+    exactly the state (held-back text, partial UTF-8) the failed worker had.
+    """
+
+    def __init__(self, params: wire.SamplingParams, piece: Callable[[int], bytes],
+                 is_eog: Callable[[int], bool], on_token: OnToken) -> None:
+        self.params, self._piece, self._is_eog, self._on_token = params, piece, is_eog, on_token
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stops = StopScanner(params.stop)
+        self.tokens: list[int] = []
+        self._text: list[str] = []
+        self.finish_reason: str | None = None
+        self.started = time.perf_counter()
+        self.first_token_at: float | None = None
+
+    def replay(self, prefix: list[int]) -> None:
+        for tok in prefix:
+            if self.finish_reason is None:
+                self._take(tok)
+
+    def push(self, tok: int) -> bool:
+        """Take one generated token; True when generation should end."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        delta = self._take(tok)
+        if not self._on_token(tok, delta):
+            raise GenerationCancelled()
+        return self.finish_reason is not None
+
+    def _take(self, tok: int) -> str:
+        self.tokens.append(tok)
+        eog = self._is_eog(tok)
+        delta, hit_stop = self._stops.push("" if eog else self._decoder.decode(self._piece(tok)))
+        if eog or hit_stop:
+            self.finish_reason = "stop"
+        elif len(self.tokens) >= self.params.max_tokens:
+            self.finish_reason = "length"
+        if self.finish_reason and not hit_stop:
+            delta += self._stops.flush() + self._decoder.decode(b"", final=True)
+        self._text.append(delta)
+        return delta
+
+    def result(self, prompt_tokens: int) -> Generation:
+        ended = time.perf_counter()
+        first = self.first_token_at or ended
+        return Generation(tokens=self.tokens, text="".join(self._text), finish_reason=self.finish_reason or "length",
+                          prompt_tokens=prompt_tokens, prompt_ms=int((first - self.started) * 1000),
+                          decode_ms=int((ended - first) * 1000))
+
+
 class Engine:
+    kind = "llama.cpp"
+
     def __init__(self, model: LocalModel, *, n_ctx: int = 2048, n_threads: int = 0,
                  n_gpu_layers: int = -1) -> None:
         import llama_cpp
@@ -145,41 +202,24 @@ class Engine:
             raise EngineError("chat messages are not supported by this engine yet")
         return self.tokenize(job.prompt)
 
-    def generate(self, prompt: list[int], params: wire.SamplingParams, on_token: OnToken) -> Generation:
-        """Decode up to ``params.max_tokens`` tokens; blocking, call from a worker thread."""
+    def generate(self, prompt: list[int], params: wire.SamplingParams, on_token: OnToken,
+                 prefix: Sequence[int] = ()) -> Generation:
+        """Decode until the job's end; blocking, call from a worker thread.
+
+        ``prefix`` continues a generation another worker began: those output
+        tokens are evaluated with the prompt and not streamed again.
+        """
         llm = self._llm
         llm.reset()  # a fresh KV cache: output depends on the job alone
         llm.set_seed(params.seed)
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        stops = StopScanner(params.stop)
-        tokens: list[int] = []
-        text: list[str] = []
-        finish = "length"
-        started = time.perf_counter()
-        first_token_at = None
-        for tok in llm.generate(prompt, temp=params.temperature, top_p=params.top_p, top_k=params.top_k,
-                                min_p=0.0, typical_p=1.0, repeat_penalty=1.0, reset=True):
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-            tokens.append(tok)
-            eog = self._is_eog(tok)
-            piece = "" if eog else decoder.decode(llm.detokenize([tok], special=False))
-            delta, hit_stop = stops.push(piece)
-            done = eog or hit_stop or len(tokens) >= params.max_tokens
-            if done and not hit_stop:
-                delta += stops.flush() + decoder.decode(b"", final=True)
-            text.append(delta)
-            if not on_token(tok, delta):
-                raise GenerationCancelled()
-            if done:
-                finish = "stop" if eog or hit_stop else "length"
-                break
-        ended = time.perf_counter()
-        first_token_at = first_token_at or ended
-        return Generation(
-            tokens=tokens, text="".join(text), finish_reason=finish, prompt_tokens=len(prompt),
-            prompt_ms=int((first_token_at - started) * 1000), decode_ms=int((ended - first_token_at) * 1000),
-        )
+        out = OutputStream(params, lambda tok: llm.detokenize([tok], special=False), self._is_eog, on_token)
+        out.replay(list(prefix))
+        if out.finish_reason is None:
+            for tok in llm.generate(prompt + list(prefix), temp=params.temperature, top_p=params.top_p,
+                                    top_k=params.top_k, min_p=0.0, typical_p=1.0, repeat_penalty=1.0, reset=True):
+                if out.push(tok):
+                    break
+        return out.result(len(prompt))
 
     def close(self) -> None:
         self._llm.close()

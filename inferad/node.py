@@ -1,10 +1,16 @@
-"""The daemon: the one place where store, engines, host and protocols meet.
+"""The daemon: the one place where store, engines, host, mesh and protocols meet.
 
-A :class:`Node` owns one trio nursery for its own tasks (signals, control
-socket); py-libp2p runs stream handlers in the host's nursery, each wrapped
-by :func:`guarded` so that no exception escapes into the host.  Blocking work
-goes through ``trio.to_thread`` with limiters sized on purpose: one per
-engine (llama.cpp is single-threaded per context), a few for LevelDB.
+Roles are not separate programs: every node is a gateway (``/inferad/submit``
+from clients; it routes the job), a worker (``/inferad/exec`` from gateways,
+or its own jobs locally) and a member of the mesh (adverts on gossipsub,
+provider records in the DHT).
+
+A :class:`Node` owns one trio nursery for its own tasks (adverts, membership,
+DHT, control socket, signals); py-libp2p runs stream handlers in the host's
+nursery, each wrapped by :func:`guarded` so no exception escapes into the
+host.  Blocking work goes through ``trio.to_thread`` with limiters sized on
+purpose: one per engine (llama.cpp is single-threaded per context), four for
+LevelDB.
 """
 
 from __future__ import annotations
@@ -21,19 +27,30 @@ from typing import Any
 import trio
 
 from inferad import __version__, control
-from inferad.admission import JobRejected, check_context, check_job
+from inferad.admission import JobRejected, check_context, check_served, check_timing
 from inferad.config import Config
 from inferad.engine import Engine, EngineError
+from inferad.gateway import AttemptFailed, ClientGone, Router
+from inferad.hardware import probe
 from inferad.home import Home
 from inferad.models import ModelError, resolve
+from inferad.sim import SimEngine
+from inferad.speed import tokens_per_second
 from inferad.store import Store
 from inferad.worker import Worker
 from p2p import wire
-from p2p.host import PROTOCOL_SUBMIT, make_host, running
+from p2p.host import PROTOCOL_SUBMIT, make_host, peer_info, running
+from p2p.mesh import PROTOCOL_EXEC, TOPIC_ADVERTS, GossipSettings, find_providers, running_mesh
 from p2p.streams import FramedStream, StreamClosed
+from scheduler.peers import PeerTable
+from scheduler.ranking import Candidate, JobShape, estimate_prompt_tokens
 
 log = logging.getLogger("inferad.node")
 SHUTDOWN_GRACE_S = 10
+REPROVIDE_S = 60
+MEMBERSHIP_S = 3
+MAX_DIALED_PEERS = 8
+DHT_CACHE_S = 10
 
 
 class NodeError(Exception):
@@ -42,8 +59,9 @@ class NodeError(Exception):
 
 @dataclass
 class Served:
-    engine: Engine
+    engine: Any  # Engine | SimEngine
     worker: Worker
+    tokens_per_s: float
 
 
 def guarded(name: str, handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
@@ -63,16 +81,26 @@ def guarded(name: str, handler: Callable[[Any], Awaitable[None]]) -> Callable[[A
 
 
 class Node:
-    def __init__(self, home: Home, config: Config) -> None:
+    def __init__(self, home: Home, config: Config, *, engine: str = "llama", sim_tokens_per_s: float = 50.0) -> None:
         self.home = home
         self.config = config
+        self.engine_kind = engine
+        self.sim_tokens_per_s = sim_tokens_per_s
         self.key = home.node_key
+        self.eth_address = home.eth_address
         self.peer_id = wire.peer_id_from_public_key(bytes(self.key.verify_key))
         self.served: dict[str, Served] = {}
         self.store: Store | None = None
+        self.peers = PeerTable(advert_period_s=config.advert_interval)
+        self.router = Router(self.peer_id, self.peers, max_attempts=config.max_attempts)
+        self.addrs: list[str] = []
         self._db_limiter = trio.CapacityLimiter(4)
         self._draining = False
         self._active_jobs = 0
+        self._advert_seq = 0
+        self._load_changed = trio.Event()
+        self._dht_cache: dict[str, tuple[float, list[str]]] = {}
+        self.adverts_rejected = 0
         self.started_at = time.time()
 
     # ------------------------------------------------------------------ lifecycle
@@ -86,21 +114,17 @@ class Node:
             interrupted = await trio.to_thread.run_sync(self.store.mark_interrupted)
             if interrupted:
                 log.warning("%d job(s) were interrupted by the previous shutdown", interrupted)
+            self.hardware = await trio.to_thread.run_sync(probe)
             await self._load_models()
             host = make_host(self.key)
             host.set_stream_handler(TProtocol(PROTOCOL_SUBMIT), guarded("submit", self._serve_submit))
+            host.set_stream_handler(TProtocol(PROTOCOL_EXEC), guarded("exec", self._serve_exec))
             listen = [_multiaddr(a) for a in self.config.listen]
             try:
-                async with running(host, listen):
-                    self.addrs = [str(a) for a in host.get_addrs()]
-                    async with trio.open_nursery() as nursery:
-                        await nursery.start(control.serve, self.home.path / "control.sock",
-                                            self._control_commands())
-                        self._write_node_info()
-                        log.info("node %s listening on %s", self.peer_id, " ".join(self.addrs))
-                        task_status.started(self)
-                        await self._until_signalled()
-                        nursery.cancel_scope.cancel()
+                async with running(host, listen), running_mesh(host, GossipSettings()) as (pubsub, dht):
+                    self.host, self.pubsub, self.dht = host, pubsub, dht
+                    self.addrs = _dialable([str(a) for a in host.get_addrs()])
+                    await self._serve_mesh(task_status)
             except OSError as exc:
                 raise NodeError(f"cannot listen on {' '.join(self.config.listen)}: {exc.strerror or exc}") \
                     from None
@@ -111,17 +135,37 @@ class Node:
             self.store.close()
             log.info("node stopped")
 
+    async def _serve_mesh(self, task_status) -> None:
+        self.pubsub.set_topic_validator(TOPIC_ADVERTS, self._validate_advert, is_async_validator=False)
+        adverts = await self.pubsub.subscribe(TOPIC_ADVERTS)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(control.serve, self.home.path / "control.sock", self._control_commands())
+            nursery.start_soon(self._receive_adverts, adverts)
+            nursery.start_soon(self._publish_adverts)
+            nursery.start_soon(self._maintain_membership)
+            nursery.start_soon(self._provide_models)
+            self._write_node_info()
+            log.info("node %s listening on %s", self.peer_id, " ".join(self.addrs))
+            task_status.started(self)
+            await self._until_signalled()
+            nursery.cancel_scope.cancel()
+
     async def _load_models(self) -> None:
         for spec in self.config.models:
             try:
-                model = await trio.to_thread.run_sync(resolve, spec)
-                engine = await trio.to_thread.run_sync(
-                    lambda m=model: Engine(m, n_ctx=self.config.n_ctx, n_threads=self.config.n_threads,
-                                           n_gpu_layers=self.config.n_gpu_layers))
-            except (ModelError, EngineError) as exc:
+                if self.engine_kind == "sim":
+                    engine = SimEngine(spec, tokens_per_s=self.sim_tokens_per_s, n_ctx=self.config.n_ctx)
+                else:
+                    model = await trio.to_thread.run_sync(resolve, spec)
+                    engine = await trio.to_thread.run_sync(
+                        lambda m=model: Engine(m, n_ctx=self.config.n_ctx, n_threads=self.config.n_threads,
+                                               n_gpu_layers=self.config.n_gpu_layers))
+                speed = await trio.to_thread.run_sync(
+                    lambda e=engine: tokens_per_second(e, self.hardware, threads=self.config.n_threads))
+            except (ModelError, EngineError, ValueError) as exc:
                 raise NodeError(f"cannot serve model {spec}: {exc}") from None
-            self.served[model.sha256] = Served(engine, Worker(engine, queue_size=self.config.queue_size,
-                                                              batch_ms=self.config.stream_batch_ms))
+            worker = Worker(engine, queue_size=self.config.queue_size, batch_ms=self.config.stream_batch_ms)
+            self.served[engine.ref.sha256] = Served(engine, worker, speed)
 
     async def _until_signalled(self) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -137,9 +181,10 @@ class Node:
     def _write_node_info(self) -> None:
         info = {
             "peer_id": self.peer_id,
-            "addrs": _dialable(self.addrs),
+            "addrs": self.addrs,
             "pid": os.getpid(),
             "control": str(self.home.path / "control.sock"),
+            "engine": self.engine_kind,
             "models": [{"name": s.engine.ref.name, "sha256": sha} for sha, s in self.served.items()],
             "version": __version__,
             "started_at": int(self.started_at),
@@ -148,17 +193,311 @@ class Node:
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         os.replace(tmp, self.home.node_info_path)
 
-    # ------------------------------------------------------------------ submit protocol
+    # ------------------------------------------------------------------ adverts
+
+    def advert(self) -> wire.Advert:
+        loads = [s.worker.load for s in self.served.values()]
+        self._advert_seq = max(self._advert_seq + 1, _now_ms())  # grows across restarts too
+        return wire.Advert(
+            peer_id=self.peer_id, addrs=tuple(self.addrs[:16]), eth=self.eth_address,
+            engine="sim" if self.engine_kind == "sim" else "llama.cpp",
+            models=tuple(wire.ModelOffer(sha256=sha, name=s.engine.ref.name, tokens_per_s=float(s.tokens_per_s),
+                                         n_ctx=s.engine.n_ctx) for sha, s in self.served.items()),
+            hardware=self.hardware,
+            load=wire.Load(queued=sum(x.queued for x in loads), running=sum(x.running for x in loads),
+                           capacity=sum(x.capacity for x in loads)),
+            version=__version__, seq=self._advert_seq, ts=_now_ms(),
+        )
+
+    def _load_change(self) -> None:
+        self._load_changed.set()
+
+    async def _publish_adverts(self) -> None:
+        while True:
+            try:
+                await self.pubsub.publish(TOPIC_ADVERTS, wire.sign(self.advert(), self.key))
+            except Exception as exc:  # no peers yet, or a router hiccup: the next period retries
+                log.debug("advert not published: %r", exc)
+            await trio.sleep(0.5)  # at most two adverts a second, however busy
+            self._load_changed = trio.Event()
+            with trio.move_on_after(max(self.config.advert_interval - 0.5, 0)):
+                await self._load_changed.wait()
+
+    def _validate_advert(self, forwarder: Any, msg: Any) -> bool:
+        """Gossipsub topic validator: False rejects (and feeds peer scoring)."""
+        try:
+            envelope = wire.decode(msg.data, max_size=GossipSettings.max_message_bytes)
+            advert = envelope.message
+            if envelope.type != "advert":
+                raise wire.WireError("not an advert")
+            from libp2p.peer.id import ID
+
+            if advert.peer_id != envelope.signer_peer_id or advert.peer_id != ID(msg.from_id).to_base58():
+                raise wire.WireError("advert is not by the peer that signed and sent it")
+            now = _now_ms()
+            if advert.ts < now - 3 * self.config.advert_interval * 1000:
+                raise wire.WireError("stale advert")
+            if advert.ts > now + self.config.clock_skew * 1000:
+                raise wire.WireError("advert from the future")
+        except (wire.WireError, ValueError) as exc:
+            self.adverts_rejected += 1
+            log.debug("rejected advert from %s: %s", forwarder, exc)
+            return False
+        return True
+
+    async def _receive_adverts(self, subscription: Any) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._expire_peers)
+            while True:
+                msg = await subscription.get()
+                try:
+                    advert = wire.decode(msg.data).message  # validated on the way in
+                except wire.WireError:
+                    continue
+                if self.peers.update(advert, time.monotonic()) and advert.peer_id != self.peer_id:
+                    log.debug("advert from %s seq %d", advert.peer_id[-8:], advert.seq)
+
+    async def _expire_peers(self) -> None:
+        while True:
+            await trio.sleep(self.config.advert_interval / 2)
+            for peer_id in self.peers.expire(time.monotonic()):
+                log.info("peer %s left (no advert for %d s)", peer_id, 3 * self.config.advert_interval)
+
+    # ------------------------------------------------------------------ membership and DHT
+
+    async def _maintain_membership(self) -> None:
+        """Stay connected: bootstrap nodes (retry with backoff) and a few advertised peers."""
+        retry_at: dict[str, tuple[float, float]] = {}  # addr -> (when, delay)
+        while True:
+            now = time.monotonic()
+            connected = {p.to_base58() for p in self.host.get_connected_peers()}
+            wanted = list(self.config.bootstrap)
+            for entry in self.peers.fresh(now):
+                if (entry.peer_id > self.peer_id and entry.peer_id not in connected  # one side dials
+                        and entry.advert.addrs and len(connected) < MAX_DIALED_PEERS):
+                    wanted.append(entry.advert.addrs[0])
+            for addr in wanted:
+                when, delay = retry_at.get(addr, (0.0, 1.0))
+                if when > now or addr.rsplit("/p2p/", 1)[-1] in connected:
+                    continue
+                if await self._dial(addr):
+                    retry_at.pop(addr, None)
+                else:
+                    retry_at[addr] = (now + delay, min(delay * 2, 60.0))
+            await trio.sleep(MEMBERSHIP_S)
+
+    async def _dial(self, addr: str) -> bool:
+        try:
+            info = peer_info(addr)
+            with trio.fail_after(self.config.connect_timeout):
+                await self.host.connect(info)
+            await self.dht.add_peer(info.peer_id)
+            log.debug("connected to %s", addr)
+            return True
+        except Exception as exc:  # unreachable, refused, timed out: retried with backoff
+            log.info("cannot reach %s: %s", addr, exc or type(exc).__name__)
+            return False
+
+    async def _provide_models(self) -> None:
+        while True:
+            for sha in self.served:
+                try:
+                    with trio.move_on_after(30):
+                        await self.dht.provide(wire.provider_key(sha))
+                except Exception as exc:
+                    log.debug("provide %s failed: %r", sha[:12], exc)
+            await trio.sleep(REPROVIDE_S if self.host.get_connected_peers() else MEMBERSHIP_S)
+
+    async def _dht_providers(self, sha: str) -> list[str] | None:
+        """Providers of a model from the DHT (cached briefly); None if the lookup failed."""
+        cached = self._dht_cache.get(sha)
+        if cached and time.monotonic() - cached[0] < DHT_CACHE_S:
+            return cached[1]
+        try:
+            with trio.fail_after(2):
+                found = await find_providers(self.dht, wire.provider_key(sha))
+        except Exception as exc:
+            log.debug("DHT lookup for %s failed: %r", sha[:12], exc)
+            return None
+        self._dht_cache[sha] = (time.monotonic(), found)
+        return found
+
+    # ------------------------------------------------------------------ gateway: /inferad/submit
 
     async def _serve_submit(self, stream: Any) -> None:
+        await self._handle_request(stream, self._route_job)
+
+    async def _route_job(self, envelope: wire.Envelope, data: bytes, framed: FramedStream) -> None:
+        if envelope.type != "job":
+            raise JobRejected("unexpected", f"expected a job, got a {envelope.type}")
+        job: wire.JobRequest = envelope.message
+        job_id = envelope.digest
+        self._check_timing(job)
+        now = time.monotonic()
+        local = self._local_candidate(job)
+        candidates = self.router.candidates(job.model.sha256, now, local)
+        providers = await self._dht_providers(job.model.sha256)
+        if providers:  # join: DHT says who serves the model, adverts say who is alive and how loaded
+            candidates = [c for c in candidates if c.peer_id in providers or c.peer_id == self.peer_id] or candidates
+        if not candidates:
+            raise JobRejected("unknown_model", f"no node in this network serves {job.model.name} "
+                                               f"({job.model.sha256[:12]}…)")
+        prompt_tokens = (len(self.served[job.model.sha256].engine.prompt_tokens(job)) if local
+                         else estimate_prompt_tokens(len(job.prompt or "") + sum(len(m.content) for m in
+                                                                                 job.messages or ())))
+        plan = self.router.plan(JobShape(prompt_tokens, job.params.max_tokens), candidates, now)
+        if not plan.order:
+            raise JobRejected("no_worker", f"no eligible worker for {job.model.name}: {plan.explain()}")
+        if not await self._db(self.store.accept_job, job_id, data, role="gateway"):
+            raise JobRejected("replay", f"job {job_id[:16]}… was already submitted")
+
+        async def attempt(peer_id: str, prefix: list[int], relay):
+            if peer_id == self.peer_id:
+                return await self._execute(envelope, prefix, relay)
+            return await self._attempt_remote(peer_id, data, prefix, relay)
+
+        async def relay(tokens: list[wire.Token]) -> None:
+            try:
+                await framed.send_tokens(tokens)
+            except StreamClosed:
+                raise ClientGone() from None
+
+        self._active_jobs += 1
+        try:
+            routed = await self.router.route(job_id, plan, attempt, relay)
+        except (JobRejected, ClientGone) as exc:
+            code = exc.code if isinstance(exc, JobRejected) else "client_gone"
+            await self._db(self.store.fail_job, job_id, code)
+            self._log_job(job_id, job, outcome=code)
+            if isinstance(exc, ClientGone):
+                return
+            raise
+        finally:
+            self._active_jobs -= 1
+        await self._db(lambda: self.store.finish_job(job_id, routed.data, workers=routed.workers))
+        await framed.send(routed.data)
+        result: wire.JobResult = routed.envelope.message
+        self._log_job(job_id, job, outcome="ok", tokens=len(result.output_tokens),
+                      workers=",".join(w["peer"][-8:] for w in routed.workers))
+
+    def _local_candidate(self, job: wire.JobRequest) -> Candidate | None:
+        served = self.served.get(job.model.sha256)
+        if served is None:
+            return None
+        load = served.worker.load
+        return Candidate(peer_id=self.peer_id, tokens_per_s=served.tokens_per_s, n_ctx=served.engine.n_ctx,
+                         queued=load.queued, running=load.running, capacity=load.capacity, rtt_s=0.0)
+
+    async def _attempt_remote(self, peer_id: str, job: bytes, prefix: list[int], relay) -> tuple[bytes, wire.Envelope]:
+        from libp2p.custom_types import TProtocol
+        from libp2p.peer.id import ID
+
+        entry = self.peers.get(peer_id)
+        try:
+            with trio.fail_after(self.config.connect_timeout):
+                if entry is not None:
+                    await self.host.connect(peer_info(entry.advert.addrs[0]))
+                started = time.perf_counter()
+                stream = await self.host.new_stream(ID.from_base58(peer_id), [TProtocol(PROTOCOL_EXEC)])
+                self.router.record_rtt(peer_id, time.perf_counter() - started)
+        except Exception as exc:
+            raise AttemptFailed(f"cannot reach worker: {exc or 'timed out'}") from None
+        framed = FramedStream(stream, self.config.max_frame)
+        try:
+            await framed.send(wire.sign(wire.ExecRequest(job=job, prefix=tuple(prefix)), self.key))
+            got_token = False
+            while True:
+                limit = self.config.stall_timeout if got_token else self.config.first_token_timeout
+                with trio.fail_after(limit):
+                    data = await framed.receive()
+                envelope = wire.decode(data, max_size=self.config.max_frame)
+                if envelope.type == "token":
+                    got_token = True
+                    await relay([envelope.message])
+                elif envelope.type == "error":
+                    raise JobRejected(envelope.message.code, envelope.message.message)
+                elif envelope.type == "result":
+                    return data, envelope
+                else:
+                    raise AttemptFailed(f"worker sent an unexpected {envelope.type}")
+        except trio.TooSlowError:
+            raise AttemptFailed("worker stalled") from None
+        except StreamClosed as exc:
+            raise AttemptFailed(f"worker went away: {exc}") from None
+        except wire.WireError as exc:
+            raise AttemptFailed(f"worker sent an invalid frame: {exc}") from None
+        finally:
+            await framed.close()
+
+    # ------------------------------------------------------------------ worker: /inferad/exec
+
+    async def _serve_exec(self, stream: Any) -> None:
+        await self._handle_request(stream, self._run_exec)
+
+    async def _run_exec(self, envelope: wire.Envelope, data: bytes, framed: FramedStream) -> None:
+        if envelope.type != "exec":
+            raise JobRejected("unexpected", f"expected an exec request, got a {envelope.type}")
+        request: wire.ExecRequest = envelope.message
+        job_envelope = wire.decode(request.job, max_size=self.config.max_frame)
+        if job_envelope.type != "job":
+            raise JobRejected("unexpected", "an exec request must carry a client-signed job")
+        job_id = job_envelope.digest
+        self._check_timing(job_envelope.message)
+        if not await self._db(self.store.accept_job, job_id, request.job, role="worker",
+                              gateway=envelope.signer_peer_id, prefix=len(request.prefix)):
+            raise JobRejected("replay", f"job {job_id[:16]}… was already run here")
+        self._active_jobs += 1
+        try:
+            signed, _ = await self._execute(job_envelope, list(request.prefix), framed.send_tokens)
+        except JobRejected as exc:
+            await self._db(self.store.fail_job, job_id, exc.code)
+            raise
+        finally:
+            self._active_jobs -= 1
+        await self._db(self.store.finish_job, job_id, signed)
+        await framed.send(signed)
+
+    async def _execute(self, envelope: wire.Envelope, prefix: list[int], send_tokens) -> tuple[bytes, wire.Envelope]:
+        """Run a job on this node's engine (continuing after ``prefix``); the signed result."""
+        job: wire.JobRequest = envelope.message
+        check_served(job, served=self.served, max_tokens=self.config.max_tokens)
+        served = self.served[job.model.sha256]
+        try:
+            prompt = served.engine.prompt_tokens(job)
+        except EngineError as exc:
+            raise JobRejected("unsupported", str(exc)) from None
+        check_context(len(prompt), job.params.max_tokens, served.engine.n_ctx)
+        self._load_change()
+        try:
+            generation, queue_ms = await served.worker.run(prompt, job.params, send_tokens, prefix)
+        finally:
+            self._load_change()
+        result = wire.JobResult(
+            job_id=envelope.digest, model=served.engine.ref, output_tokens=tuple(generation.tokens),
+            text=generation.text, finish_reason=generation.finish_reason,
+            usage=wire.Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=len(generation.tokens)),
+            timings=wire.Timings(queue_ms=queue_ms, prompt_ms=generation.prompt_ms, decode_ms=generation.decode_ms),
+            engine=served.engine.info, worker=self.peer_id, continued_from=len(prefix),
+        )
+        signed = wire.sign(result, self.key)
+        log.info("ran job", extra={"fields": {"id": envelope.digest[:16], "model": served.engine.ref.name,
+                                              "tokens": len(generation.tokens) - len(prefix),
+                                              "tokens_per_s": round(generation.tokens_per_second, 1),
+                                              "continued_from": len(prefix)}})
+        return signed, wire.decode(signed)
+
+    # ------------------------------------------------------------------ shared request handling
+
+    async def _handle_request(self, stream: Any, handle) -> None:
+        """Read one signed request frame, hand it to ``handle``; typed errors for everything else."""
         framed = FramedStream(stream, self.config.max_frame)
         try:
             with trio.fail_after(self.config.request_timeout):
                 data = await framed.receive()
             envelope = wire.decode(data, max_size=self.config.max_frame)
-            if envelope.type != "job":
-                raise JobRejected("unexpected", f"expected a job, got a {envelope.type}")
-            await self._run_job(envelope, data, framed)
+            if self._draining:
+                raise JobRejected("shutting_down", "this node is shutting down")
+            await handle(envelope, data, framed)
         except wire.FrameTooLarge as exc:
             await framed.send_error(exc.code, str(exc))
             await framed.reset()
@@ -173,51 +512,14 @@ class Node:
             pass
         await framed.close()
 
-    async def _run_job(self, envelope: wire.Envelope, data: bytes, framed: FramedStream) -> None:
-        job: wire.JobRequest = envelope.message
-        job_id = envelope.digest
-        check_job(job, now_ms=_now_ms(), served=self.served, max_tokens=self.config.max_tokens,
-                  max_ttl_s=self.config.max_job_ttl, clock_skew_s=self.config.clock_skew)
-        served = self.served[job.model.sha256]
-        try:
-            prompt = served.engine.prompt_tokens(job)
-        except EngineError as exc:
-            raise JobRejected("unsupported", str(exc)) from None
-        check_context(len(prompt), job.params.max_tokens, served.engine.n_ctx)
-        if self._draining:
-            raise JobRejected("shutting_down", "this node is shutting down")
-        if not await self._db(self.store.accept_job, job_id, data):
-            raise JobRejected("replay", f"job {job_id[:16]}… was already submitted")
-        self._active_jobs += 1
-        try:
-            generation, queue_ms = await served.worker.run(
-                prompt, job.params, framed.send_tokens)
-        except JobRejected as exc:
-            await self._db(self.store.fail_job, job_id, exc.code)
-            self._log_job(job_id, job, outcome=exc.code)
-            raise
-        finally:
-            self._active_jobs -= 1
-        result = wire.JobResult(
-            job_id=job_id, model=served.engine.ref, output_tokens=tuple(generation.tokens),
-            text=generation.text, finish_reason=generation.finish_reason,
-            usage=wire.Usage(prompt_tokens=generation.prompt_tokens,
-                             completion_tokens=len(generation.tokens)),
-            timings=wire.Timings(queue_ms=queue_ms, prompt_ms=generation.prompt_ms,
-                                 decode_ms=generation.decode_ms),
-            engine=served.engine.info, worker=self.peer_id,
-        )
-        signed = wire.sign(result, self.key)
-        await self._db(self.store.finish_job, job_id, signed)  # synced before the client hears of it
-        await framed.send(signed)
-        self._log_job(job_id, job, outcome="ok", tokens=len(generation.tokens),
-                      tokens_per_s=round(generation.tokens_per_second, 1))
+    def _check_timing(self, job: wire.JobRequest) -> None:
+        check_timing(job, now_ms=_now_ms(), max_ttl_s=self.config.max_job_ttl, clock_skew_s=self.config.clock_skew)
 
     def _log_job(self, job_id: str, job: wire.JobRequest, **fields: Any) -> None:
         log.info("job", extra={"fields": {"id": job_id[:16], "model": job.model.name, **fields}})
 
-    async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await trio.to_thread.run_sync(fn, *args, limiter=self._db_limiter)
+    async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._db_limiter)
 
     # ------------------------------------------------------------------ control socket
 
@@ -230,13 +532,33 @@ class Node:
 
         async def status() -> dict:
             return {
-                "peer_id": self.peer_id, "addrs": self.addrs, "version": __version__,
+                "peer_id": self.peer_id, "addrs": self.addrs, "version": __version__, "engine": self.engine_kind,
                 "uptime_s": int(time.time() - self.started_at), "active_jobs": self._active_jobs,
-                "models": [{"name": s.engine.ref.name, "sha256": sha, "queued": s.worker.load.queued,
-                            "running": s.worker.load.running} for sha, s in self.served.items()],
+                "peers": len(self.peers.fresh(time.monotonic())), "adverts_rejected": self.adverts_rejected,
+                "models": [{"name": s.engine.ref.name, "sha256": sha, "tokens_per_s": s.tokens_per_s,
+                            "queued": s.worker.load.queued, "running": s.worker.load.running}
+                           for sha, s in self.served.items()],
             }
 
-        return {"jobs": jobs, "status": status}
+        async def peers() -> list[dict]:
+            now = time.monotonic()
+            return [dict(wire.unparse(e.advert), advert_age_s=round(now - e.received_at, 1),
+                         reputation=None, self=e.peer_id == self.peer_id)
+                    for e in sorted(self.peers.fresh(now), key=lambda e: e.peer_id)]
+
+        async def models() -> list[dict]:
+            found: dict[str, dict] = {}
+            for entry in self.peers.fresh(time.monotonic()):
+                for offer in entry.advert.models:
+                    model = found.setdefault(offer.sha256, {"sha256": offer.sha256, "name": offer.name,
+                                                            "providers": []})
+                    model["providers"].append({"peer_id": entry.peer_id, "tokens_per_s": offer.tokens_per_s,
+                                               "n_ctx": offer.n_ctx, "queued": entry.advert.load.queued})
+            for model in found.values():
+                model["providers"].sort(key=lambda p: p["peer_id"])
+            return sorted(found.values(), key=lambda m: m["name"])
+
+        return {"jobs": jobs, "status": status, "peers": peers, "models": models}
 
 
 def _now_ms() -> int:
@@ -256,3 +578,4 @@ def _dialable(addrs: list[str]) -> list[str]:
     """Wildcard listen addresses are not dialable; offer loopback for local clients first."""
     local = [a.replace("/ip4/0.0.0.0/", "/ip4/127.0.0.1/", 1) for a in addrs if "/ip4/0.0.0.0/" in a]
     return local + [a for a in addrs if "/ip4/0.0.0.0/" not in a]
+

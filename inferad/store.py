@@ -36,6 +36,7 @@ class JobRecord:
     status: str  # accepted | done | failed | interrupted
     error: str | None = None
     result: bytes | None = None  # the worker-signed envelope, once done
+    meta: dict | None = None  # role (gateway|worker), workers tried, gateway peer…
 
     def to_json(self) -> dict:
         """A JSON-friendly view with the envelopes decoded (they were verified on the way in)."""
@@ -45,6 +46,7 @@ class JobRecord:
                 "job": _jsonable(wire.decode(self.job).body)}
         if self.error:
             view["error"] = self.error
+        view.update(self.meta or {})
         if self.result is not None:
             result = wire.decode(self.result)
             view["result"] = _jsonable(result.body)
@@ -94,22 +96,22 @@ class Store:
     def has_job(self, job_id: str) -> bool:
         return self._db.get(JOB + job_id.encode()) is not None
 
-    def accept_job(self, job_id: str, job: bytes) -> bool:
+    def accept_job(self, job_id: str, job: bytes, **meta) -> bool:
         """Record a job id as taken (synced); False if it was seen before (a replay)."""
         key = JOB + job_id.encode()
         with self._lock:
             if self._db.get(key) is not None:
                 return False
-            record = {"job": job, "received_at": _now_ms(), "status": "accepted"}
+            record = {"job": job, "received_at": _now_ms(), "status": "accepted", "meta": meta}
             self._db.put(key, msgpack.packb(record), sync=True)
             return True
 
-    def finish_job(self, job_id: str, result: bytes) -> None:
+    def finish_job(self, job_id: str, result: bytes, **meta) -> None:
         """Store the signed result, synced, before the client is told it exists."""
         with self._lock:
             batch = self._db.write_batch(sync=True)
             batch.put(RESULT + job_id.encode(), result)
-            batch.put(JOB + job_id.encode(), self._updated(job_id, status="done"))
+            batch.put(JOB + job_id.encode(), self._updated(job_id, status="done", **meta))
             batch.write()
 
     def fail_job(self, job_id: str, error: str) -> None:
@@ -121,7 +123,12 @@ class Store:
         if raw is None:
             raise KeyError(job_id)
         record = msgpack.unpackb(raw)
-        record.update(changes)
+        meta = record.setdefault("meta", {})
+        for key, value in changes.items():
+            if key in ("status", "error"):
+                record[key] = value
+            else:
+                meta[key] = value
         return msgpack.packb(record)
 
     def job(self, job_id: str) -> JobRecord | None:
@@ -137,7 +144,8 @@ class Store:
         record = msgpack.unpackb(raw)
         result = self._db.get(RESULT + job_id.encode())
         return JobRecord(job_id=job_id, job=record["job"], received_at=record["received_at"],
-                         status=record["status"], error=record.get("error"), result=result)
+                         status=record["status"], error=record.get("error"), result=result,
+                         meta=record.get("meta") or {})
 
     def mark_interrupted(self) -> int:
         """After a crash: jobs accepted but never finished become ``interrupted``."""

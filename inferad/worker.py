@@ -14,7 +14,6 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import trio
 
@@ -27,13 +26,6 @@ log = logging.getLogger("inferad.worker")
 SendTokens = Callable[[list[wire.Token]], Awaitable[None]]
 
 
-@dataclass
-class Load:
-    queued: int
-    running: int
-    capacity: int
-
-
 class Worker:
     def __init__(self, engine: Engine, *, queue_size: int, batch_ms: int = 0) -> None:
         self.engine = engine
@@ -43,11 +35,12 @@ class Worker:
         self._waiting = 0
 
     @property
-    def load(self) -> Load:
-        return Load(queued=self._waiting, running=self._limiter.borrowed_tokens, capacity=1)
+    def load(self) -> wire.Load:
+        return wire.Load(queued=self._waiting, running=self._limiter.borrowed_tokens,
+                         capacity=1 + self.queue_size)
 
-    async def run(self, prompt: list[int], params: wire.SamplingParams,
-                  send_tokens: SendTokens) -> tuple[Generation, int]:
+    async def run(self, prompt: list[int], params: wire.SamplingParams, send_tokens: SendTokens,
+                  prefix: list[int] | None = None) -> tuple[Generation, int]:
         """Generate, streaming tokens through ``send_tokens``; returns (generation, queue ms).
 
         The first token goes out at once; later ones are sent in batches
@@ -66,12 +59,12 @@ class Worker:
             self._waiting -= 1
         try:
             queue_ms = int((time.perf_counter() - queued_at) * 1000)
-            return await self._generate(prompt, params, send_tokens), queue_ms
+            return await self._generate(prompt, params, send_tokens, prefix or []), queue_ms
         finally:
             self._limiter.release()
 
-    async def _generate(self, prompt: list[int], params: wire.SamplingParams,
-                        send_tokens: SendTokens) -> Generation:
+    async def _generate(self, prompt: list[int], params: wire.SamplingParams, send_tokens: SendTokens,
+                        prefix: list[int]) -> Generation:
         send, receive = trio.open_memory_channel(math.inf)
         stop = threading.Event()
         trio_token = trio.lowlevel.current_trio_token()
@@ -92,9 +85,9 @@ class Worker:
 
         async def forward() -> None:
             try:
-                index = 0
+                index = len(prefix)  # a continuation numbers tokens after the delivered ones
                 async for first in receive:
-                    if index and self.batch_s:
+                    if index > len(prefix) and self.batch_s:
                         await trio.sleep(self.batch_s)
                     batch = [first]
                     with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
@@ -113,7 +106,7 @@ class Worker:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(forward)
             try:
-                generation = await trio.to_thread.run_sync(self.engine.generate, prompt, params, on_token)
+                generation = await trio.to_thread.run_sync(self.engine.generate, prompt, params, on_token, prefix)
             except GenerationCancelled:
                 pass
             finally:

@@ -30,6 +30,10 @@ def _reattach_libp2p_logging() -> None:
             if logger.level and logger.level < logging.WARNING:
                 logger.setLevel(logging.WARNING)
     logging.getLogger("libp2p").setLevel(logging.WARNING)
+    # Known noise, measured: the DHT warns on every query although results are
+    # right, and pubsub logs an ERROR when a client without gossip connects.
+    logging.getLogger("libp2p.kad_dht.kad_dht").setLevel(logging.ERROR)
+    logging.getLogger("libp2p.host.basic_host").setLevel(logging.CRITICAL)
 
 
 def make_host(key: SigningKey):

@@ -4,16 +4,15 @@ import time
 
 import pytest
 
-from inferad.admission import JobRejected, check_context, check_job
+from inferad.admission import JobRejected, check_context, check_served, check_timing
 from tests.factories import GEMMA, make_job
 
 SERVED = {GEMMA.sha256: object()}
 
 
-def check(job, **overrides):
-    rules = dict(now_ms=int(time.time() * 1000), served=SERVED, max_tokens=64, max_ttl_s=600, clock_skew_s=60)
-    rules.update(overrides)
-    check_job(job, **rules)
+def check(job, now_ms=None, served=SERVED):
+    check_timing(job, now_ms=now_ms or int(time.time() * 1000), max_ttl_s=600, clock_skew_s=60)
+    check_served(job, served=served, max_tokens=64)
 
 
 def rejection(job, **overrides) -> str:

@@ -1,0 +1,75 @@
+"""The scale-test engine (``--engine sim``): a SIMULATED model, no inference.
+
+It exists so that 20+ node processes fit on a 2-core machine for scale tests
+and benchmarks of the mesh and the scheduler.  It produces deterministic
+tokens (a hash of the prompt and position) at a configured rate, and
+advertises engine ``sim`` and model names starting with ``sim`` whose
+digests can never collide with a real GGUF's, so no client can mistake it
+for a real model.  Never a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+
+from inferad.engine import EngineError, Generation, OnToken, OutputStream
+from p2p import wire
+
+SIM_PREFIX = "sim"
+EOG = 0
+
+
+def is_sim_model(name: str) -> bool:
+    return name == SIM_PREFIX or name.startswith(SIM_PREFIX + "-")
+
+
+def sim_model_ref(name: str = SIM_PREFIX) -> wire.ModelRef:
+    if not is_sim_model(name):
+        raise ValueError(f"simulated model names start with {SIM_PREFIX!r}, got {name!r}")
+    digest = hashlib.sha256(b"inferad simulated model, not a GGUF: " + name.encode()).hexdigest()
+    return wire.ModelRef(sha256=digest, name=name)
+
+
+class SimEngine:
+    kind = "sim"
+
+    def __init__(self, name: str = SIM_PREFIX, *, tokens_per_s: float = 50.0, n_ctx: int = 2048) -> None:
+        if tokens_per_s <= 0:
+            raise EngineError("the sim engine needs a positive --sim-tokens-per-s")
+        self.ref = sim_model_ref(name)
+        self.tokens_per_s = tokens_per_s
+        self.n_ctx = n_ctx
+        self.load_seconds = 0.0
+        self.info = wire.EngineInfo(name="sim", version=f"{tokens_per_s:g} tok/s", backend="simulated")
+
+    def tokenize(self, text: str) -> list[int]:
+        data = text.encode()
+        return [1] + [1000 + int.from_bytes(data[i:i + 4].ljust(4, b"\0"), "big") % 30000
+                      for i in range(0, len(data), 4)]
+
+    def prompt_tokens(self, job: wire.JobRequest) -> list[int]:
+        if job.prompt is not None:
+            return self.tokenize(job.prompt)
+        return self.tokenize("\n".join(f"{m.role}: {m.content}" for m in job.messages))
+
+    def _token(self, prompt: list[int], position: int) -> int:
+        seed = hashlib.sha256(repr((prompt, position)).encode()).digest()
+        return 1000 + int.from_bytes(seed[:4], "big") % 30000
+
+    def generate(self, prompt: list[int], params: wire.SamplingParams, on_token: OnToken,
+                 prefix: Sequence[int] = ()) -> Generation:
+        out = OutputStream(params, lambda tok: f" w{tok}".encode(), lambda tok: tok == EOG, on_token)
+        out.replay(list(prefix))
+        interval = 1.0 / self.tokens_per_s
+        next_at = time.perf_counter()
+        while out.finish_reason is None:
+            next_at += interval
+            time.sleep(max(0.0, next_at - time.perf_counter()))
+            if out.push(self._token(prompt, len(out.tokens))):
+                break
+        return out.result(len(prompt))
+
+    def close(self) -> None:
+        pass
