@@ -29,6 +29,11 @@ Relay = Callable[[list[wire.Token]], Awaitable[None]]
 Attempt = Callable[[str, list[int], Relay], Awaitable[tuple[bytes, wire.Envelope]]]
 
 
+# Refusals about the job, not the worker: try the next worker, but do not back off.
+JOB_LEVEL_CODES = frozenset({"max_tokens", "context_overflow", "unsupported", "busy", "replay", "expired",
+                             "not_yet_valid", "ttl_too_long"})
+
+
 class AttemptFailed(Exception):
     """One worker did not deliver; the gateway tries the next."""
 
@@ -82,6 +87,7 @@ class Router:
     async def route(self, job_id: str, plan: Plan, attempt: Attempt, relay: Relay) -> Routed:
         delivered: list[wire.Token] = []
         workers: list[dict] = []
+        codes: set[str] = set()
         for peer_id in plan.order[: self.max_attempts]:
             prefix = [t.id for t in delivered]
             from_this: list[wire.Token] = []
@@ -99,10 +105,15 @@ class Router:
                 if isinstance(exc, JobRejected) and exc.code == "cancelled":
                     raise ClientGone() from None
                 reason = f"{exc.code}: {exc.message}" if isinstance(exc, JobRejected) else str(exc)
-                delay = self.backoff.failed(peer_id, time.monotonic())
+                code = exc.code if isinstance(exc, JobRejected) else "failed"
+                codes.add(code)
                 workers.append({"peer": peer_id, "tokens": len(from_this), "outcome": reason})
-                log.warning("worker %s failed after %d tokens (%s); backing off %.0f s", peer_id[-8:],
-                            len(from_this), reason, delay)
+                if code in JOB_LEVEL_CODES or peer_id == self.self_id:
+                    log.info("worker %s refused the job (%s)", peer_id[-8:], reason)
+                else:
+                    delay = self.backoff.failed(peer_id, time.monotonic())
+                    log.warning("worker %s failed after %d tokens (%s); backing off %.0f s", peer_id[-8:],
+                                len(from_this), reason, delay)
                 continue
             finally:
                 self.inflight[peer_id] -= 1
@@ -110,8 +121,9 @@ class Router:
             workers.append({"peer": peer_id, "tokens": len(from_this), "outcome": "ok"})
             return Routed(data, envelope, workers)
         tried = "; ".join(f"{w['peer'][-8:]}: {w['outcome']}" for w in workers) or "none"
-        raise JobRejected("no_worker", f"no worker could run the job. Tried: {tried}. "
-                                       f"Excluded: {plan.explain()}")
+        # Every worker refused for the same reason (max_tokens, context_overflow…): say that.
+        code = codes.pop() if len(codes) == 1 and "failed" not in codes else "no_worker"
+        raise JobRejected(code, f"no worker could run the job. Tried: {tried}. Excluded: {plan.explain()}")
 
 
 def _check_result(envelope: wire.Envelope, job_id: str, peer_id: str, prefix: list[int],

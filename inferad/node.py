@@ -347,7 +347,8 @@ class Node:
                                                                                  job.messages or ())))
         plan = self.router.plan(JobShape(prompt_tokens, job.params.max_tokens), candidates, now)
         if not plan.order:
-            raise JobRejected("no_worker", f"no eligible worker for {job.model.name}: {plan.explain()}")
+            raise JobRejected(plan.common_code() if plan.common_code() in ("context_overflow", "busy")
+                              else "no_worker", f"no eligible worker for {job.model.name}: {plan.explain()}")
         if not await self._db(self.store.accept_job, job_id, data, role="gateway"):
             raise JobRejected("replay", f"job {job_id[:16]}… was already submitted")
 

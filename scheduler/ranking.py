@@ -41,10 +41,15 @@ class Candidate:
 @dataclass(frozen=True)
 class Plan:
     order: tuple[str, ...]  # attempt order: first choice, then failover
-    excluded: dict[str, str] = field(default_factory=dict)  # peer id -> why not
+    excluded: dict[str, tuple[str, str]] = field(default_factory=dict)  # peer id -> (code, why not)
 
     def explain(self) -> str:
-        return "; ".join(f"{peer[-8:]}: {why}" for peer, why in sorted(self.excluded.items())) or "none"
+        return "; ".join(f"{peer[-8:]}: {why}" for peer, (_, why) in sorted(self.excluded.items())) or "none"
+
+    def common_code(self) -> str | None:
+        """The exclusion code shared by every candidate, if there is one."""
+        codes = {code for code, _ in self.excluded.values()}
+        return codes.pop() if len(codes) == 1 else None
 
 
 def estimate_seconds(c: Candidate, job: JobShape) -> float:
@@ -62,15 +67,16 @@ def score(c: Candidate, job: JobShape) -> float:
 
 
 def exclusion(c: Candidate, job: JobShape, *, backed_off: frozenset[str] | set[str],
-              reputation_floor: float) -> str | None:
+              reputation_floor: float) -> tuple[str, str] | None:
+    """(code, reason) if ``c`` must not get the job, else None."""
     if c.peer_id in backed_off:
-        return "backing off after a failure"
+        return "backoff", "backing off after a failure"
     if c.reputation < reputation_floor:
-        return f"reputation {c.reputation:.2f} below the floor {reputation_floor:.2f}"
+        return "reputation", f"reputation {c.reputation:.2f} below the floor {reputation_floor:.2f}"
     if job.prompt_tokens + job.max_tokens > c.n_ctx:
-        return f"context {c.n_ctx} too small for ~{job.prompt_tokens}+{job.max_tokens} tokens"
+        return "context_overflow", f"context {c.n_ctx} too small for ~{job.prompt_tokens}+{job.max_tokens} tokens"
     if c.queued + c.running + c.inflight >= c.capacity:
-        return f"at capacity ({c.queued + c.running + c.inflight}/{c.capacity})"
+        return "busy", f"at capacity ({c.queued + c.running + c.inflight}/{c.capacity})"
     return None
 
 

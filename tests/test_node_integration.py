@@ -72,7 +72,7 @@ def test_stored_result_verifies_after_the_node_stops(start_node, tmp_path):
 
 def test_submit_exit_codes(node, tmp_path):
     client = tmp_path / "client"
-    rejected = run_cli("submit", "--node", node.addr, "x", "--max-tokens", "1000", home=client)
+    rejected = run_cli("submit", "--node", node.addr, "x", "--max-tokens", "100", home=client)
     assert rejected.returncode == 3
     assert "max_tokens" in rejected.stderr
     dead = node.addr.replace(node.addr.split("/")[4], "1")  # port 1: nobody listens
