@@ -7,10 +7,10 @@ provider records in the DHT).
 
 A :class:`Node` owns one trio nursery for its own tasks (adverts, membership,
 DHT, control socket, signals); py-libp2p runs stream handlers in the host's
-nursery, each wrapped by :func:`guarded` so no exception escapes into the
-host.  Blocking work goes through ``trio.to_thread`` with limiters sized on
-purpose: one per engine (llama.cpp is single-threaded per context), four for
-LevelDB.
+nursery, every one of them (py-libp2p's own pubsub and DHT handlers too)
+wrapped by :func:`p2p.host.guarded` so no exception escapes into the host.
+Blocking work goes through ``trio.to_thread`` with limiters sized on purpose:
+one per engine (llama.cpp is single-threaded per context), four for LevelDB.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from inferad.speed import tokens_per_second
 from inferad.store import Store
 from inferad.worker import Worker
 from p2p import wire
-from p2p.host import PROTOCOL_SUBMIT, make_host, peer_info, running
+from p2p.host import PROTOCOL_SUBMIT, guard_all_handlers, guarded, make_host, peer_info, running
 from p2p.mesh import PROTOCOL_EXEC, TOPIC_ADVERTS, GossipSettings, find_providers, running_mesh
 from p2p.streams import FramedStream, StreamClosed
 from scheduler.peers import PeerTable
@@ -62,22 +62,6 @@ class Served:
     engine: Any  # Engine | SimEngine
     worker: Worker
     tokens_per_s: float
-
-
-def guarded(name: str, handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
-    """Wrap a stream handler so no exception reaches py-libp2p (it would kill the host)."""
-
-    async def run(stream: Any) -> None:
-        try:
-            await handler(stream)
-        except Exception:
-            log.exception("%s handler failed; resetting the stream", name)
-            try:
-                await stream.reset()
-            except Exception:
-                pass
-
-    return run
 
 
 class Node:
@@ -123,6 +107,7 @@ class Node:
             try:
                 async with running(host, listen), running_mesh(host, GossipSettings()) as (pubsub, dht):
                     self.host, self.pubsub, self.dht = host, pubsub, dht
+                    guard_all_handlers(host)
                     self.addrs = _dialable([str(a) for a in host.get_addrs()])
                     await self._serve_mesh(task_status)
             except OSError as exc:

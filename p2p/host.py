@@ -10,13 +10,14 @@ id names the key that signs the node's results.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 from nacl.signing import SigningKey
 
 PROTOCOL_SUBMIT = "/inferad/submit/1.0.0"
+log = logging.getLogger("inferad.p2p")
 
 
 def _reattach_libp2p_logging() -> None:
@@ -98,3 +99,34 @@ async def running(host: Any, listen_addrs: list) -> AsyncIterator[Any]:
         if leaf is group:
             raise
         raise leaf from None
+
+
+def guarded(name: str, handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+    """Wrap a stream handler so no exception reaches py-libp2p: one escaping a
+    handler kills the whole host (measured), so a malformed message from one
+    peer would take the node down."""
+    if getattr(handler, "_inferad_guarded", False):
+        return handler
+
+    async def run(stream: Any) -> None:
+        try:
+            await handler(stream)
+        except Exception as exc:
+            log.warning("%s handler failed (%s); resetting the stream", name, exc)
+            log.debug("handler failure", exc_info=True)
+            try:
+                await stream.reset()
+            except Exception:
+                pass
+
+    run._inferad_guarded = True  # type: ignore[attr-defined]
+    return run
+
+
+def guard_all_handlers(host: Any) -> None:
+    """Guard every handler registered on ``host``, py-libp2p's own included
+    (its pubsub handler raises on a malformed RPC from a peer)."""
+    handlers = host.get_mux().handlers
+    for protocol, handler in list(handlers.items()):
+        if handler is not None:
+            handlers[protocol] = guarded(str(protocol), handler)

@@ -1,0 +1,83 @@
+"""A misbehaving mesh peer, for tests only: it joins a network and publishes bad adverts.
+
+    python -m tests.adversaries.fake_peer BOOTSTRAP_ADDR MODE SECONDS
+
+Modes: bad_signature, stale, oversized, wrong_schema (adverts every node must
+reject), false_model (a valid advert claiming gemma-3-270m at a high speed,
+whose exec handler then refuses the job: gateways must back off from it).
+Prints "EXEC" for every exec request it receives.
+"""
+
+import sys
+import time
+
+import trio
+from nacl.signing import SigningKey
+
+from inferad.hardware import probe
+from inferad.models import CATALOG
+from p2p import wire
+from p2p.host import make_host, peer_info, running
+from p2p.mesh import PROTOCOL_EXEC, TOPIC_ADVERTS, GossipSettings, running_mesh
+from p2p.streams import FramedStream
+
+
+def advert_body(peer_id: str, addrs: list[str], *, ts: int) -> dict:
+    gemma = CATALOG["gemma-3-270m"]
+    return wire.unparse(wire.Advert(
+        peer_id=peer_id, addrs=tuple(addrs), eth="0x" + "11" * 20, engine="llama.cpp",
+        models=(wire.ModelOffer(sha256=gemma.sha256, name=gemma.name, tokens_per_s=10_000.0, n_ctx=4096),),
+        hardware=probe(), load=wire.Load(queued=0, running=0, capacity=9), version="0.1.0", seq=ts, ts=ts))
+
+
+def make_advert(mode: str, key: SigningKey, peer_id: str, addrs: list[str]) -> bytes:
+    now = int(time.time() * 1000)
+    body = advert_body(peer_id, addrs, ts=now)
+    if mode == "bad_signature":
+        return wire.sign_body("advert", body, SigningKey.generate())  # not the peer's key
+    if mode == "stale":
+        body.update(ts=now - 600_000, seq=now - 600_000)
+    elif mode == "oversized":
+        body["hardware"]["cpu"] = "x" * (GossipSettings.max_message_bytes + 1)
+    elif mode == "wrong_schema":
+        body["surprise"] = True
+    return wire.sign_body("advert", body, key)
+
+
+async def refuse(stream) -> None:
+    print("EXEC", flush=True)
+    framed = FramedStream(stream)
+    await framed.receive()
+    await framed.send_error("unknown_model", "I do not actually serve that model")
+    await framed.close()
+
+
+async def main(bootstrap: str, mode: str, seconds: float) -> None:
+    from libp2p.custom_types import TProtocol
+
+    key = SigningKey.generate()
+    peer_id = wire.peer_id_from_public_key(bytes(key.verify_key))
+    host = make_host(key)
+    host.set_stream_handler(TProtocol(PROTOCOL_EXEC), refuse)
+    import multiaddr
+
+    async with running(host, [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]), \
+            running_mesh(host, GossipSettings()) as (pubsub, _dht):
+        await host.connect(peer_info(bootstrap))
+        subscription = await pubsub.subscribe(TOPIC_ADVERTS)
+        addrs = [str(a) for a in host.get_addrs()]
+        print("READY", peer_id, flush=True)
+        with trio.move_on_after(seconds):
+            async with trio.open_nursery() as nursery:
+                async def drain():
+                    while True:
+                        await subscription.get()
+
+                nursery.start_soon(drain)
+                while True:
+                    await pubsub.publish(TOPIC_ADVERTS, make_advert(mode, key, peer_id, addrs))
+                    await trio.sleep(1)
+
+
+if __name__ == "__main__":
+    trio.run(main, sys.argv[1], sys.argv[2], float(sys.argv[3]))
