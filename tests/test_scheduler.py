@@ -130,3 +130,20 @@ def test_backoff_doubles_and_resets_on_success():
     assert backoff.active(now=44) == {"p"} and backoff.active(now=46) == set()
     backoff.succeeded("p")
     assert backoff.failed("p", now=100) == 15
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(40, 300), st.integers(0, 5), st.integers(0, 2**32))
+def test_sampling_never_misses_the_few_eligible_peers_of_a_large_network(n, eligible_count, seed):
+    rng = random.Random(seed)
+    eligible = set(rng.sample(range(n), min(eligible_count, n)))
+    cands = [Candidate(f"p{i:04d}", 10, 2048, queued=0 if i in eligible else 1, capacity=1) for i in range(n)]
+    plan = rank_candidates(JOB, cands, rng=rng)
+    chosen = {int(p[1:]) for p in plan.order}
+    assert chosen <= eligible and bool(chosen) == bool(eligible)
+    assert set(plan.order).isdisjoint(plan.excluded)
+
+
+def test_sampled_decisions_still_spread_load_over_many_workers():
+    served = simulate([40.0] * 60, jobs=6000)
+    assert jain(served) >= 0.9
