@@ -98,6 +98,8 @@ def init(home: Path | None, as_json: bool) -> None:
               help="Node to join (/ip4/…/tcp/…/p2p/12D3KooW…), repeatable [config node.bootstrap].")
 @click.option("--model", "models", multiple=True, metavar="NAME|GGUF",
               help="Model to serve, repeatable: a catalog name or a GGUF path [default gemma-3-270m].")
+@click.option("--advert-interval", type=click.IntRange(1, 3600),
+              help="Seconds between adverts [config node.advert_interval; default 2]; raise it in large networks.")
 @click.option("--no-model", is_flag=True, help="Serve no model: a pure gateway that routes jobs to others.")
 @click.option("--engine", type=click.Choice(["llama", "sim"]), default="llama", show_default=True,
               help="llama: real inference with llama.cpp.  sim: a SIMULATED engine for scale tests and "
@@ -110,8 +112,8 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
               show_default=True)
-def start(home, listen, bootstrap, models, no_model, engine, sim_tokens_per_s, max_tokens, n_ctx, threads,
-          log_format, log_level) -> None:
+def start(home, listen, bootstrap, advert_interval, models, no_model, engine, sim_tokens_per_s, max_tokens,
+          n_ctx, threads, log_format, log_level) -> None:
     """Run the node daemon until Ctrl-C or SIGTERM.
 
     Loads the models, listens for jobs on libp2p and writes <home>/node.json
@@ -128,6 +130,7 @@ def start(home, listen, bootstrap, models, no_model, engine, sim_tokens_per_s, m
         models = ("sim",)
     try:
         config = h.config.with_overrides(listen=listen or None, bootstrap=bootstrap or None,
+                                         advert_interval=advert_interval,
                                          models=() if no_model else (models or None),
                                          max_tokens=max_tokens, n_ctx=n_ctx, n_threads=threads)
     except ConfigError as exc:

@@ -31,9 +31,10 @@ sys.path.insert(0, str(ROOT))
 SPEEDS = (5.0, 10.0, 20.0)  # tokens/s, cycled over the nodes
 
 
-def start(home: Path, speed: float, bootstrap: str | None) -> subprocess.Popen:
+def start(home: Path, speed: float, bootstrap: str | None, advert_interval: int) -> subprocess.Popen:
     args = [sys.executable, "-m", "cli", "start", "--home", str(home), "--listen", "/ip4/127.0.0.1/tcp/0",
-            "--engine", "sim", "--sim-tokens-per-s", str(speed), "--log-level", "warning"]
+            "--engine", "sim", "--sim-tokens-per-s", str(speed), "--log-level", "warning",
+            "--advert-interval", str(advert_interval)]
     if bootstrap:
         args += ["--bootstrap", bootstrap]
     log = open(home.parent / f"{home.name}.log", "w")
@@ -72,6 +73,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--gateways", type=int, default=4)
+    parser.add_argument("--advert-interval", type=int, default=2)
     args = parser.parse_args()
 
     import trio
@@ -86,10 +88,11 @@ def main() -> None:
           f"{args.jobs} jobs of {args.tokens} tokens via {args.gateways} gateways", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         homes = [Path(tmp) / f"n{i:02d}" for i in range(args.nodes)]
-        procs = [start(homes[0], speeds[0], None)]
+        procs = [start(homes[0], speeds[0], None, args.advert_interval)]
         try:
             first = wait_info(homes[0])
-            procs += [start(h, s, first["addrs"][0]) for h, s in zip(homes[1:], speeds[1:], strict=True)]
+            procs += [start(h, s, first["addrs"][0], args.advert_interval)
+                      for h, s in zip(homes[1:], speeds[1:], strict=True)]
             infos = [first] + [wait_info(h) for h in homes[1:]]
             all_up = time.monotonic()
             print(f"all {args.nodes} nodes started", flush=True)
@@ -98,7 +101,7 @@ def main() -> None:
 
             async def converge() -> float:
                 pending = set(range(args.nodes))
-                while pending:
+                while pending and time.monotonic() - all_up < 120:
                     for i in list(pending):
                         peers = await control.ask(homes[i] / "control.sock", "peers")
                         if {p["peer_id"] for p in peers} == ids:
@@ -107,6 +110,8 @@ def main() -> None:
                 return time.monotonic() - all_up
 
             convergence = trio.run(converge)
+            if convergence >= 120:
+                sys.exit("adverts did not converge within 120 s")
             print(f"advert convergence: {convergence:.1f} s after the last node started (goal < 5 s)", flush=True)
 
             client = Home(Path(tmp) / "client")

@@ -10,6 +10,7 @@ id names the key that signs the node's results.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -39,6 +40,11 @@ def _reattach_libp2p_logging() -> None:
 
 def make_host(key: SigningKey):
     """A libp2p host whose identity is ``key``; start it with ``host.run(listen_addrs=…)``."""
+    # py-libp2p's Yamux sends a WINDOW_UPDATE frame after every read by default
+    # (one extra encrypted write per message received: measured as the largest
+    # CPU cost of an idle gossiping node).  go-yamux batches them at half the
+    # window; py-libp2p's documented PY_YAMUX_RELEASE_ON_READ=0 does the same.
+    os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
     from libp2p import new_host
     from libp2p.crypto.ed25519 import Ed25519PrivateKey
     from libp2p.crypto.keys import KeyPair

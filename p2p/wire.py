@@ -240,6 +240,7 @@ class Advert:
     version: str = field(text(32))
     seq: int = field(UINT64)
     ts: int = field(UINT64)  # unix ms
+    interval: int = field(integer(1, 3600))  # seconds until the next advert; 3 missed = gone
 
     def offers(self, sha256: str) -> ModelOffer | None:
         return next((m for m in self.models if m.sha256 == sha256), None)

@@ -1,9 +1,10 @@
 """What a node knows of its peers: fresh adverts, and who is backing off.
 
 Pure state with explicit clocks (``now`` in seconds, monotonic), so tests
-drive time by hand.  An advert lives for three advert periods after it was
-received; a newer ``seq`` from the same peer replaces it, an older one is
-ignored (a replayed advert cannot roll a peer's state back).
+drive time by hand.  An advert lives for three of its sender's advert
+periods (``advert.interval``) after it was received; a newer ``seq`` from the
+same peer replaces it, an older one is ignored (a replayed advert cannot roll
+a peer's state back).
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ class PeerEntry:
 
 
 class PeerTable:
-    def __init__(self, advert_period_s: float, missed_periods: int = 3) -> None:
-        self.ttl_s = advert_period_s * missed_periods
+    def __init__(self, missed_periods: int = 3) -> None:
+        self.missed_periods = missed_periods
         self._entries: dict[str, PeerEntry] = {}
+
+    def _alive(self, entry: PeerEntry, now: float) -> bool:
+        return now - entry.received_at <= self.missed_periods * entry.advert.interval
 
     def update(self, advert: Any, now: float) -> bool:
         """Take a verified advert; False if it is not newer than what we hold."""
@@ -40,7 +44,7 @@ class PeerTable:
 
     def expire(self, now: float) -> list[str]:
         """Drop peers whose last advert is older than the TTL; return their ids."""
-        gone = [p for p, e in self._entries.items() if now - e.received_at > self.ttl_s]
+        gone = [p for p, e in self._entries.items() if not self._alive(e, now)]
         for peer_id in gone:
             del self._entries[peer_id]
         return gone
@@ -52,7 +56,7 @@ class PeerTable:
         return self._entries.get(peer_id)
 
     def fresh(self, now: float) -> list[PeerEntry]:
-        return [e for e in self._entries.values() if now - e.received_at <= self.ttl_s]
+        return [e for e in self._entries.values() if self._alive(e, now)]
 
     def providers(self, model_sha256: str, now: float) -> list[PeerEntry]:
         return [e for e in self.fresh(now) if e.advert.offers(model_sha256)]

@@ -113,9 +113,9 @@ def test_faster_workers_get_proportionally_more():
 def test_peer_table_keeps_newest_advert_and_expires_after_three_periods():
     class Ad:
         def __init__(self, peer_id, seq):
-            self.peer_id, self.seq = peer_id, seq
+            self.peer_id, self.seq, self.interval = peer_id, seq, 2
 
-    table = PeerTable(advert_period_s=2)
+    table = PeerTable()
     assert table.update(Ad("p", 2), now=0)
     assert not table.update(Ad("p", 1), now=1)  # replayed older advert
     assert table.get("p").advert.seq == 2

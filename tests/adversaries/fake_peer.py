@@ -27,7 +27,7 @@ def advert_body(peer_id: str, addrs: list[str], *, ts: int) -> dict:
     return wire.unparse(wire.Advert(
         peer_id=peer_id, addrs=tuple(addrs), eth="0x" + "11" * 20, engine="llama.cpp",
         models=(wire.ModelOffer(sha256=gemma.sha256, name=gemma.name, tokens_per_s=10_000.0, n_ctx=4096),),
-        hardware=probe(), load=wire.Load(queued=0, running=0, capacity=9), version="0.1.0", seq=ts, ts=ts))
+        hardware=probe(), load=wire.Load(queued=0, running=0, capacity=9), version="0.1.0", seq=ts, ts=ts, interval=2))
 
 
 def make_advert(mode: str, key: SigningKey, peer_id: str, addrs: list[str]) -> bytes:
