@@ -27,6 +27,7 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/swarm.py
 
 lint: install
 	$(PY) -m ruff check .

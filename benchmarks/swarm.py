@@ -28,9 +28,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SPEEDS = (5.0, 10.0, 20.0)  # tokens/s, cycled over the nodes
-
-
 def start(home: Path, speed: float, bootstrap: str | None, advert_interval: int) -> subprocess.Popen:
     args = [sys.executable, "-m", "cli", "start", "--home", str(home), "--listen", "/ip4/127.0.0.1/tcp/0",
             "--engine", "sim", "--sim-tokens-per-s", str(speed), "--log-level", "warning",
@@ -73,7 +70,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--gateways", type=int, default=4)
-    parser.add_argument("--advert-interval", type=int, default=2)
+    parser.add_argument("--advert-interval", type=int, default=5,
+                        help="seconds between adverts (2 is the default of a node; 20 nodes on 2 cores want 5)")
+    parser.add_argument("--speeds", default="5,10,20", help="simulated tokens/s, cycled over the nodes")
     args = parser.parse_args()
 
     import trio
@@ -82,7 +81,8 @@ def main() -> None:
     from inferad.client import NodeClient, model_ref, new_job
     from inferad.home import Home
 
-    speeds = [SPEEDS[i % len(SPEEDS)] for i in range(args.nodes)]
+    cycle = [float(x) for x in args.speeds.split(",")]
+    speeds = [cycle[i % len(cycle)] for i in range(args.nodes)]
     ideal = sum(speeds)
     print(f"{args.nodes} sim nodes (speeds {dict(Counter(speeds))} tok/s, ideal {ideal:.0f} tok/s), "
           f"{args.jobs} jobs of {args.tokens} tokens via {args.gateways} gateways", flush=True)

@@ -242,8 +242,10 @@ class Node:
                     advert = wire.decode(msg.data).message  # validated on the way in
                 except wire.WireError:
                     continue
-                if self.peers.update(advert, time.monotonic()) and advert.peer_id != self.peer_id:
-                    log.debug("advert from %s seq %d", advert.peer_id[-8:], advert.seq)
+                known = self.peers.get(advert.peer_id) is not None
+                if self.peers.update(advert, time.monotonic()) and not known and advert.peer_id != self.peer_id:
+                    log.info("peer %s joined", advert.peer_id)
+                    self._load_change()  # advertise soon, so the newcomer learns of us within seconds
 
     async def _expire_peers(self) -> None:
         while True:

@@ -36,6 +36,8 @@ def _reattach_libp2p_logging() -> None:
     # right, and pubsub logs an ERROR when a client without gossip connects.
     logging.getLogger("libp2p.kad_dht.kad_dht").setLevel(logging.ERROR)
     logging.getLogger("libp2p.host.basic_host").setLevel(logging.CRITICAL)
+    # A failed stream negotiation is logged here and raised to us: we report it.
+    logging.getLogger("libp2p.protocol_muxer.multiselect_client").setLevel(logging.CRITICAL)
 
 
 def make_host(key: SigningKey):
