@@ -297,25 +297,40 @@ def _ask_or_open(home: Path | None, cmd: str, offline, **args):
         fail(str(exc))
 
 
+def _show_network(home: Path | None, cmd: str, as_json: bool, empty: str, render) -> None:
+    """Ask the running node for ``cmd`` and print it as JSON or through ``render``."""
+    rows = _ask_or_open(home, cmd, lambda store: fail("no node is running on this home"))
+    if as_json:
+        emit_json(rows)
+    elif not rows:
+        click.echo(empty)
+    else:
+        for row in rows:
+            render(row)
+
+
+def _render_peer(p: dict) -> None:
+    gpus = ", ".join(f"{g['name']} {g['vram_mb'] // 1024} GiB" for g in p["hardware"].get("gpus", []))
+    models = ", ".join(f"{m['name']} {m['tokens_per_s']:.0f} tok/s" for m in p["models"]) or "no models"
+    load = p["load"]
+    click.echo(f"{p['peer_id']}{' (this node)' if p['self'] else ''}\n"
+               f"    {p['engine']}  {gpus or p['hardware']['cpu'] + ' x' + str(p['hardware']['cores'])}  "
+               f"{models}\n    load {load['running']} running, {load['queued']} queued of "
+               f"{load['capacity']}   advert {p['advert_age_s']} s old")
+
+
+def _render_model(m: dict) -> None:
+    click.echo(f"{m['name']}  sha256 {m['sha256'][:16]}…  {len(m['providers'])} provider(s)")
+    for p in m["providers"]:
+        click.echo(f"    {p['peer_id']}  {p['tokens_per_s']:.0f} tok/s  n_ctx {p['n_ctx']}  queued {p['queued']}")
+
+
 @main.command()
 @home_option
 @json_option
 def peers(home, as_json) -> None:
     """Every peer the running node hears: hardware, models with tokens/s, load, advert age."""
-    rows = _ask_or_open(home, "peers", lambda store: fail("no node is running on this home"))
-    if as_json:
-        emit_json(rows)
-        return
-    if not rows:
-        click.echo("no peers yet")
-    for p in rows:
-        gpus = ", ".join(f"{g['name']} {g['vram_mb'] // 1024} GiB" for g in p["hardware"].get("gpus", []))
-        models = ", ".join(f"{m['name']} {m['tokens_per_s']:.0f} tok/s" for m in p["models"]) or "no models"
-        load = p["load"]
-        click.echo(f"{p['peer_id']}{' (this node)' if p['self'] else ''}\n"
-                   f"    {p['engine']}  {gpus or p['hardware']['cpu'] + ' x' + str(p['hardware']['cores'])}  "
-                   f"{models}\n    load {load['running']} running, {load['queued']} queued of "
-                   f"{load['capacity']}   advert {p['advert_age_s']} s old")
+    _show_network(home, "peers", as_json, "no peers yet", _render_peer)
 
 
 @main.command()
@@ -323,16 +338,7 @@ def peers(home, as_json) -> None:
 @json_option
 def models(home, as_json) -> None:
     """Models served in the network the running node is part of, and who serves them."""
-    rows = _ask_or_open(home, "models", lambda store: fail("no node is running on this home"))
-    if as_json:
-        emit_json(rows)
-        return
-    if not rows:
-        click.echo("no models in the network yet")
-    for m in rows:
-        click.echo(f"{m['name']}  sha256 {m['sha256'][:16]}…  {len(m['providers'])} provider(s)")
-        for p in m["providers"]:
-            click.echo(f"    {p['peer_id']}  {p['tokens_per_s']:.0f} tok/s  n_ctx {p['n_ctx']}  queued {p['queued']}")
+    _show_network(home, "models", as_json, "no models in the network yet", _render_model)
 
 
 @main.command()

@@ -315,11 +315,9 @@ class Node:
     # ------------------------------------------------------------------ gateway: /inferad/submit
 
     async def _serve_submit(self, stream: Any) -> None:
-        await self._handle_request(stream, self._route_job)
+        await self._handle_request(stream, "job", self._route_job)
 
     async def _route_job(self, envelope: wire.Envelope, data: bytes, framed: FramedStream) -> None:
-        if envelope.type != "job":
-            raise JobRejected("unexpected", f"expected a job, got a {envelope.type}")
         job: wire.JobRequest = envelope.message
         job_id = envelope.digest
         self._check_timing(job)
@@ -430,11 +428,9 @@ class Node:
     # ------------------------------------------------------------------ worker: /inferad/exec
 
     async def _serve_exec(self, stream: Any) -> None:
-        await self._handle_request(stream, self._run_exec)
+        await self._handle_request(stream, "exec", self._run_exec)
 
     async def _run_exec(self, envelope: wire.Envelope, data: bytes, framed: FramedStream) -> None:
-        if envelope.type != "exec":
-            raise JobRejected("unexpected", f"expected an exec request, got a {envelope.type}")
         request: wire.ExecRequest = envelope.message
         job_envelope = wire.decode(request.job, max_size=self.config.max_frame)
         if job_envelope.type != "job":
@@ -486,13 +482,15 @@ class Node:
 
     # ------------------------------------------------------------------ shared request handling
 
-    async def _handle_request(self, stream: Any, handle) -> None:
-        """Read one signed request frame, hand it to ``handle``; typed errors for everything else."""
+    async def _handle_request(self, stream: Any, expect: str, handle) -> None:
+        """Read one signed ``expect`` frame, hand it to ``handle``; typed errors for everything else."""
         framed = FramedStream(stream, self.config.max_frame)
         try:
             with trio.fail_after(self.config.request_timeout):
                 data = await framed.receive()
             envelope = wire.decode(data, max_size=self.config.max_frame)
+            if envelope.type != expect:
+                raise JobRejected("unexpected", f"expected a {expect} message, got a {envelope.type}")
             if self._draining:
                 raise JobRejected("shutting_down", "this node is shutting down")
             await handle(envelope, data, framed)
