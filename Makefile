@@ -4,9 +4,20 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PIP    := $(PY) -m pip --disable-pip-version-check --quiet
 
-.PHONY: install test demo bench lint clean
+NPM_STAMP := contracts/node_modules/.installed
 
-install: $(STAMP)
+.PHONY: install test demo bench lint contracts clean
+
+install: $(STAMP) $(NPM_STAMP)
+
+# The pinned Solidity compiler (solc-js) and local chain (anvil), from the npm registry.
+$(NPM_STAMP): contracts/package.json
+	cd contracts && npm install --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# Recompile the contracts into contracts/build/*.json (committed; a test checks they match).
+contracts: $(NPM_STAMP)
+	cd contracts && node compile.js
 
 # llama-cpp-python builds from source the first time (~6 min on 2 cores); pip
 # caches the wheel, so later installs take seconds.  For a CUDA build:
@@ -33,4 +44,4 @@ lint: install
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-home
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-home contracts/node_modules

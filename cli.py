@@ -357,5 +357,197 @@ def status(home, as_json) -> None:
         click.echo(f"model    {m['name']} {m['sha256'][:12]}…  running {m['running']}  queued {m['queued']}")
 
 
+# ---------------------------------------------------------------------- devnet and chain
+
+@main.group()
+def devnet() -> None:
+    """Local development networks (127.0.0.1 only)."""
+
+
+@devnet.command("chain")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Where to write chain.json and keep anvil's state (reused by the next run).")
+@click.option("--fund", "fund_homes", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              metavar="HOME", help="Give this home's Ethereum account 100 devnet ETH, repeatable.")
+@click.option("--oracle", "oracle_home", type=click.Path(file_okay=False, path_type=Path), metavar="HOME",
+              help="The home whose node will run the oracle [default: the deployer dev account].")
+def devnet_chain(directory: Path, fund_homes, oracle_home) -> None:
+    """Run anvil on 127.0.0.1, deploy the registry, fund accounts, write DIR/chain.json.
+
+    Runs until Ctrl-C; the chain's state is kept in DIR/anvil-state.json, so the
+    next run continues the same chain (and reuses the deployment).
+    """
+    import signal
+    import threading
+
+    from chain.devnet import Anvil, ChainInfo, deploy
+    from chain.errors import ChainError
+
+    directory.mkdir(parents=True, exist_ok=True)
+    state, info_path = directory / "anvil-state.json", directory / "chain.json"
+    try:
+        anvil = Anvil(state=state)
+    except ChainError as exc:
+        fail(str(exc))
+    try:
+        if state.exists() and info_path.exists():
+            info = ChainInfo.load(info_path)
+            info = ChainInfo(anvil.rpc_url, info.chain_id, info.contract, info.deployment_block)
+            click.echo(f"resumed the chain in {state}")
+        else:
+            oracle = open_home(oracle_home).eth_address if oracle_home else None
+            info = deploy(anvil.rpc_url, oracle=oracle, fund=[open_home(h).eth_address for h in fund_homes])
+            click.echo(f"deployed InferadRegistry at {info.contract}")
+        info.save(info_path)
+        click.echo(f"chain {info.chain_id} at {info.rpc_url}; wrote {info_path}; Ctrl-C stops it")
+        stopped = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        try:
+            stopped.wait()
+        except KeyboardInterrupt:
+            pass
+    except ChainError as exc:
+        fail(str(exc))
+    finally:
+        anvil.stop()
+
+
+@main.group("chain")
+def chain_group() -> None:
+    """Stakes, deposits and rewards on the network's contract (see --chain)."""
+
+
+chain_option = click.option("--chain", "chain_path", type=click.Path(dir_okay=False, path_type=Path),
+                            required=True, envvar="INFERAD_CHAIN",
+                            help="The network's chain.json (RPC URL, chain id, contract) [env INFERAD_CHAIN].")
+
+
+def _registry(home: Path | None, chain_path: Path):
+    from chain.contract import Registry
+    from chain.devnet import ChainInfo
+    from chain.errors import ChainError
+    from inferad.home import HomeError
+
+    h = open_home(home)
+    try:
+        info = ChainInfo.load(chain_path)
+        return h, Registry(info.web3(), info.contract, h.eth_account())
+    except (ChainError, HomeError) as exc:
+        fail(str(exc))
+
+
+def _wei(eth: str) -> int:
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        wei = Decimal(eth) * 10**18
+    except InvalidOperation:
+        fail(f"{eth!r} is not an amount of ETH", EXIT_USAGE)
+    if wei <= 0 or wei != wei.to_integral_value():
+        fail(f"{eth!r} is not a positive amount of ETH (at most 18 decimals)", EXIT_USAGE)
+    return int(wei)
+
+
+def _transact(home, chain_path, action, amount: str | None = None) -> None:
+    from chain.errors import ChainError
+
+    h, registry = _registry(home, chain_path)
+    try:
+        receipt = action(registry, h) if amount is None else action(registry, h, _wei(amount))
+    except ChainError as exc:
+        fail(f"the chain refused: {exc}")
+    click.echo(f"ok: transaction {receipt['transactionHash'].hex()} in block {receipt['blockNumber']} "
+               f"({receipt['gasUsed']} gas)")
+
+
+@chain_group.command()
+@home_option
+@chain_option
+@click.argument("amount")
+def stake(home, chain_path, amount) -> None:
+    """Register this node's Ed25519 key with AMOUNT ETH of stake, or add AMOUNT to it."""
+    def act(registry, h, wei):
+        if registry.node(h.eth_address).ed_key == b"\0" * 32:
+            return registry.register(bytes(h.node_key.verify_key), wei)
+        return registry.add_stake(wei)
+
+    _transact(home, chain_path, act, amount)
+
+
+@chain_group.command()
+@home_option
+@chain_option
+@click.argument("amount")
+def unstake(home, chain_path, amount) -> None:
+    """Start unbonding AMOUNT ETH of stake (still slashable until withdrawn)."""
+    _transact(home, chain_path, lambda registry, h, wei: registry.request_unstake(wei), amount)
+
+
+@chain_group.command()
+@home_option
+@chain_option
+def withdraw(home, chain_path) -> None:
+    """Withdraw unbonded stake and deposits whose delay has passed."""
+    from chain.errors import ContractRevert
+
+    def act(registry, h):
+        node, client, receipt = registry.node(h.eth_address), registry.client(h.eth_address), None
+        if node.unbonding:
+            receipt = registry.withdraw()
+        if client.withdrawing:
+            receipt = registry.withdraw_deposit()
+        if receipt is None:
+            raise ContractRevert("NothingToWithdraw")
+        return receipt
+
+    _transact(home, chain_path, act)
+
+
+@chain_group.command()
+@home_option
+@chain_option
+@click.argument("amount")
+def deposit(home, chain_path, amount) -> None:
+    """Deposit AMOUNT ETH to pay for the jobs this home's client key submits."""
+    _transact(home, chain_path, lambda registry, h, wei: registry.deposit(wei), amount)
+
+
+@chain_group.command("status")
+@home_option
+@chain_option
+@json_option
+def chain_status(home, chain_path, as_json) -> None:
+    """Stake, unbonding, deposit, claimable rewards and the last settled epoch."""
+    from chain.errors import ChainError
+
+    h, registry = _registry(home, chain_path)
+    try:
+        node, client = registry.node(h.eth_address), registry.client(h.eth_address)
+        info = {
+            "address": h.eth_address,
+            "balance_wei": registry.w3.eth.get_balance(h.eth_address),
+            "staked": registry.is_staked(h.eth_address),
+            "ed25519_key_registered": node.ed_key.hex() if node.ed_key != b"\0" * 32 else None,
+            "ed25519_key_matches_home": node.ed_key == bytes(h.node_key.verify_key),
+            "stake_wei": node.stake, "unbonding_wei": node.unbonding, "unbonding_until": node.unbonding_at,
+            "deposit_wei": client.deposit, "withdrawing_wei": client.withdrawing,
+            "withdraw_until": client.withdraw_at,
+            "claimed_wei": registry.value("claimed", h.eth_address),
+            "last_settled_epoch": registry.value("lastEpoch"),
+            "min_stake_wei": registry.value("minStake"),
+        }
+    except ChainError as exc:
+        fail(str(exc))
+    if as_json:
+        emit_json(info)
+        return
+    eth = lambda wei: f"{wei / 10**18:g} ETH"  # noqa: E731
+    click.echo(f"account   {info['address']}  balance {eth(info['balance_wei'])}")
+    click.echo(f"stake     {eth(info['stake_wei'])} ({'staked' if info['staked'] else 'not staked'}; "
+               f"min {eth(info['min_stake_wei'])}), unbonding {eth(info['unbonding_wei'])}")
+    click.echo(f"deposit   {eth(info['deposit_wei'])}, withdrawing {eth(info['withdrawing_wei'])}")
+    click.echo(f"rewards   claimed {eth(info['claimed_wei'])}; last settled epoch {info['last_settled_epoch']}")
+
+
 if __name__ == "__main__":
     main()
