@@ -104,6 +104,9 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--engine", type=click.Choice(["llama", "sim"]), default="llama", show_default=True,
               help="llama: real inference with llama.cpp.  sim: a SIMULATED engine for scale tests and "
                    "benchmarks only (no model; deterministic tokens at --sim-tokens-per-s; serves 'sim').")
+@click.option("--chain", "chain_path", type=click.Path(dir_okay=False, path_type=Path), envvar="INFERAD_CHAIN",
+              help="The network's chain.json: route only to staked peers, admit only clients whose deposit "
+                   "covers their jobs [env INFERAD_CHAIN].")
 @click.option("--sim-tokens-per-s", type=click.FloatRange(0.1, 100000), default=50.0, show_default=True,
               help="Decode speed of the simulated engine.")
 @click.option("--max-tokens", type=click.IntRange(1, 32768), help="Largest max_tokens a job may ask.")
@@ -112,8 +115,8 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
               show_default=True)
-def start(home, listen, bootstrap, advert_interval, models, no_model, engine, sim_tokens_per_s, max_tokens,
-          n_ctx, threads, log_format, log_level) -> None:
+def start(home, listen, bootstrap, advert_interval, models, no_model, engine, chain_path, sim_tokens_per_s,
+          max_tokens, n_ctx, threads, log_format, log_level) -> None:
     """Run the node daemon until Ctrl-C or SIGTERM.
 
     Loads the models, listens for jobs on libp2p and writes <home>/node.json
@@ -141,8 +144,17 @@ def start(home, listen, bootstrap, advert_interval, models, no_model, engine, si
 
     if h.node_info_path.exists() and _pid_alive(json.loads(h.node_info_path.read_text()).get("pid")):
         fail(f"a node is already running on {h.path} (see {h.node_info_path})")
+    chain_info = None
+    if chain_path:
+        from chain.devnet import ChainInfo
+        from chain.errors import ChainError
+
+        try:
+            chain_info = ChainInfo.load(chain_path)
+        except ChainError as exc:
+            fail(str(exc))
     try:
-        trio.run(Node(h, config, engine=engine, sim_tokens_per_s=sim_tokens_per_s).run)
+        trio.run(Node(h, config, engine=engine, sim_tokens_per_s=sim_tokens_per_s, chain=chain_info).run)
     except NodeError as exc:
         fail(str(exc))
 
@@ -190,11 +202,13 @@ def _node_address(node: str | None, node_home: Path | None) -> str:
 @click.option("--stop", multiple=True, help="Stop sequence, repeatable.")
 @click.option("--ttl", type=click.IntRange(1, 3600), default=300, show_default=True,
               help="Seconds before the job expires.")
+@click.option("--max-price", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
+              help="Most you pay per generated token, in wei (charged from your deposit at settlement).")
 @click.option("--timeout", type=click.FloatRange(0.1), default=600, show_default=True,
               help="Seconds to wait for the whole answer.")
 @json_option
 def submit(home, prompt, node, node_home, model, max_tokens, temperature, top_p, top_k, seed, stop, ttl,
-           timeout, as_json) -> None:
+           max_price, timeout, as_json) -> None:
     """Sign a job with the client key, run it on a node and stream the text.
 
     The worker's signature on the result is checked before exit 0.
@@ -213,7 +227,7 @@ def submit(home, prompt, node, node_home, model, max_tokens, temperature, top_p,
         ref = model_ref(model)
     except (ModelError, ValueError) as exc:
         fail(str(exc), EXIT_USAGE)
-    job = new_job(ref, h.eth_address, prompt=prompt, ttl_s=ttl, max_tokens=max_tokens,
+    job = new_job(ref, h.eth_address, prompt=prompt, ttl_s=ttl, max_price=max_price, max_tokens=max_tokens,
                   temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop))
 
     def show(token) -> None:
@@ -392,7 +406,7 @@ def devnet_chain(directory: Path, fund_homes, oracle_home) -> None:
     try:
         if state.exists() and info_path.exists():
             info = ChainInfo.load(info_path)
-            info = ChainInfo(anvil.rpc_url, info.chain_id, info.contract, info.deployment_block)
+            info = ChainInfo(anvil.rpc_url, info.chain_id, info.contract, info.deployment_block, info.epoch_seconds)
             click.echo(f"resumed the chain in {state}")
         else:
             oracle = open_home(oracle_home).eth_address if oracle_home else None

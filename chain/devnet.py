@@ -30,13 +30,15 @@ class ChainInfo:
     chain_id: int
     contract: str
     deployment_block: int
+    epoch_seconds: int = 30  # settlement period of the network (devnet: 30 s)
 
     @classmethod
     def load(cls, path: str | Path) -> ChainInfo:
         try:
             data = json.loads(Path(path).read_text())
             return cls(rpc_url=data["rpc_url"], chain_id=int(data["chain_id"]), contract=data["contract"],
-                       deployment_block=int(data["deployment_block"]))
+                       deployment_block=int(data["deployment_block"]),
+                       epoch_seconds=int(data.get("epoch_seconds", 30)))
         except FileNotFoundError:
             raise ChainError(f"{path} does not exist: start a devnet (`inferad devnet chain --dir …`) "
                              "or pass the chain.json of your network") from None

@@ -51,8 +51,10 @@ class Routed:
 
 class Router:
     def __init__(self, self_id: str, peers: PeerTable, *, max_attempts: int = 4,
-                 reputation_floor: float = 0.0, rng: random.Random | None = None) -> None:
+                 reputation_floor: float = 0.0, rng: random.Random | None = None,
+                 is_staked: Callable[[wire.Advert], bool] = lambda advert: True) -> None:
         self.self_id = self_id
+        self.is_staked = is_staked
         self.peers = peers
         self.backoff = Backoff()
         self.max_attempts = max_attempts
@@ -76,7 +78,7 @@ class Router:
                 peer_id=ad.peer_id, tokens_per_s=offer.tokens_per_s, n_ctx=offer.n_ctx,
                 queued=ad.load.queued, running=ad.load.running, slots=max(ad.load.running, 1),
                 capacity=ad.load.capacity, inflight=self.inflight[ad.peer_id],
-                rtt_s=self.rtt_s.get(ad.peer_id, 0.005),
+                rtt_s=self.rtt_s.get(ad.peer_id, 0.005), staked=self.is_staked(ad),
             ))
         return found
 

@@ -65,7 +65,8 @@ class Served:
 
 
 class Node:
-    def __init__(self, home: Home, config: Config, *, engine: str = "llama", sim_tokens_per_s: float = 50.0) -> None:
+    def __init__(self, home: Home, config: Config, *, engine: str = "llama", sim_tokens_per_s: float = 50.0,
+                 chain: Any = None) -> None:
         self.home = home
         self.config = config
         self.engine_kind = engine
@@ -76,7 +77,12 @@ class Node:
         self.served: dict[str, Served] = {}
         self.store: Store | None = None
         self.peers = PeerTable()
-        self.router = Router(self.peer_id, self.peers, max_attempts=config.max_attempts)
+        self.chain_info = chain  # chain.devnet.ChainInfo, or None: no chain, no gating
+        self.chain_view = None
+        self._pending_charges: dict[str, int] = {}  # client -> worst-case wei of jobs not yet settled
+        self._clients_seen: set[str] = set()
+        self.router = Router(self.peer_id, self.peers, max_attempts=config.max_attempts,
+                             is_staked=self._advert_is_staked)
         self.addrs: list[str] = []
         self._db_limiter = trio.CapacityLimiter(4)
         self._draining = False
@@ -100,6 +106,8 @@ class Node:
                 log.warning("%d job(s) were interrupted by the previous shutdown", interrupted)
             self.hardware = await trio.to_thread.run_sync(probe)
             await self._load_models()
+            if self.chain_info is not None:
+                await self._connect_chain()
             host = make_host(self.key)
             host.set_stream_handler(TProtocol(PROTOCOL_SUBMIT), guarded("submit", self._serve_submit))
             host.set_stream_handler(TProtocol(PROTOCOL_EXEC), guarded("exec", self._serve_exec))
@@ -129,6 +137,8 @@ class Node:
             nursery.start_soon(self._publish_adverts)
             nursery.start_soon(self._maintain_membership)
             nursery.start_soon(self._provide_models)
+            if self.chain_view is not None:
+                nursery.start_soon(self._watch_chain)
             self._write_node_info()
             log.info("node %s listening on %s", self.peer_id, " ".join(self.addrs))
             task_status.started(self)
@@ -177,6 +187,59 @@ class Node:
         tmp = self.home.node_info_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         os.replace(tmp, self.home.node_info_path)
+
+    # ------------------------------------------------------------------ chain
+
+    async def _connect_chain(self) -> None:
+        from chain.contract import Registry
+        from chain.errors import ChainError
+        from chain.view import ChainView
+
+        try:
+            w3 = await trio.to_thread.run_sync(self.chain_info.web3)
+            self.chain_view = ChainView(Registry(w3, self.chain_info.contract))
+            await self._refresh_chain()
+        except ChainError as exc:
+            raise NodeError(f"chain: {exc}") from None
+        if not self.chain_view.is_staked(self.eth_address, bytes(self.key.verify_key)) and self.served:
+            log.warning("this node is not staked on chain: peers will not route jobs to it "
+                        "(`inferad chain stake --home %s --chain … AMOUNT`)", self.home.path)
+
+    async def _refresh_chain(self) -> None:
+        nodes = {e.advert.eth for e in self.peers.fresh(time.monotonic())} | {self.eth_address}
+        await trio.to_thread.run_sync(self.chain_view.refresh, nodes, set(self._clients_seen))
+
+    async def _watch_chain(self) -> None:
+        while True:
+            await trio.sleep(3)
+            settled = self.chain_view.last_epoch
+            await self._refresh_chain()
+            if self.chain_view.last_epoch != settled:
+                self._pending_charges.clear()  # settled charges now show in the deposits
+
+    def _advert_is_staked(self, advert: wire.Advert) -> bool:
+        if self.chain_view is None:
+            return True
+        return self.chain_view.is_staked(advert.eth, wire.public_key_from_peer_id(advert.peer_id))
+
+    async def _check_deposit(self, job: wire.JobRequest) -> int:
+        """Refuse a job its client cannot pay for; returns the worst-case cost reserved."""
+        if self.chain_view is None:
+            return 0
+        client = job.client_eth
+        if client not in self._clients_seen:
+            self._clients_seen.add(client)
+            await trio.to_thread.run_sync(self.chain_view.refresh, set(), {client})
+        worst = job.max_price * job.params.max_tokens
+        pending = self._pending_charges.get(client, 0)
+        available = self.chain_view.deposits.get(client, 0)
+        if worst + pending > available:
+            raise JobRejected("insufficient_deposit",
+                              f"insufficient deposit: client {client} has {available} wei on deposit, this job may "
+                              f"cost {worst} wei and {pending} wei are pending; deposit more with "
+                              f"`inferad chain deposit`")
+        self._pending_charges[client] = pending + worst
+        return worst
 
     # ------------------------------------------------------------------ adverts
 
@@ -335,8 +398,11 @@ class Node:
                                                                                  job.messages or ())))
         plan = self.router.plan(JobShape(prompt_tokens, job.params.max_tokens), candidates, now)
         if not plan.order:
-            raise JobRejected(plan.common_code() if plan.common_code() in ("context_overflow", "busy")
+            raise JobRejected(plan.common_code() if plan.common_code() in ("context_overflow", "busy", "unstaked")
                               else "no_worker", f"no eligible worker for {job.model.name}: {plan.explain()}")
+        if await self._db(self.store.has_job, job_id):
+            raise JobRejected("replay", f"job {job_id[:16]}… was already submitted")
+        reserved = await self._check_deposit(job)
         if not await self._db(self.store.accept_job, job_id, data, role="gateway"):
             raise JobRejected("replay", f"job {job_id[:16]}… was already submitted")
 
@@ -355,6 +421,8 @@ class Node:
         try:
             routed = await self.router.route(job_id, plan, attempt, relay)
         except (JobRejected, ClientGone) as exc:
+            if reserved:
+                self._pending_charges[job.client_eth] -= reserved
             code = exc.code if isinstance(exc, JobRejected) else "client_gone"
             await self._db(self.store.fail_job, job_id, code)
             self._log_job(job_id, job, outcome=code)
@@ -374,8 +442,10 @@ class Node:
         if served is None:
             return None
         load = served.worker.load
+        staked = self.chain_view is None or self.chain_view.is_staked(self.eth_address, bytes(self.key.verify_key))
         return Candidate(peer_id=self.peer_id, tokens_per_s=served.tokens_per_s, n_ctx=served.engine.n_ctx,
-                         queued=load.queued, running=load.running, capacity=load.capacity, rtt_s=0.0)
+                         queued=load.queued, running=load.running, capacity=load.capacity, rtt_s=0.0,
+                         staked=staked)
 
     async def _attempt_remote(self, peer_id: str, job: bytes, prefix: list[int], relay) -> tuple[bytes, wire.Envelope]:
         from libp2p.custom_types import TProtocol

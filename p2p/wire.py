@@ -474,6 +474,20 @@ def peer_id_from_public_key(pk: bytes) -> str:
     return _base58(b"\x00" + bytes([len(protobuf)]) + protobuf)
 
 
+def public_key_from_peer_id(peer_id: str) -> bytes:
+    """The Ed25519 public key an ``12D3KooW…`` peer id embeds (inverse of peer_id_from_public_key)."""
+    try:
+        n = 0
+        for char in peer_id:
+            n = n * 58 + _B58.index(char)
+    except ValueError:
+        raise ValueError(f"{peer_id!r} is not base58") from None
+    raw = n.to_bytes(38, "big") if n < 1 << 304 else b""
+    if raw[:6] != b"\x00\x24\x08\x01\x12\x20":
+        raise ValueError(f"{peer_id!r} does not embed an Ed25519 key")
+    return raw[6:]
+
+
 def error_frame(code: str, message: str) -> bytes:
     """An encoded ``error`` frame (messages are clipped to the schema's limit)."""
     return encode_unsigned(ErrorFrame(code=code, message=message[:2048]))

@@ -36,6 +36,7 @@ class Candidate:
     inflight: int = 0  # jobs this gateway sent it that the advert may not show yet
     rtt_s: float = 0.0
     reputation: float = 0.5  # 0..1; 0.5 for a peer we know nothing about
+    staked: bool = True  # with a chain configured: its key is bound on chain with enough stake
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ def score(c: Candidate, job: JobShape) -> float:
 def exclusion(c: Candidate, job: JobShape, *, backed_off: frozenset[str] | set[str],
               reputation_floor: float) -> tuple[str, str] | None:
     """(code, reason) if ``c`` must not get the job, else None."""
+    if not c.staked:
+        return "unstaked", "not staked on chain with its own key"
     if c.peer_id in backed_off:
         return "backoff", "backing off after a failure"
     if c.reputation < reputation_floor:

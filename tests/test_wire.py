@@ -41,6 +41,7 @@ def test_peer_id_matches_libp2p_derivation():
     expected = ID.from_pubkey(libp2p_key.get_public_key()).to_base58()
     assert wire.peer_id_from_public_key(bytes(KEY.verify_key)) == expected
     assert expected.startswith("12D3KooW")
+    assert wire.public_key_from_peer_id(expected) == bytes(KEY.verify_key)
 
 
 def test_result_with_wrong_usage_count_is_a_schema_error():

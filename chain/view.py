@@ -1,0 +1,57 @@
+"""A node's view of the chain: who is staked with which key, what clients can pay.
+
+Refreshed in the background (blocking web3 calls, run through
+``trio.to_thread`` by the node); between refreshes the node routes and admits
+on the last good view, so a chain outage does not stop the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from chain.contract import Registry
+from chain.errors import ChainError
+
+log = logging.getLogger("inferad.chain")
+
+
+@dataclass
+class ChainView:
+    registry: Registry
+    min_stake: int = 0
+    stakes: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # eth address -> (ed key, stake)
+    deposits: dict[str, int] = field(default_factory=dict)  # client -> chargeable wei (deposit + withdrawing)
+    last_epoch: int = 0
+    refreshed_at: float = 0.0
+
+    def refresh(self, nodes: set[str], clients: set[str]) -> None:
+        """Re-read the given accounts (blocking); keeps the old view on failure."""
+        try:
+            min_stake = self.registry.value("minStake")
+            stakes = {}
+            for address in nodes:
+                record = self.registry.node(address)
+                stakes[address] = (record.ed_key, record.stake)
+            deposits = {}
+            for address in clients:
+                record = self.registry.client(address)
+                deposits[address] = record.deposit + record.withdrawing
+            last_epoch = self.registry.value("lastEpoch")
+        except ChainError as exc:
+            log.warning("chain view not refreshed (%s); using the one from %.0f s ago", exc,
+                        time.monotonic() - self.refreshed_at)
+            return
+        self.min_stake, self.last_epoch = min_stake, last_epoch
+        self.stakes.update(stakes)
+        self.deposits.update(deposits)
+        self.refreshed_at = time.monotonic()
+
+    def is_staked(self, address: str, ed_key: bytes) -> bool:
+        """Staked means: the address is bound on chain to this very Ed25519 key, with enough stake."""
+        bound = self.stakes.get(address)
+        return bound is not None and bound[0] == ed_key and bound[1] > 0 and bound[1] >= self.min_stake
+
+    def address_of_key(self, ed_key: bytes) -> str | None:
+        return next((a for a, (key, stake) in self.stakes.items() if key == ed_key and stake > 0), None)
