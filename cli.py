@@ -107,6 +107,8 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--chain", "chain_path", type=click.Path(dir_okay=False, path_type=Path), envvar="INFERAD_CHAIN",
               help="The network's chain.json: route only to staked peers, admit only clients whose deposit "
                    "covers their jobs [env INFERAD_CHAIN].")
+@click.option("--oracle", "run_oracle", is_flag=True,
+              help="Run the settlement oracle (needs --chain and this home's account to be the contract's oracle).")
 @click.option("--sim-tokens-per-s", type=click.FloatRange(0.1, 100000), default=50.0, show_default=True,
               help="Decode speed of the simulated engine.")
 @click.option("--max-tokens", type=click.IntRange(1, 32768), help="Largest max_tokens a job may ask.")
@@ -115,8 +117,8 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
               show_default=True)
-def start(home, listen, bootstrap, advert_interval, models, no_model, engine, chain_path, sim_tokens_per_s,
-          max_tokens, n_ctx, threads, log_format, log_level) -> None:
+def start(home, listen, bootstrap, advert_interval, models, no_model, engine, chain_path, run_oracle,
+          sim_tokens_per_s, max_tokens, n_ctx, threads, log_format, log_level) -> None:
     """Run the node daemon until Ctrl-C or SIGTERM.
 
     Loads the models, listens for jobs on libp2p and writes <home>/node.json
@@ -144,6 +146,8 @@ def start(home, listen, bootstrap, advert_interval, models, no_model, engine, ch
 
     if h.node_info_path.exists() and _pid_alive(json.loads(h.node_info_path.read_text()).get("pid")):
         fail(f"a node is already running on {h.path} (see {h.node_info_path})")
+    if run_oracle and not chain_path:
+        fail("--oracle needs --chain", EXIT_USAGE)
     chain_info = None
     if chain_path:
         from chain.devnet import ChainInfo
@@ -154,7 +158,8 @@ def start(home, listen, bootstrap, advert_interval, models, no_model, engine, ch
         except ChainError as exc:
             fail(str(exc))
     try:
-        trio.run(Node(h, config, engine=engine, sim_tokens_per_s=sim_tokens_per_s, chain=chain_info).run)
+        trio.run(Node(h, config, engine=engine, sim_tokens_per_s=sim_tokens_per_s, chain=chain_info,
+                      oracle=run_oracle).run)
     except NodeError as exc:
         fail(str(exc))
 
@@ -385,7 +390,9 @@ def devnet() -> None:
               metavar="HOME", help="Give this home's Ethereum account 100 devnet ETH, repeatable.")
 @click.option("--oracle", "oracle_home", type=click.Path(file_okay=False, path_type=Path), metavar="HOME",
               help="The home whose node will run the oracle [default: the deployer dev account].")
-def devnet_chain(directory: Path, fund_homes, oracle_home) -> None:
+@click.option("--epoch-seconds", type=click.IntRange(5, 86400), default=30, show_default=True,
+              help="Settlement period of the network.")
+def devnet_chain(directory: Path, fund_homes, oracle_home, epoch_seconds) -> None:
     """Run anvil on 127.0.0.1, deploy the registry, fund accounts, write DIR/chain.json.
 
     Runs until Ctrl-C; the chain's state is kept in DIR/anvil-state.json, so the
@@ -410,7 +417,8 @@ def devnet_chain(directory: Path, fund_homes, oracle_home) -> None:
             click.echo(f"resumed the chain in {state}")
         else:
             oracle = open_home(oracle_home).eth_address if oracle_home else None
-            info = deploy(anvil.rpc_url, oracle=oracle, fund=[open_home(h).eth_address for h in fund_homes])
+            info = deploy(anvil.rpc_url, oracle=oracle, fund=[open_home(h).eth_address for h in fund_homes],
+                          epoch_seconds=epoch_seconds)
             click.echo(f"deployed InferadRegistry at {info.contract}")
         info.save(info_path)
         click.echo(f"chain {info.chain_id} at {info.rpc_url}; wrote {info_path}; Ctrl-C stops it")
@@ -524,6 +532,38 @@ def withdraw(home, chain_path) -> None:
 def deposit(home, chain_path, amount) -> None:
     """Deposit AMOUNT ETH to pay for the jobs this home's client key submits."""
     _transact(home, chain_path, lambda registry, h, wei: registry.deposit(wei), amount)
+
+
+@chain_group.command()
+@home_option
+@chain_option
+def claim(home, chain_path) -> None:
+    """Claim every settled epoch's rewards in one transaction.
+
+    The proof comes from the oracle, through the node running on this home.
+    """
+    from chain.errors import ChainError
+    from inferad import control
+
+    h, registry = _registry(home, chain_path)
+    if not h.node_info_path.exists():
+        fail(f"start the node of {h.path} first: it fetches the reward proof from the oracle")
+    import trio
+
+    try:
+        proof = trio.run(lambda: control.ask(h.path / "control.sock", "proof", account=h.eth_address))
+    except control.ControlError as exc:
+        fail(str(exc))
+    try:
+        already = registry.value("claimed", h.eth_address)
+        if proof["cumulative"] <= already:
+            click.echo(f"nothing to claim: {already} wei claimed of {proof['cumulative']} wei earned")
+            return
+        receipt = registry.claim(proof["cumulative"], [bytes.fromhex(p) for p in proof["proof"]])
+    except ChainError as exc:
+        fail(f"the chain refused: {exc}")
+    click.echo(f"claimed {proof['cumulative'] - already} wei (all rewards through epoch {proof['epoch']}) "
+               f"in block {receipt['blockNumber']}")
 
 
 @chain_group.command("status")

@@ -99,7 +99,8 @@ class Anvil:
 
 
 def deploy(rpc_url: str, *, oracle: str | None = None, fund: list[str] = (), fund_eth: int = 100,
-           min_stake_eth: int = 1, unbonding_delay: int = 60, withdraw_delay: int = 60, fee_bps: int = 500):
+           min_stake_eth: int = 1, unbonding_delay: int = 60, withdraw_delay: int = 60, fee_bps: int = 500,
+           epoch_seconds: int = 30):
     """Deploy the registry with the dev account and fund ``fund`` addresses; the ChainInfo."""
     from eth_account import Account
     from web3 import HTTPProvider, Web3
@@ -113,7 +114,8 @@ def deploy(rpc_url: str, *, oracle: str | None = None, fund: list[str] = (), fun
     block = w3.eth.block_number
     for address in fund:
         fund_account(w3, address, fund_eth * ETH)
-    return ChainInfo(rpc_url=rpc_url, chain_id=w3.eth.chain_id, contract=registry.address, deployment_block=block)
+    return ChainInfo(rpc_url=rpc_url, chain_id=w3.eth.chain_id, contract=registry.address, deployment_block=block,
+                     epoch_seconds=epoch_seconds)
 
 
 def fund_account(w3: Any, address: str, amount: int) -> None:

@@ -24,14 +24,16 @@ class ChainView:
     stakes: dict[str, tuple[bytes, int]] = field(default_factory=dict)  # eth address -> (ed key, stake)
     deposits: dict[str, int] = field(default_factory=dict)  # client -> chargeable wei (deposit + withdrawing)
     last_epoch: int = 0
+    oracle: str | None = None
     refreshed_at: float = 0.0
 
     def refresh(self, nodes: set[str], clients: set[str]) -> None:
         """Re-read the given accounts (blocking); keeps the old view on failure."""
         try:
             min_stake = self.registry.value("minStake")
+            oracle = self.registry.value("oracle")
             stakes = {}
-            for address in nodes:
+            for address in set(nodes) | {oracle}:
                 record = self.registry.node(address)
                 stakes[address] = (record.ed_key, record.stake)
             deposits = {}
@@ -43,7 +45,7 @@ class ChainView:
             log.warning("chain view not refreshed (%s); using the one from %.0f s ago", exc,
                         time.monotonic() - self.refreshed_at)
             return
-        self.min_stake, self.last_epoch = min_stake, last_epoch
+        self.min_stake, self.last_epoch, self.oracle = min_stake, last_epoch, oracle
         self.stakes.update(stakes)
         self.deposits.update(deposits)
         self.refreshed_at = time.monotonic()
@@ -52,6 +54,12 @@ class ChainView:
         """Staked means: the address is bound on chain to this very Ed25519 key, with enough stake."""
         bound = self.stakes.get(address)
         return bound is not None and bound[0] == ed_key and bound[1] > 0 and bound[1] >= self.min_stake
+
+    @property
+    def oracle_key(self) -> bytes | None:
+        """The Ed25519 node key the oracle's address registered, if it did."""
+        bound = self.stakes.get(self.oracle) if self.oracle else None
+        return bound[0] if bound and bound[0] != b"\0" * 32 else None
 
     def address_of_key(self, ed_key: bytes) -> str | None:
         return next((a for a, (key, stake) in self.stakes.items() if key == ed_key and stake > 0), None)

@@ -40,7 +40,14 @@ from inferad.store import Store
 from inferad.worker import Worker
 from p2p import wire
 from p2p.host import PROTOCOL_SUBMIT, guard_all_handlers, guarded, make_host, peer_info, running
-from p2p.mesh import PROTOCOL_EXEC, TOPIC_ADVERTS, GossipSettings, find_providers, running_mesh
+from p2p.mesh import (
+    PROTOCOL_EXEC,
+    PROTOCOL_SETTLEMENT,
+    TOPIC_ADVERTS,
+    GossipSettings,
+    find_providers,
+    running_mesh,
+)
 from p2p.streams import FramedStream, StreamClosed
 from scheduler.peers import PeerTable
 from scheduler.ranking import Candidate, JobShape, estimate_prompt_tokens
@@ -66,7 +73,7 @@ class Served:
 
 class Node:
     def __init__(self, home: Home, config: Config, *, engine: str = "llama", sim_tokens_per_s: float = 50.0,
-                 chain: Any = None) -> None:
+                 chain: Any = None, oracle: bool = False) -> None:
         self.home = home
         self.config = config
         self.engine_kind = engine
@@ -79,6 +86,7 @@ class Node:
         self.peers = PeerTable()
         self.chain_info = chain  # chain.devnet.ChainInfo, or None: no chain, no gating
         self.chain_view = None
+        self.run_oracle = oracle
         self._pending_charges: dict[str, int] = {}  # client -> worst-case wei of jobs not yet settled
         self._clients_seen: set[str] = set()
         self.router = Router(self.peer_id, self.peers, max_attempts=config.max_attempts,
@@ -111,6 +119,7 @@ class Node:
             host = make_host(self.key)
             host.set_stream_handler(TProtocol(PROTOCOL_SUBMIT), guarded("submit", self._serve_submit))
             host.set_stream_handler(TProtocol(PROTOCOL_EXEC), guarded("exec", self._serve_exec))
+            host.set_stream_handler(TProtocol(PROTOCOL_SETTLEMENT), guarded("settlement", self._serve_settlement))
             listen = [_multiaddr(a) for a in self.config.listen]
             try:
                 async with running(host, listen), running_mesh(host, GossipSettings()) as (pubsub, dht):
@@ -139,6 +148,8 @@ class Node:
             nursery.start_soon(self._provide_models)
             if self.chain_view is not None:
                 nursery.start_soon(self._watch_chain)
+            if self.run_oracle:
+                nursery.start_soon(self._oracle().run)
             self._write_node_info()
             log.info("node %s listening on %s", self.peer_id, " ".join(self.addrs))
             task_status.started(self)
@@ -190,6 +201,51 @@ class Node:
 
     # ------------------------------------------------------------------ chain
 
+    def _oracle(self):
+        from chain.contract import Registry
+        from inferad.home import HomeError
+        from inferad.oracle import Oracle
+
+        if self.chain_view is None:
+            raise NodeError("--oracle needs --chain")
+        try:
+            account = self.home.eth_account()
+        except HomeError as exc:
+            raise NodeError(str(exc)) from None
+        return Oracle(self, Registry(self.chain_view.registry.w3, self.chain_info.contract, account))
+
+    def current_epoch(self) -> int:
+        return int(time.time()) // self.chain_info.epoch_seconds if self.chain_info else 0
+
+    async def _record_served(self, job_id: str) -> None:
+        """Index a job this node ran under the current epoch, for the oracle's report."""
+        if self.chain_info is not None:
+            await self.db(self.store.record_served, job_id, self.current_epoch())
+
+    async def ask_peer(self, peer_id: str, message: Any) -> wire.Envelope:
+        """One signed request on /inferad/settlement and its one answer (error frames included)."""
+        from libp2p.custom_types import TProtocol
+        from libp2p.peer.id import ID
+
+        entry = self.peers.get(peer_id)
+        with trio.fail_after(self.config.connect_timeout):
+            if entry is not None:
+                await self.host.connect(peer_info(entry.advert.addrs[0]))
+            stream = await self.host.new_stream(ID.from_base58(peer_id), [TProtocol(PROTOCOL_SETTLEMENT)])
+        framed = FramedStream(stream, self.config.max_frame)
+        try:
+            await framed.send(wire.sign(message, self.key))
+            with trio.fail_after(30):
+                return wire.decode(await framed.receive(), max_size=self.config.max_frame)
+        finally:
+            await framed.close()
+
+    async def _serve_settlement(self, stream: Any) -> None:
+        from inferad.oracle import answer
+
+        await self._handle_request(stream, ("report_request", "proof_request"),
+                                   lambda envelope, data, framed: answer(self, envelope, framed))
+
     async def _connect_chain(self) -> None:
         from chain.contract import Registry
         from chain.errors import ChainError
@@ -198,14 +254,14 @@ class Node:
         try:
             w3 = await trio.to_thread.run_sync(self.chain_info.web3)
             self.chain_view = ChainView(Registry(w3, self.chain_info.contract))
-            await self._refresh_chain()
+            await self.refresh_chain()
         except ChainError as exc:
             raise NodeError(f"chain: {exc}") from None
         if not self.chain_view.is_staked(self.eth_address, bytes(self.key.verify_key)) and self.served:
             log.warning("this node is not staked on chain: peers will not route jobs to it "
                         "(`inferad chain stake --home %s --chain … AMOUNT`)", self.home.path)
 
-    async def _refresh_chain(self) -> None:
+    async def refresh_chain(self) -> None:
         nodes = {e.advert.eth for e in self.peers.fresh(time.monotonic())} | {self.eth_address}
         await trio.to_thread.run_sync(self.chain_view.refresh, nodes, set(self._clients_seen))
 
@@ -213,7 +269,7 @@ class Node:
         while True:
             await trio.sleep(3)
             settled = self.chain_view.last_epoch
-            await self._refresh_chain()
+            await self.refresh_chain()
             if self.chain_view.last_epoch != settled:
                 self._pending_charges.clear()  # settled charges now show in the deposits
 
@@ -400,10 +456,10 @@ class Node:
         if not plan.order:
             raise JobRejected(plan.common_code() if plan.common_code() in ("context_overflow", "busy", "unstaked")
                               else "no_worker", f"no eligible worker for {job.model.name}: {plan.explain()}")
-        if await self._db(self.store.has_job, job_id):
+        if await self.db(self.store.has_job, job_id):
             raise JobRejected("replay", f"job {job_id[:16]}… was already submitted")
         reserved = await self._check_deposit(job)
-        if not await self._db(self.store.accept_job, job_id, data, role="gateway"):
+        if not await self.db(self.store.accept_job, job_id, data, role="gateway"):
             raise JobRejected("replay", f"job {job_id[:16]}… was already submitted")
 
         async def attempt(peer_id: str, prefix: list[int], relay):
@@ -424,14 +480,16 @@ class Node:
             if reserved:
                 self._pending_charges[job.client_eth] -= reserved
             code = exc.code if isinstance(exc, JobRejected) else "client_gone"
-            await self._db(self.store.fail_job, job_id, code)
+            await self.db(self.store.fail_job, job_id, code)
             self._log_job(job_id, job, outcome=code)
             if isinstance(exc, ClientGone):
                 return
             raise
         finally:
             self._active_jobs -= 1
-        await self._db(lambda: self.store.finish_job(job_id, routed.data, workers=routed.workers))
+        await self.db(lambda: self.store.finish_job(job_id, routed.data, workers=routed.workers))
+        if routed.workers[-1]["peer"] == self.peer_id:  # this node ran (the end of) the job itself
+            await self._record_served(job_id)
         await framed.send(routed.data)
         result: wire.JobResult = routed.envelope.message
         self._log_job(job_id, job, outcome="ok", tokens=len(result.output_tokens),
@@ -507,18 +565,19 @@ class Node:
             raise JobRejected("unexpected", "an exec request must carry a client-signed job")
         job_id = job_envelope.digest
         self._check_timing(job_envelope.message)
-        if not await self._db(self.store.accept_job, job_id, request.job, role="worker",
+        if not await self.db(self.store.accept_job, job_id, request.job, role="worker",
                               gateway=envelope.signer_peer_id, prefix=len(request.prefix)):
             raise JobRejected("replay", f"job {job_id[:16]}… was already run here")
         self._active_jobs += 1
         try:
             signed, _ = await self._execute(job_envelope, list(request.prefix), framed.send_tokens)
         except JobRejected as exc:
-            await self._db(self.store.fail_job, job_id, exc.code)
+            await self.db(self.store.fail_job, job_id, exc.code)
             raise
         finally:
             self._active_jobs -= 1
-        await self._db(self.store.finish_job, job_id, signed)
+        await self.db(self.store.finish_job, job_id, signed)
+        await self._record_served(job_id)
         await framed.send(signed)
 
     async def _execute(self, envelope: wire.Envelope, prefix: list[int], send_tokens) -> tuple[bytes, wire.Envelope]:
@@ -552,14 +611,14 @@ class Node:
 
     # ------------------------------------------------------------------ shared request handling
 
-    async def _handle_request(self, stream: Any, expect: str, handle) -> None:
-        """Read one signed ``expect`` frame, hand it to ``handle``; typed errors for everything else."""
+    async def _handle_request(self, stream: Any, expect: str | tuple[str, ...], handle) -> None:
+        """Read one signed request of type ``expect``, hand it to ``handle``; typed errors for the rest."""
         framed = FramedStream(stream, self.config.max_frame)
         try:
             with trio.fail_after(self.config.request_timeout):
                 data = await framed.receive()
             envelope = wire.decode(data, max_size=self.config.max_frame)
-            if envelope.type != expect:
+            if envelope.type not in ((expect,) if isinstance(expect, str) else expect):
                 raise JobRejected("unexpected", f"expected a {expect} message, got a {envelope.type}")
             if self._draining:
                 raise JobRejected("shutting_down", "this node is shutting down")
@@ -584,7 +643,7 @@ class Node:
     def _log_job(self, job_id: str, job: wire.JobRequest, **fields: Any) -> None:
         log.info("job", extra={"fields": {"id": job_id[:16], "model": job.model.name, **fields}})
 
-    async def _db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def db(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs), limiter=self._db_limiter)
 
     # ------------------------------------------------------------------ control socket
@@ -592,9 +651,9 @@ class Node:
     def _control_commands(self) -> dict[str, Callable[..., Awaitable[Any]]]:
         async def jobs(job_id: str | None = None) -> list[dict]:
             if job_id:
-                record = await self._db(self.store.job, job_id)
+                record = await self.db(self.store.job, job_id)
                 return [record.to_json()] if record else []
-            return await self._db(lambda: [r.to_json() for r in self.store.jobs()])
+            return await self.db(lambda: [r.to_json() for r in self.store.jobs()])
 
         async def status() -> dict:
             return {
@@ -624,7 +683,12 @@ class Node:
                 model["providers"].sort(key=lambda p: p["peer_id"])
             return sorted(found.values(), key=lambda m: m["name"])
 
-        return {"jobs": jobs, "status": status, "peers": peers, "models": models}
+        async def proof(account: str) -> dict:
+            from inferad.oracle import fetch_proof
+
+            return await fetch_proof(self, account)
+
+        return {"jobs": jobs, "status": status, "peers": peers, "models": models, "proof": proof}
 
 
 def _now_ms() -> int:

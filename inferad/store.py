@@ -22,6 +22,9 @@ import plyvel
 
 JOB = b"job/"
 RESULT = b"result/"
+SERVED = b"served/"  # served/<epoch:012d>/<job id>: jobs this node ran, for settlement
+SETTLED = b"settled/"  # oracle: settled/<job id> -> epoch it was paid in
+SETTLEMENT = b"settlement/"  # oracle: settlement/<epoch:012d> -> root, cumulative rewards, proofs
 
 
 class StoreError(Exception):
@@ -113,6 +116,36 @@ class Store:
             batch.put(RESULT + job_id.encode(), result)
             batch.put(JOB + job_id.encode(), self._updated(job_id, status="done", **meta))
             batch.write()
+
+    def record_served(self, job_id: str, epoch: int) -> None:
+        self._db.put(SERVED + b"%012d/" % epoch + job_id.encode(), b"", sync=True)
+
+    def served_between(self, after: int, upto: int) -> list[tuple[bytes, bytes]]:
+        """(job, result) envelopes of the jobs this node ran in epochs (after, upto]."""
+        out = []
+        start, stop = SERVED + b"%012d/" % (after + 1), SERVED + b"%012d/" % (upto + 1)
+        for key, _ in self._db.iterator(start=start, stop=stop):
+            job_id = key.rsplit(b"/", 1)[1].decode()
+            record = self.job(job_id)
+            if record is not None and record.result is not None:
+                out.append((record.job, record.result))
+        return out
+
+    def save_settlement(self, epoch: int, record: dict, job_ids: list[str]) -> None:
+        with self._lock:
+            batch = self._db.write_batch(sync=True)
+            batch.put(SETTLEMENT + b"%012d" % epoch, msgpack.packb(record))
+            for job_id in job_ids:
+                batch.put(SETTLED + job_id.encode(), b"%d" % epoch)
+            batch.write()
+
+    def is_settled(self, job_id: str) -> bool:
+        return self._db.get(SETTLED + job_id.encode()) is not None
+
+    def latest_settlement(self) -> dict | None:
+        for _, raw in self._db.iterator(prefix=SETTLEMENT, reverse=True):
+            return msgpack.unpackb(raw, strict_map_key=False)
+        return None
 
     def fail_job(self, job_id: str, error: str) -> None:
         with self._lock:

@@ -18,6 +18,7 @@ from typing import Any
 TOPIC_ADVERTS = "/inferad/adverts/1"
 TOPIC_ATTESTATIONS = "/inferad/attestations/1"
 PROTOCOL_EXEC = "/inferad/exec/1.0.0"
+PROTOCOL_SETTLEMENT = "/inferad/settlement/1.0.0"
 
 
 @dataclass(frozen=True)

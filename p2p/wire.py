@@ -30,6 +30,7 @@ from p2p.schema import (
     UINT64,
     SchemaError,
     WireError,
+    binary,
     blob,
     choice,
     field,
@@ -269,8 +270,62 @@ class ErrorFrame:
     message: str = field(text(2048))
 
 
+@dataclass(frozen=True)
+class ServedEntry:
+    job: bytes = field(blob(DEFAULT_MAX_FRAME))  # client-signed job envelope
+    result: bytes = field(blob(DEFAULT_MAX_FRAME))  # worker-signed result envelope
+
+
+@dataclass(frozen=True)
+class ReportRequest:
+    """The oracle asks a node for the jobs it served in epochs (after, upto]."""
+
+    type: ClassVar[str] = "report_request"
+    signed: ClassVar[bool] = True
+
+    after: int = field(UINT64)
+    upto: int = field(UINT64)
+    offset: int = field(integer(0, 1 << 30), 0)
+
+
+@dataclass(frozen=True)
+class Report:
+    """A node's signed account of the jobs it served; ``next_offset`` 0 means complete."""
+
+    type: ClassVar[str] = "report"
+    signed: ClassVar[bool] = True
+
+    after: int = field(UINT64)
+    upto: int = field(UINT64)
+    entries: tuple = field(sequence(nested(ServedEntry), 4096))
+    next_offset: int = field(integer(0, 1 << 30), 0)
+
+
+@dataclass(frozen=True)
+class ProofRequest:
+    type: ClassVar[str] = "proof_request"
+    signed: ClassVar[bool] = True
+
+    account: str = field(ETH_ADDRESS)
+
+
+@dataclass(frozen=True)
+class RewardProof:
+    """The oracle's Merkle proof of an account's cumulative rewards (amounts as 32-byte big-endian)."""
+
+    type: ClassVar[str] = "proof"
+    signed: ClassVar[bool] = True
+
+    account: str = field(ETH_ADDRESS)
+    epoch: int = field(UINT64)
+    root: bytes = field(binary(32))
+    cumulative: bytes = field(binary(32))
+    proof: tuple = field(sequence(binary(32), 64))
+
+
 MESSAGE_TYPES: dict[str, type] = {
-    cls.type: cls for cls in (JobRequest, JobResult, ExecRequest, Advert, Token, ErrorFrame)
+    cls.type: cls for cls in (JobRequest, JobResult, ExecRequest, Advert, Token, ErrorFrame, ReportRequest,
+                              Report, ProofRequest, RewardProof)
 }
 
 

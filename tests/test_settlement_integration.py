@@ -1,0 +1,77 @@
+"""Three real nodes + anvil: jobs, one epoch, the settlement on chain, claims."""
+
+import json
+import signal
+import subprocess
+
+import pytest
+
+from chain.devnet import ANVIL
+from tests.conftest import INFERAD, ROOT, NodeProcess, run_cli
+from tests.test_mesh_integration import peer_ids, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.model,
+              pytest.mark.skipif(not ANVIL.exists(), reason="needs contracts/node_modules (make install)")]
+PRICE = 1000  # wei per token
+JOBS = 8
+
+
+def test_an_epoch_settles_to_the_wei_and_workers_claim_exactly_their_reward(tmp_path):
+    homes = {name: tmp_path / name for name in ("oracle", "w1", "w2", "client")}
+    for home in homes.values():
+        run_cli("init", home=home, check=True)
+    devnet = subprocess.Popen([*INFERAD, "devnet", "chain", "--dir", str(tmp_path / "dev"), "--epoch-seconds", "8",
+                               "--oracle", str(homes["oracle"]),
+                               *sum((["--fund", str(h)] for h in homes.values()), [])],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chain_json = tmp_path / "dev" / "chain.json"
+    chain = ("--chain", str(chain_json))
+    nodes = []
+
+    def status(name):
+        return json.loads(run_cli("chain", "status", "--json", *chain, home=homes[name], check=True).stdout)
+
+    try:
+        wait_for(chain_json.exists, 60, "the devnet")
+        for name in ("oracle", "w1", "w2"):
+            run_cli("chain", "stake", "2", *chain, home=homes[name], check=True)
+        run_cli("chain", "deposit", "1", *chain, home=homes["client"], check=True)
+        deposit_before = status("client")["deposit_wei"]
+        oracle = NodeProcess(homes["oracle"], "--no-model", "--oracle", *chain)
+        nodes.append(oracle)
+        for name in ("w1", "w2"):
+            nodes.append(NodeProcess(homes[name], "--bootstrap", oracle.addr, "--n-ctx", "256", *chain))
+        everyone = {n.info["peer_id"] for n in nodes}
+        wait_for(lambda: peer_ids(oracle) == everyone, 45, "adverts to converge")
+
+        tokens = 0
+        for i in range(JOBS):
+            out = run_cli("submit", "--node-home", str(homes["oracle"]), f"Count to {i}:", "--max-tokens", "3",
+                          "--max-price", str(PRICE), "--json", home=homes["client"], check=True)
+            tokens += len(json.loads(out.stdout)["result"]["output_tokens"])
+        charged = tokens * PRICE
+
+        # Every job is charged exactly once, in the settlement after the epoch it ran in.
+        wait_for(lambda: status("client")["deposit_wei"] <= deposit_before - charged, 60, "the epochs to settle")
+        assert status("client")["deposit_wei"] == deposit_before - charged
+        assert "Traceback" not in oracle.log()
+
+        # Each worker's reward is its jobs' charges less the 5 % fee, claimable exactly once.
+        earned = {}
+        for name in ("w1", "w2"):
+            jobs = json.loads(run_cli("jobs", "--json", home=homes[name], check=True).stdout)
+            earned[name] = sum(len(j["result"]["output_tokens"]) * PRICE * 95 // 100 for j in jobs
+                               if j["status"] == "done")
+        assert sum(earned.values()) == charged * 95 // 100
+        for name in ("w1", "w2"):
+            if earned[name]:
+                out = run_cli("chain", "claim", *chain, home=homes[name], check=True)
+                assert f"claimed {earned[name]} wei" in out.stdout
+                assert status(name)["claimed_wei"] == earned[name]
+                again = run_cli("chain", "claim", *chain, home=homes[name], check=True)
+                assert "nothing to claim" in again.stdout
+    finally:
+        for node in nodes:
+            node.stop()
+        devnet.send_signal(signal.SIGTERM)
+        devnet.wait(30)
