@@ -406,14 +406,16 @@ def devnet_chain(directory: Path, fund_homes, oracle_home, epoch_seconds) -> Non
 
     directory.mkdir(parents=True, exist_ok=True)
     state, info_path = directory / "anvil-state.json", directory / "chain.json"
+    resume = state.exists() and info_path.exists()
     try:
-        anvil = Anvil(state=state)
+        # Resuming: the same port too, so running nodes find the chain again.
+        port = int(ChainInfo.load(info_path).rpc_url.rsplit(":", 1)[1]) if resume else 0
+        anvil = Anvil(state=state, port=port)
     except ChainError as exc:
         fail(str(exc))
     try:
-        if state.exists() and info_path.exists():
+        if resume:
             info = ChainInfo.load(info_path)
-            info = ChainInfo(anvil.rpc_url, info.chain_id, info.contract, info.deployment_block, info.epoch_seconds)
             click.echo(f"resumed the chain in {state}")
         else:
             oracle = open_home(oracle_home).eth_address if oracle_home else None

@@ -27,8 +27,8 @@ class ChainView:
     oracle: str | None = None
     refreshed_at: float = 0.0
 
-    def refresh(self, nodes: set[str], clients: set[str]) -> None:
-        """Re-read the given accounts (blocking); keeps the old view on failure."""
+    def refresh(self, nodes: set[str], clients: set[str]) -> bool:
+        """Re-read the given accounts (blocking); keeps the old view (and says False) on failure."""
         try:
             min_stake = self.registry.value("minStake")
             oracle = self.registry.value("oracle")
@@ -44,11 +44,12 @@ class ChainView:
         except ChainError as exc:
             log.warning("chain view not refreshed (%s); using the one from %.0f s ago", exc,
                         time.monotonic() - self.refreshed_at)
-            return
+            return False
         self.min_stake, self.last_epoch, self.oracle = min_stake, last_epoch, oracle
         self.stakes.update(stakes)
         self.deposits.update(deposits)
         self.refreshed_at = time.monotonic()
+        return True
 
     def is_staked(self, address: str, ed_key: bytes) -> bool:
         """Staked means: the address is bound on chain to this very Ed25519 key, with enough stake."""

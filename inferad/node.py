@@ -284,8 +284,10 @@ class Node:
             return 0
         client = job.client_eth
         if client not in self._clients_seen:
+            if not await trio.to_thread.run_sync(self.chain_view.refresh, set(), {client}):
+                raise JobRejected("chain_unavailable", "the chain is unreachable, so this gateway cannot check "
+                                                       "your deposit yet; retry later")
             self._clients_seen.add(client)
-            await trio.to_thread.run_sync(self.chain_view.refresh, set(), {client})
         worst = job.max_price * job.params.max_tokens
         pending = self._pending_charges.get(client, 0)
         available = self.chain_view.deposits.get(client, 0)

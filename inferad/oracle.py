@@ -58,7 +58,13 @@ class Oracle:
 
     async def run(self) -> None:
         node = self.node
-        oracle = await trio.to_thread.run_sync(self.registry.value, "oracle")
+        while True:
+            try:
+                oracle = await trio.to_thread.run_sync(self.registry.value, "oracle")
+                break
+            except ChainError as exc:  # the chain is down: jobs go on, settlement waits
+                log.warning("oracle waiting for the chain: %s", exc)
+                await trio.sleep(5)
         if oracle != self.registry.account.address:
             log.error("this node's account %s is not the contract's oracle (%s): not settling",
                       self.registry.account.address, oracle)

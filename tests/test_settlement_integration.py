@@ -75,3 +75,46 @@ def test_an_epoch_settles_to_the_wei_and_workers_claim_exactly_their_reward(tmp_
             node.stop()
         devnet.send_signal(signal.SIGTERM)
         devnet.wait(30)
+
+
+def test_jobs_run_through_a_chain_outage_and_settle_once_when_it_returns(tmp_path):
+    homes = {name: tmp_path / name for name in ("oracle", "client")}
+    for home in homes.values():
+        run_cli("init", home=home, check=True)
+    devnet_args = [*INFERAD, "devnet", "chain", "--dir", str(tmp_path / "dev"), "--epoch-seconds", "6",
+                   "--oracle", str(homes["oracle"]), *sum((["--fund", str(h)] for h in homes.values()), [])]
+    devnet = subprocess.Popen(devnet_args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chain_json = tmp_path / "dev" / "chain.json"
+    chain = ("--chain", str(chain_json))
+    node = None
+    try:
+        wait_for(chain_json.exists, 60, "the devnet")
+        run_cli("chain", "stake", "2", *chain, home=homes["oracle"], check=True)
+        run_cli("chain", "deposit", "1", *chain, home=homes["client"], check=True)
+        node = NodeProcess(homes["oracle"], "--oracle", "--n-ctx", "256", *chain)
+        tokens = 0
+
+        def submit(i):
+            out = run_cli("submit", "--node-home", str(homes["oracle"]), f"Hello {i}", "--max-tokens", "3",
+                          "--max-price", str(PRICE), "--json", home=homes["client"], check=True)
+            return len(json.loads(out.stdout)["result"]["output_tokens"])
+
+        tokens += submit(0)  # the gateway now knows this client's deposit
+        devnet.send_signal(signal.SIGTERM)  # the chain goes away mid-epoch…
+        devnet.wait(30)
+        for i in range(1, 4):  # …and jobs are still served
+            tokens += submit(i)
+        wait_for(lambda: "postponed" in node.log(), 30, "the oracle to find the chain gone at an epoch end")
+        devnet = subprocess.Popen(devnet_args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def client_deposit():
+            proc = run_cli("chain", "status", "--json", *chain, home=homes["client"])
+            return json.loads(proc.stdout)["deposit_wei"] if proc.returncode == 0 else None
+
+        wait_for(lambda: client_deposit() == 10**18 - tokens * PRICE, 90, "the postponed settlement")
+        assert "Traceback" not in node.log()
+    finally:
+        if node:
+            node.stop()
+        devnet.send_signal(signal.SIGTERM)
+        devnet.wait(30)
