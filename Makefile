@@ -39,6 +39,7 @@ demo: install
 bench: install
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/swarm.py
+	$(PY) benchmarks/settlement_gas.py
 
 lint: install
 	$(PY) -m ruff check .
