@@ -35,8 +35,10 @@ contract InferadRegistry {
     mapping(address => Client) public clients;
 
     bytes32 public rewardsRoot;
-    uint256 public lastEpoch;
-    uint256 public totalRewards;
+    // One storage slot, written once per settlement. Rewards never exceed the funds
+    // charged or slashed, all of which were once balances here, far below 2^192 wei.
+    uint64 public lastEpoch;
+    uint192 public totalRewards;
     uint256 public totalClaimed;
     mapping(address => uint256) public claimed;
 
@@ -198,7 +200,7 @@ contract InferadRegistry {
         uint256[] calldata slashAmounts,
         bytes32 evidenceHash
     ) external onlyOracle {
-        if (epoch <= lastEpoch) revert EpochAlreadySettled(epoch, lastEpoch);
+        if (epoch <= lastEpoch || epoch > type(uint64).max) revert EpochAlreadySettled(epoch, lastEpoch);
         if (chargedClients.length != charges.length || slashedNodes.length != slashAmounts.length) {
             revert LengthMismatch();
         }
@@ -212,9 +214,9 @@ contract InferadRegistry {
     {
         uint256 income = charged + slashed;
         if (rewardsAdded > income) revert RewardsExceedIncome(rewardsAdded, income);
-        lastEpoch = epoch;
+        lastEpoch = uint64(epoch);
         rewardsRoot = root;
-        totalRewards += rewardsAdded;
+        totalRewards += uint192(rewardsAdded);
         feesAccrued += income - rewardsAdded;
         emit Settled(epoch, root, charged, slashed, rewardsAdded, income - rewardsAdded, evidence);
     }
@@ -226,12 +228,13 @@ contract InferadRegistry {
         for (uint256 i = 0; i < who.length; i++) {
             Client storage c = clients[who[i]];
             uint256 amount = amounts[i];
-            uint256 available = c.deposit + c.withdrawing;
-            if (amount > available) revert ChargeExceedsDeposit(who[i], amount, available);
-            if (amount <= c.deposit) {
-                c.deposit -= amount;
+            uint256 balance = c.deposit;
+            if (amount <= balance) {
+                c.deposit = balance - amount; // the common case reads one slot
             } else {
-                c.withdrawing -= amount - c.deposit;
+                uint256 available = balance + c.withdrawing;
+                if (amount > available) revert ChargeExceedsDeposit(who[i], amount, available);
+                c.withdrawing -= amount - balance;
                 c.deposit = 0;
             }
             total += amount;
