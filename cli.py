@@ -568,6 +568,21 @@ def claim(home, chain_path) -> None:
                f"in block {receipt['blockNumber']}")
 
 
+def _claimable(h, registry) -> int | None:
+    """Rewards settled but not claimed yet, if this home's node can reach the oracle."""
+    import trio
+
+    from inferad import control
+
+    if not h.node_info_path.exists():
+        return None
+    try:
+        proof = trio.run(lambda: control.ask(h.path / "control.sock", "proof", account=h.eth_address))
+    except control.ControlError as exc:
+        return 0 if "no settled rewards" in str(exc) else None
+    return max(proof["cumulative"] - registry.value("claimed", h.eth_address), 0)
+
+
 @chain_group.command("status")
 @home_option
 @chain_option
@@ -589,6 +604,7 @@ def chain_status(home, chain_path, as_json) -> None:
             "deposit_wei": client.deposit, "withdrawing_wei": client.withdrawing,
             "withdraw_until": client.withdraw_at,
             "claimed_wei": registry.value("claimed", h.eth_address),
+            "claimable_wei": _claimable(h, registry),
             "last_settled_epoch": registry.value("lastEpoch"),
             "min_stake_wei": registry.value("minStake"),
         }
@@ -602,7 +618,10 @@ def chain_status(home, chain_path, as_json) -> None:
     click.echo(f"stake     {eth(info['stake_wei'])} ({'staked' if info['staked'] else 'not staked'}; "
                f"min {eth(info['min_stake_wei'])}), unbonding {eth(info['unbonding_wei'])}")
     click.echo(f"deposit   {eth(info['deposit_wei'])}, withdrawing {eth(info['withdrawing_wei'])}")
-    click.echo(f"rewards   claimed {eth(info['claimed_wei'])}; last settled epoch {info['last_settled_epoch']}")
+    claimable = "unknown (start this home's node to ask the oracle)" if info["claimable_wei"] is None \
+        else eth(info["claimable_wei"])
+    click.echo(f"rewards   claimed {eth(info['claimed_wei'])}, claimable {claimable}; "
+               f"last settled epoch {info['last_settled_epoch']}")
 
 
 if __name__ == "__main__":

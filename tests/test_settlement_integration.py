@@ -13,7 +13,7 @@ from tests.test_mesh_integration import peer_ids, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.model,
               pytest.mark.skipif(not ANVIL.exists(), reason="needs contracts/node_modules (make install)")]
 PRICE = 1000  # wei per token
-JOBS = 8
+JOBS = 20
 
 
 def test_an_epoch_settles_to_the_wei_and_workers_claim_exactly_their_reward(tmp_path):
@@ -65,9 +65,10 @@ def test_an_epoch_settles_to_the_wei_and_workers_claim_exactly_their_reward(tmp_
         assert sum(earned.values()) == charged * 95 // 100
         for name in ("w1", "w2"):
             if earned[name]:
+                assert status(name)["claimable_wei"] == earned[name]
                 out = run_cli("chain", "claim", *chain, home=homes[name], check=True)
                 assert f"claimed {earned[name]} wei" in out.stdout
-                assert status(name)["claimed_wei"] == earned[name]
+                assert status(name)["claimed_wei"] == earned[name] and status(name)["claimable_wei"] == 0
                 again = run_cli("chain", "claim", *chain, home=homes[name], check=True)
                 assert "nothing to claim" in again.stdout
     finally:
