@@ -229,3 +229,24 @@ def test_books_balance_and_nobody_is_paid_twice(epochs):
     for w in workers:
         assert chain.registry.value("claimed", w.address) == paid[w.address] <= cumulative[w.address]
     assert chain.registry.value("totalClaimed") <= chain.registry.value("totalRewards")
+
+
+def test_a_root_promising_more_than_was_credited_cannot_drain_the_contract(chain):
+    client, worker = chain.clients[0], chain.nodes[0]
+    chain.as_(client).deposit(ETH)
+    chain.as_(chain.nodes[1]).register(KEY_B, 2 * ETH)  # funds a claim must never reach
+    greedy = build_tree({worker.address: 1000})
+    chain.as_(chain.oracle).settle(1, greedy.root, 500, {client.address: 500}, {})
+    with reverts("ClaimExceedsRewards"):
+        chain.as_(worker).claim(1000, greedy.proofs[worker.address])
+
+
+def test_owner_withdraws_accrued_fees(chain):
+    client = chain.clients[0]
+    chain.as_(client).deposit(ETH)
+    chain.as_(chain.oracle).settle(1, b"\0" * 32, 0, {client.address: 1234}, {})
+    assert chain.registry.value("feesAccrued") == 1234
+    before = chain.w3.eth.get_balance(chain.clients[1].address)
+    chain.registry.withdraw_fees(chain.clients[1].address)
+    assert chain.w3.eth.get_balance(chain.clients[1].address) == before + 1234
+    assert chain.registry.value("feesAccrued") == 0
