@@ -535,17 +535,24 @@ class Node:
             while True:
                 limit = self.config.stall_timeout if got_token else self.config.first_token_timeout
                 with trio.fail_after(limit):
-                    data = await framed.receive()
-                envelope = wire.decode(data, max_size=self.config.max_frame)
-                if envelope.type == "token":
-                    got_token = True
-                    await relay([envelope.message])
-                elif envelope.type == "error":
-                    raise JobRejected(envelope.message.code, envelope.message.message)
-                elif envelope.type == "result":
-                    return data, envelope
-                else:
+                    first = await framed.receive()
+                tokens: list[wire.Token] = []
+                for data in [first, *framed.buffered_frames()]:  # a worker's batch: relay it in one write
+                    envelope = wire.decode(data, max_size=self.config.max_frame)
+                    if envelope.type == "token":
+                        tokens.append(envelope.message)
+                        continue
+                    if tokens:
+                        await relay(tokens)
+                        tokens = []
+                    if envelope.type == "error":
+                        raise JobRejected(envelope.message.code, envelope.message.message)
+                    if envelope.type == "result":
+                        return data, envelope
                     raise AttemptFailed(f"worker sent an unexpected {envelope.type}")
+                if tokens:
+                    got_token = True
+                    await relay(tokens)
         except trio.TooSlowError:
             raise AttemptFailed("worker stalled") from None
         except StreamClosed as exc:

@@ -44,6 +44,13 @@ class FramedStream:
             self._decoder.feed(chunk)
         return frame
 
+    def buffered_frames(self) -> list[bytes]:
+        """Complete frames that already arrived with the last read (no I/O)."""
+        frames = []
+        while (frame := self._decoder.next_frame()) is not None:
+            frames.append(frame)
+        return frames
+
     async def send(self, payload: bytes) -> None:
         await self._write(wire.encode_frame(payload))
 
