@@ -462,6 +462,7 @@ class Node:
             raise JobRejected("replay", f"job {job_id[:16]}… was already submitted")
         reserved = await self._check_deposit(job)
         if not await self.db(self.store.accept_job, job_id, data, role="gateway"):
+            self._pending_charges[job.client_eth] = self._pending_charges.get(job.client_eth, 0) - reserved
             raise JobRejected("replay", f"job {job_id[:16]}… was already submitted")
 
         async def attempt(peer_id: str, prefix: list[int], relay):
