@@ -299,6 +299,11 @@ class Node:
         self._pending_charges[client] = pending + worst
         return worst
 
+    def _release_charge(self, client: str, amount: int) -> None:
+        """A reserved job cost that will not be charged (the job failed or was a replay)."""
+        if amount:
+            self._pending_charges[client] = max(self._pending_charges.get(client, 0) - amount, 0)
+
     # ------------------------------------------------------------------ adverts
 
     def advert(self) -> wire.Advert:
@@ -462,7 +467,7 @@ class Node:
             raise JobRejected("replay", f"job {job_id[:16]}… was already submitted")
         reserved = await self._check_deposit(job)
         if not await self.db(self.store.accept_job, job_id, data, role="gateway"):
-            self._pending_charges[job.client_eth] = self._pending_charges.get(job.client_eth, 0) - reserved
+            self._release_charge(job.client_eth, reserved)
             raise JobRejected("replay", f"job {job_id[:16]}… was already submitted")
 
         async def attempt(peer_id: str, prefix: list[int], relay):
@@ -480,8 +485,7 @@ class Node:
         try:
             routed = await self.router.route(job_id, plan, attempt, relay)
         except (JobRejected, ClientGone) as exc:
-            if reserved:
-                self._pending_charges[job.client_eth] -= reserved
+            self._release_charge(job.client_eth, reserved)
             code = exc.code if isinstance(exc, JobRejected) else "client_gone"
             await self.db(self.store.fail_job, job_id, code)
             self._log_job(job_id, job, outcome=code)
