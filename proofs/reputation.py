@@ -1,0 +1,49 @@
+"""Reputation from signed attestations and availability (DESIGN §7), pure.
+
+Every node computes a peer's reputation from the same signed evidence, so the
+views converge.  It is the mean of a Beta distribution over "this worker's
+results are honest": valid verdicts count for it, invalid ones count far more
+against it (one proven lie outweighs many honest jobs), and failures (time-
+outs, dropped jobs) count a little against availability.  The verification
+probability follows: every job of a new worker is checked, fewer as its
+record of valid verdicts grows, never fewer than the floor, and all again
+after an invalid verdict.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+INVALID_WEIGHT = 20.0
+FAILURE_WEIGHT = 0.5
+PRIOR = 1.0  # Beta(1, 1): no evidence, reputation 0.5
+
+
+@dataclass(frozen=True)
+class Evidence:
+    valid: int = 0  # attestations of valid results
+    invalid: int = 0  # invalid verdicts confirmed by a quorum
+    failures: int = 0  # timeouts and failed jobs
+    successes: int = 0  # jobs delivered
+
+    def add(self, *, valid: int = 0, invalid: int = 0, failures: int = 0, successes: int = 0) -> Evidence:
+        return Evidence(self.valid + valid, self.invalid + invalid, self.failures + failures,
+                        self.successes + successes)
+
+
+def reputation(e: Evidence) -> float:
+    """In (0, 1); 0.5 for a peer nobody has evidence about."""
+    good = PRIOR + e.valid + FAILURE_WEIGHT * e.successes
+    bad = PRIOR + INVALID_WEIGHT * e.invalid + FAILURE_WEIGHT * e.failures
+    return good / (good + bad)
+
+
+def verify_probability(e: Evidence, *, floor: float = 0.05, ramp: float = 10.0) -> float:
+    """1 for a new worker (and after any invalid verdict), decaying toward ``floor``
+    as valid verdicts accumulate (``ramp`` of them take it about 63 % of the way)."""
+    if not 0.0 < floor <= 1.0:
+        raise ValueError("the floor is a probability in (0, 1]")
+    if e.invalid:
+        return 1.0
+    return floor + (1.0 - floor) * math.exp(-e.valid / ramp)
