@@ -46,22 +46,25 @@ class ClientDeposit:
 
 
 class Registry:
-    def __init__(self, w3: Any, address: str, account: Any = None) -> None:
+    def __init__(self, w3: Any, address: str | None, account: Any = None) -> None:
+        """The contract at ``address``; with ``None``, a contract still to deploy."""
         artifact = load_artifact()
         self.w3 = w3
-        self.address = w3.to_checksum_address(address)
-        self.contract = w3.eth.contract(address=self.address, abi=artifact["abi"])
+        if address is None:
+            self.address = None
+            self.contract = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+        else:
+            self.address = w3.to_checksum_address(address)
+            self.contract = w3.eth.contract(address=self.address, abi=artifact["abi"])
         self.account = account
         self._errors = error_table(artifact["abi"])
 
     @classmethod
     def deploy(cls, w3: Any, account: Any, *, oracle: str, min_stake: int, unbonding_delay: int,
                withdraw_delay: int, fee_bps: int) -> Registry:
-        artifact = load_artifact()
-        factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-        probe = cls.__new__(cls)
-        probe.w3, probe.account, probe._errors = w3, account, error_table(artifact["abi"])
-        receipt = probe._send(factory.constructor(oracle, min_stake, unbonding_delay, withdraw_delay, fee_bps))
+        undeployed = cls(w3, None, account)
+        receipt = undeployed._send(undeployed.contract.constructor(oracle, min_stake, unbonding_delay,
+                                                                   withdraw_delay, fee_bps))
         return cls(w3, receipt["contractAddress"], account)
 
     def using(self, account: Any) -> Registry:

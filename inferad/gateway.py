@@ -76,7 +76,7 @@ class Router:
             offer = ad.offers(model_sha256)
             found.append(Candidate(
                 peer_id=ad.peer_id, tokens_per_s=offer.tokens_per_s, n_ctx=offer.n_ctx,
-                queued=ad.load.queued, running=ad.load.running, slots=max(ad.load.running, 1),
+                queued=ad.load.queued, running=ad.load.running,
                 capacity=ad.load.capacity, inflight=self.inflight[ad.peer_id],
                 rtt_s=self.rtt_s.get(ad.peer_id, 0.005), staked=self.is_staked(ad),
             ))
