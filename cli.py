@@ -144,7 +144,7 @@ def start(home, listen, bootstrap, advert_interval, models, no_model, engine, ch
 
     from inferad.node import Node, NodeError
 
-    if h.node_info_path.exists() and _pid_alive(json.loads(h.node_info_path.read_text()).get("pid")):
+    if _running_node(h):
         fail(f"a node is already running on {h.path} (see {h.node_info_path})")
     if run_oracle and not chain_path:
         fail("--oracle needs --chain", EXIT_USAGE)
@@ -164,14 +164,16 @@ def start(home, listen, bootstrap, advert_interval, models, no_model, engine, ch
         fail(str(exc))
 
 
-def _pid_alive(pid) -> bool:
+def _running_node(h) -> dict | None:
+    """The node.json of the node running on home ``h``, or None (none, or a stale file after a crash)."""
     import os
 
     try:
-        os.kill(int(pid), 0)
-        return True
-    except (OSError, TypeError, ValueError):
-        return False
+        info = json.loads(h.node_info_path.read_text())
+        os.kill(int(info["pid"]), 0)
+        return info
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _node_address(node: str | None, node_home: Path | None) -> str:
@@ -179,14 +181,11 @@ def _node_address(node: str | None, node_home: Path | None) -> str:
         return node
     from inferad.home import Home
 
-    info_path = Home(node_home).node_info_path
-    try:
-        info = json.loads(info_path.read_text())
-    except FileNotFoundError:
-        fail(f"no running node found: {info_path} does not exist (start one, or pass --node)",
+    h = Home(node_home)
+    info = _running_node(h)
+    if info is None:
+        fail(f"no node is running on {h.path} (no live {h.node_info_path}): start one, or pass --node",
              EXIT_UNREACHABLE)
-    if not _pid_alive(info.get("pid")):
-        fail(f"the node in {info_path} (pid {info.get('pid')}) is not running", EXIT_UNREACHABLE)
     return info["addrs"][0]
 
 
@@ -295,8 +294,7 @@ def _ask_or_open(home: Path | None, cmd: str, offline, **args):
     from inferad.home import Home
 
     h = Home(home)
-    info_path = h.node_info_path
-    if info_path.exists() and _pid_alive(json.loads(info_path.read_text()).get("pid")):
+    if _running_node(h):
         import trio
 
         from inferad import control
@@ -548,7 +546,7 @@ def claim(home, chain_path) -> None:
     from inferad import control
 
     h, registry = _registry(home, chain_path)
-    if not h.node_info_path.exists():
+    if not _running_node(h):
         fail(f"start the node of {h.path} first: it fetches the reward proof from the oracle")
     import trio
 
@@ -574,7 +572,7 @@ def _claimable(h, registry) -> int | None:
 
     from inferad import control
 
-    if not h.node_info_path.exists():
+    if not _running_node(h):
         return None
     try:
         proof = trio.run(lambda: control.ask(h.path / "control.sock", "proof", account=h.eth_address))
