@@ -285,8 +285,9 @@ def jobs(home, job_id, as_json) -> None:
     for r in records:
         result = r.get("result", {})
         text = result.get("text", "").replace("\n", " ")
+        verified = (r.get("verification") or {}).get("status", "")
         click.echo(f"{r['job_id'][:16]}  {r['status']:<11} {result.get('usage', {}).get('completion_tokens', '-'):>4} "
-                   f"tok  {text[:60]}")
+                   f"tok  {verified:<12.12} {text[:50]}")
 
 
 def _ask_or_open(home: Path | None, cmd: str, offline, **args):
@@ -333,7 +334,7 @@ def _render_peer(p: dict) -> None:
     click.echo(f"{p['peer_id']}{' (this node)' if p['self'] else ''}\n"
                f"    {p['engine']}  {gpus or p['hardware']['cpu'] + ' x' + str(p['hardware']['cores'])}  "
                f"{models}\n    load {load['running']} running, {load['queued']} queued of "
-               f"{load['capacity']}   advert {p['advert_age_s']} s old")
+               f"{load['capacity']}   advert {p['advert_age_s']} s old   reputation {p['reputation']:.2f}")
 
 
 def _render_model(m: dict) -> None:
@@ -374,6 +375,25 @@ def status(home, as_json) -> None:
         click.echo(f"model    {m['name']} {m['sha256'][:12]}…  running {m['running']}  queued {m['queued']}")
 
 
+@main.command()
+@home_option
+@click.argument("key")
+@json_option
+def evidence(home, key, as_json) -> None:
+    """Fetch the evidence that convicted a worker (KEY: its hash, as in the Slashed event,
+    or the job id) and check it here: signatures, quorum, and a re-score on this node's model."""
+    view = _ask_or_open(home, "evidence", lambda store: fail("no node is running on this home"), key=key)
+    if as_json:
+        emit_json(view)
+        return
+    click.echo(f"evidence {view['hash']}\n  job {view['job_id']}  model {view['model']}\n"
+               f"  worker {view['worker']}\n  {view['checked']}")
+    for a in view["attestations"]:
+        click.echo(f"  {a['verifier']}: {a['verdict']} ({a['reason']})")
+    if "rescored_here" in view:
+        click.echo(f"  re-scored here: {view['rescored_here']['verdict']} ({view['rescored_here']['reason']})")
+
+
 # ---------------------------------------------------------------------- devnet and chain
 
 @main.group()
@@ -390,7 +410,9 @@ def devnet() -> None:
               help="The home whose node will run the oracle [default: the deployer dev account].")
 @click.option("--epoch-seconds", type=click.IntRange(5, 86400), default=30, show_default=True,
               help="Settlement period of the network.")
-def devnet_chain(directory: Path, fund_homes, oracle_home, epoch_seconds) -> None:
+@click.option("--block-time", type=click.FloatRange(0.1, 60), default=1.0, show_default=True,
+              help="Seconds between blocks: verification draws on the first block after a job expires.")
+def devnet_chain(directory: Path, fund_homes, oracle_home, epoch_seconds, block_time) -> None:
     """Run anvil on 127.0.0.1, deploy the registry, fund accounts, write DIR/chain.json.
 
     Runs until Ctrl-C; the chain's state is kept in DIR/anvil-state.json, so the
@@ -408,7 +430,7 @@ def devnet_chain(directory: Path, fund_homes, oracle_home, epoch_seconds) -> Non
     try:
         # Resuming: the same port too, so running nodes find the chain again.
         port = int(ChainInfo.load(info_path).rpc_url.rsplit(":", 1)[1]) if resume else 0
-        anvil = Anvil(state=state, port=port)
+        anvil = Anvil(state=state, port=port, block_time=block_time)
     except ChainError as exc:
         fail(str(exc))
     try:
@@ -605,6 +627,8 @@ def chain_status(home, chain_path, as_json) -> None:
             "claimable_wei": _claimable(h, registry),
             "last_settled_epoch": registry.value("lastEpoch"),
             "min_stake_wei": registry.value("minStake"),
+            "slashes": [{"epoch": e["epoch"], "amount_wei": e["amount"], "evidence": e["evidenceHash"].hex()}
+                        for e in registry.events("Slashed") if e["node"] == h.eth_address],
         }
     except ChainError as exc:
         fail(str(exc))
@@ -620,6 +644,9 @@ def chain_status(home, chain_path, as_json) -> None:
         else eth(info["claimable_wei"])
     click.echo(f"rewards   claimed {eth(info['claimed_wei'])}, claimable {claimable}; "
                f"last settled epoch {info['last_settled_epoch']}")
+    for slash in info["slashes"]:
+        click.echo(f"slashed   {eth(slash['amount_wei'])} in epoch {slash['epoch']}, evidence {slash['evidence']} "
+                   f"(`inferad evidence {slash['evidence']}`)")
 
 
 if __name__ == "__main__":

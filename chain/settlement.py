@@ -81,9 +81,10 @@ class EpochSettlement:
 
 
 def build_settlement(epoch: int, jobs: Iterable[ServedJob], *, previous: dict[str, int], fee_bps: int,
-                     available: dict[str, int]) -> EpochSettlement:
+                     available: dict[str, int], bounties: dict[str, int] | None = None) -> EpochSettlement:
     """Charges per client (never above what it has on deposit), rewards per worker
-    (the charge less the protocol fee), and the new cumulative rewards tree."""
+    (the charge less the protocol fee) plus verifiers' bounties (paid from this
+    settlement's slashes), and the new cumulative rewards tree."""
     seen: set[str] = set()
     spent: dict[str, int] = {}
     kept: list[ServedJob] = []
@@ -98,7 +99,7 @@ def build_settlement(epoch: int, jobs: Iterable[ServedJob], *, previous: dict[st
             continue
         spent[job.client] = spent.get(job.client, 0) + job.charge
         kept.append(job)
-    rewards: dict[str, int] = {}
+    rewards: dict[str, int] = dict(bounties or {})
     for job in kept:
         rewards[job.worker] = rewards.get(job.worker, 0) + job.charge - job.charge * fee_bps // BPS
     cumulative = dict(previous)
@@ -107,3 +108,36 @@ def build_settlement(epoch: int, jobs: Iterable[ServedJob], *, previous: dict[st
     charges = {client: wei for client, wei in spent.items() if wei}
     return EpochSettlement(epoch=epoch, charges=charges, rewards=rewards, cumulative=cumulative,
                            tree=build_tree(cumulative), jobs=kept, dropped=dropped)
+
+
+@dataclass(frozen=True)
+class ProvenLie:
+    job_id: str
+    worker_key: bytes  # Ed25519 key that signed the false result
+    verifier_keys: tuple[bytes, ...]  # the quorum that proved it
+
+
+def verify_evidence(data: bytes, *, quorum: int) -> ProvenLie:
+    """Check evidence by signatures alone: a client-signed job, the worker-signed
+    result of it, and ``quorum`` distinct verifiers (not the worker) attesting
+    ``invalid`` for that very result.  Raises SettlementError otherwise."""
+    try:
+        evidence = wire.decode(data)
+        if evidence.type != "evidence":
+            raise SettlementError(f"expected evidence, got a {evidence.type}")
+        job_env, result_env = wire.decode(evidence.message.job), wire.decode(evidence.message.result)
+        attestations = [wire.decode(a) for a in evidence.message.attestations]
+    except wire.WireError as exc:
+        raise SettlementError(f"invalid evidence: {exc}") from None
+    if job_env.type != "job" or result_env.type != "result" or result_env.message.job_id != job_env.digest:
+        raise SettlementError("evidence must hold a job and that job's result")
+    voters: set[bytes] = set()
+    for att in attestations:
+        a = att.message
+        if (att.type == "attestation" and a.verdict == "invalid" and a.job_id == job_env.digest
+                and a.result_hash == result_env.digest and a.worker == result_env.signer_peer_id
+                and att.signer != result_env.signer):
+            voters.add(att.signer)
+    if len(voters) < quorum:
+        raise SettlementError(f"{len(voters)} distinct invalid attestation(s) for this result; {quorum} needed")
+    return ProvenLie(job_id=job_env.digest, worker_key=result_env.signer, verifier_keys=tuple(sorted(voters)))

@@ -55,6 +55,26 @@ first_token_timeout = 60
 stall_timeout = 10
 # Workers tried for one job before the gateway gives up.
 max_attempts = 4
+# Workers whose reputation (0..1, 0.5 when unknown) is below this get no jobs.
+reputation_floor = 0.2
+
+[verification]
+# Only with a chain (the draw needs its blocks).  Verifiers asked per drawn job,
+# and how many must find a result invalid before that is slashing evidence.
+verifiers = 2
+quorum = 2
+# A worker's jobs are all verified at first; fewer as valid attestations
+# accumulate, never fewer than this fraction.
+probability_floor = 0.05
+# Seconds a verifier may take to answer before the next one is asked.
+verify_timeout = 120
+# Seconds after a job's beacon block for its attestations to arrive; a drawn
+# job still unverified then is not paid.
+attestation_window = 300
+# Oracle: share of a convicted worker's stake slashed, and of that the share
+# paid to the verifiers who proved it, in basis points.
+slash_bps = 5000
+bounty_bps = 1000
 
 [limits]
 # Largest stream frame accepted, in bytes; longer frames reset the stream.
@@ -88,6 +108,14 @@ class Config:
     first_token_timeout: int = 60
     stall_timeout: int = 10
     max_attempts: int = 4
+    reputation_floor: float = 0.2
+    verifiers: int = 2
+    quorum: int = 2
+    probability_floor: float = 0.05
+    verify_timeout: int = 120
+    attestation_window: int = 300
+    slash_bps: int = 5000
+    bounty_bps: int = 1000
     max_frame: int = 1 << 20
     max_job_ttl: int = 600
     clock_skew: int = 60
@@ -101,7 +129,9 @@ class Config:
 SECTIONS = {
     "node": ("listen", "bootstrap", "advert_interval"),
     "engine": ("models", "n_ctx", "n_threads", "n_gpu_layers", "max_tokens", "queue_size", "stream_batch_ms"),
-    "routing": ("connect_timeout", "first_token_timeout", "stall_timeout", "max_attempts"),
+    "routing": ("connect_timeout", "first_token_timeout", "stall_timeout", "max_attempts", "reputation_floor"),
+    "verification": ("verifiers", "quorum", "probability_floor", "verify_timeout", "attestation_window",
+                     "slash_bps", "bounty_bps"),
     "limits": ("max_frame", "max_job_ttl", "clock_skew", "request_timeout"),
 }
 
@@ -130,6 +160,10 @@ def _coerce(path: Path, name: str, default: Any, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path}: {name} must be a list of strings")
         return tuple(value)
+    if isinstance(default, float):
+        if type(value) not in (int, float) or not 0 <= value <= 1:
+            raise ConfigError(f"{path}: {name} must be a number from 0 to 1, got {value!r}")
+        return float(value)
     if type(value) is not int or (value < 0 and name != "engine.n_gpu_layers"):
         raise ConfigError(f"{path}: {name} must be a non-negative integer, got {value!r}")
     return value

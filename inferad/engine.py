@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 
 from inferad.models import LocalModel
 from p2p import wire
+from proofs.check import Position
 
 log = logging.getLogger("inferad.engine")
 
@@ -154,10 +156,14 @@ class OutputStream:
         self._text.append(delta)
         return delta
 
+    @property
+    def text(self) -> str:
+        return "".join(self._text)
+
     def result(self, prompt_tokens: int) -> Generation:
         ended = time.perf_counter()
         first = self.first_token_at or ended
-        return Generation(tokens=self.tokens, text="".join(self._text), finish_reason=self.finish_reason or "length",
+        return Generation(tokens=self.tokens, text=self.text, finish_reason=self.finish_reason or "length",
                           prompt_tokens=prompt_tokens, prompt_ms=int((first - self.started) * 1000),
                           decode_ms=int((ended - first) * 1000))
 
@@ -221,5 +227,103 @@ class Engine:
                     break
         return out.result(len(prompt))
 
+    def replay(self, output: Sequence[int], params: wire.SamplingParams) -> Replay:
+        """What claimed output tokens decode to under the job's stop rules (for verifiers)."""
+        return replay_output(output, params, lambda tok: self._llm.detokenize([tok], special=False), self._is_eog)
+
+    def score(self, prompt: list[int], output: Sequence[int], params: wire.SamplingParams) -> list[Position]:
+        """Teacher-forced re-scoring: one evaluation of prompt + output, with logits
+        only where an output token is predicted; blocking, call from a worker thread."""
+        import numpy as np
+
+        llm = self._llm
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+        tokens = list(prompt) + list(output)
+        if len(tokens) > self.n_ctx:
+            raise EngineError(f"{len(tokens)} tokens do not fit this context of {self.n_ctx}")
+        n_vocab = llm.n_vocab()
+        first_scored = len(prompt) - 1  # the logits at position i predict token i + 1
+        positions: list[Position] = []
+        start = 0
+        while start < len(tokens) - 1:
+            step = llm.n_batch if start < first_scored else SCORE_CHUNK
+            end = min(start + step, first_scored if start < first_scored else len(tokens) - 1)
+            batch = llm._batch.batch
+            batch.n_tokens = end - start
+            for j, pos in enumerate(range(start, end)):
+                batch.token[j], batch.pos[j], batch.n_seq_id[j] = tokens[pos], pos, 1
+                batch.seq_id[j][0] = 0
+                batch.logits[j] = pos >= first_scored
+            llm._ctx.decode(llm._batch)
+            for j, pos in enumerate(range(start, end)):
+                if pos >= first_scored:
+                    row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(j), shape=(n_vocab,))
+                    tok = tokens[pos + 1]
+                    positions.append(position_of(row, tok, params, bool(self._is_eog(tok))))
+            start = end
+        return positions
+
     def close(self) -> None:
         self._llm.close()
+
+
+SCORE_CHUNK = 64  # output positions per evaluation: bounds the logits buffer (64 x vocabulary floats)
+NUCLEUS_CUTOFF = math.log(1e-9)  # tokens below this probability never decide a top-p boundary below 0.9997
+
+
+@dataclass(frozen=True)
+class Replay:
+    text: str
+    finish_reason: str | None  # None: the tokens stop before the generation would have
+    tokens_after_end: int
+
+
+def replay_output(output: Sequence[int], params: wire.SamplingParams, piece: Callable[[int], bytes],
+                  is_eog: Callable[[int], bool]) -> Replay:
+    out = OutputStream(params, piece, is_eog, lambda tok, delta: True)
+    for i, tok in enumerate(output):
+        if out.push(tok):
+            return Replay(out.text, out.finish_reason, len(output) - i - 1)
+    return Replay(out.text, out.finish_reason, 0)
+
+
+def position_of(row, token: int, params: wire.SamplingParams, is_eog: bool) -> Position:
+    """Where ``token`` stood among one position's logits, and under the job's sampler.
+
+    Mirrors llama.cpp's sampler chain as the engine runs it: top-k on the raw
+    logits, top-p on their (top-k renormalised) softmax, then temperature.
+    """
+    import numpy as np
+
+    logits = row.astype(np.float64)
+    best = logits.max()
+    lse = best + math.log(np.exp(logits - best).sum())
+    claimed = logits[token]
+    logprob, top = claimed - lse, best - lse
+    rank = int((logits > claimed).sum())
+    if params.temperature == 0.0:
+        return Position(token=token, logprob=logprob, top_logprob=top, rank=rank, mass_above=0.0,
+                        sampled_logprob=logprob, expected=0.0, variance=0.0, is_eog=is_eog)
+    k = params.top_k if 0 < params.top_k < len(logits) else len(logits)
+    kept = np.argpartition(-logits, k - 1)[:k] if k < len(logits) else np.arange(len(logits))
+    kept_logits = logits[kept]
+    k_lse = best + math.log(np.exp(kept_logits - best).sum())
+    in_top_k = rank < k
+    mass_above = float(np.exp(kept_logits[kept_logits > claimed] - k_lse).sum()) if in_top_k else 1.0
+    if params.top_p < 1.0:  # the nucleus: the most likely tokens until their mass reaches top_p
+        candidates = kept_logits[kept_logits - k_lse > NUCLEUS_CUTOFF]
+        ordered = np.sort(candidates)[::-1]
+        mass = np.cumsum(np.exp(ordered - k_lse))
+        n_keep = min(int(np.searchsorted(mass, params.top_p)) + 1, len(ordered))
+        kept_logits = ordered[:n_keep]
+    scaled = kept_logits / params.temperature
+    s_lse = scaled.max() + math.log(np.exp(scaled - scaled.max()).sum())
+    logp = scaled - s_lse
+    probs = np.exp(logp)
+    expected = float((probs * logp).sum())
+    variance = max(float((probs * logp * logp).sum()) - expected * expected, 0.0)
+    inside = in_top_k and (params.top_p >= 1.0 or rank < len(kept_logits))
+    sampled = claimed / params.temperature - s_lse if inside else -math.inf
+    return Position(token=token, logprob=logprob, top_logprob=top, rank=rank, mass_above=mass_above,
+                    sampled_logprob=sampled, expected=expected, variance=variance, is_eog=is_eog)

@@ -52,9 +52,11 @@ class Routed:
 class Router:
     def __init__(self, self_id: str, peers: PeerTable, *, max_attempts: int = 4,
                  reputation_floor: float = 0.0, rng: random.Random | None = None,
-                 is_staked: Callable[[wire.Advert], bool] = lambda advert: True) -> None:
+                 is_staked: Callable[[wire.Advert], bool] = lambda advert: True,
+                 reputation_of: Callable[[str], float] = lambda peer_id: 0.5) -> None:
         self.self_id = self_id
         self.is_staked = is_staked
+        self.reputation_of = reputation_of
         self.peers = peers
         self.backoff = Backoff()
         self.max_attempts = max_attempts
@@ -79,6 +81,7 @@ class Router:
                 queued=ad.load.queued, running=ad.load.running,
                 capacity=ad.load.capacity, inflight=self.inflight[ad.peer_id],
                 rtt_s=self.rtt_s.get(ad.peer_id, 0.005), staked=self.is_staked(ad),
+                reputation=self.reputation_of(ad.peer_id),
             ))
         return found
 

@@ -43,7 +43,9 @@ from p2p.host import PROTOCOL_SUBMIT, guard_all_handlers, guarded, make_host, pe
 from p2p.mesh import (
     PROTOCOL_EXEC,
     PROTOCOL_SETTLEMENT,
+    PROTOCOL_VERIFY,
     TOPIC_ADVERTS,
+    TOPIC_ATTESTATIONS,
     GossipSettings,
     find_providers,
     running_mesh,
@@ -89,8 +91,10 @@ class Node:
         self.run_oracle = oracle
         self._pending_charges: dict[str, int] = {}  # client -> worst-case wei of jobs not yet settled
         self._clients_seen: set[str] = set()
+        self.verification = None  # inferad.verification.Verification, with a chain
         self.router = Router(self.peer_id, self.peers, max_attempts=config.max_attempts,
-                             is_staked=self._advert_is_staked)
+                             is_staked=self._advert_is_staked, reputation_of=self.reputation,
+                             reputation_floor=config.reputation_floor)
         self.addrs: list[str] = []
         self._db_limiter = trio.CapacityLimiter(4)
         self._draining = False
@@ -116,13 +120,19 @@ class Node:
             await self._load_models()
             if self.chain_info is not None:
                 await self._connect_chain()
+                from inferad.verification import Verification
+
+                self.verification = Verification(self)
+                await self.verification.load()
             host = make_host(self.key)
             host.set_stream_handler(TProtocol(PROTOCOL_SUBMIT), guarded("submit", self._serve_submit))
             host.set_stream_handler(TProtocol(PROTOCOL_EXEC), guarded("exec", self._serve_exec))
             host.set_stream_handler(TProtocol(PROTOCOL_SETTLEMENT), guarded("settlement", self._serve_settlement))
+            host.set_stream_handler(TProtocol(PROTOCOL_VERIFY), guarded("verify", self._serve_verify))
             listen = [_multiaddr(a) for a in self.config.listen]
             try:
-                async with running(host, listen), running_mesh(host, GossipSettings()) as (pubsub, dht):
+                async with (running(host, listen),
+                            running_mesh(host, GossipSettings(), app_score=self._app_score) as (pubsub, dht)):
                     self.host, self.pubsub, self.dht = host, pubsub, dht
                     guard_all_handlers(host)
                     self.addrs = _dialable([str(a) for a in host.get_addrs()])
@@ -140,7 +150,11 @@ class Node:
     async def _serve_mesh(self, task_status) -> None:
         self.pubsub.set_topic_validator(TOPIC_ADVERTS, self._validate_advert, is_async_validator=False)
         adverts = await self.pubsub.subscribe(TOPIC_ADVERTS)
+        self.pubsub.set_topic_validator(TOPIC_ATTESTATIONS, self._validate_attestation, is_async_validator=False)
+        attestations = await self.pubsub.subscribe(TOPIC_ATTESTATIONS)
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._receive_attestations, attestations)
             await nursery.start(control.serve, self.home.path / "control.sock", self._control_commands())
             nursery.start_soon(self._receive_adverts, adverts)
             nursery.start_soon(self._publish_adverts)
@@ -224,6 +238,12 @@ class Node:
 
     async def ask_peer(self, peer_id: str, message: Any) -> wire.Envelope:
         """One signed request on /inferad/settlement and its one answer (error frames included)."""
+        return wire.decode(await self.ask_peer_raw(peer_id, wire.sign(message, self.key)),
+                           max_size=self.config.max_frame)
+
+    async def ask_peer_raw(self, peer_id: str, request: bytes, protocol: str = PROTOCOL_SETTLEMENT, *,
+                           timeout: float = 30) -> bytes:
+        """Send one signed request on ``protocol``; the one frame that answers it."""
         from libp2p.custom_types import TProtocol
         from libp2p.peer.id import ID
 
@@ -231,19 +251,19 @@ class Node:
         with trio.fail_after(self.config.connect_timeout):
             if entry is not None:
                 await self.host.connect(peer_info(entry.advert.addrs[0]))
-            stream = await self.host.new_stream(ID.from_base58(peer_id), [TProtocol(PROTOCOL_SETTLEMENT)])
+            stream = await self.host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
         framed = FramedStream(stream, self.config.max_frame)
         try:
-            await framed.send(wire.sign(message, self.key))
-            with trio.fail_after(30):
-                return wire.decode(await framed.receive(), max_size=self.config.max_frame)
+            await framed.send(request)
+            with trio.fail_after(timeout):
+                return await framed.receive()
         finally:
             await framed.close()
 
     async def _serve_settlement(self, stream: Any) -> None:
         from inferad.oracle import answer
 
-        await self._handle_request(stream, ("report_request", "proof_request"),
+        await self._handle_request(stream, ("report_request", "proof_request", "evidence_request"),
                                    lambda envelope, data, framed: answer(self, envelope, framed))
 
     async def _connect_chain(self) -> None:
@@ -278,6 +298,16 @@ class Node:
             return True
         return self.chain_view.is_staked(advert.eth, wire.public_key_from_peer_id(advert.peer_id))
 
+    def is_staked_self(self) -> bool:
+        return self.chain_view is None or self.chain_view.is_staked(self.eth_address, bytes(self.key.verify_key))
+
+    def peer_is_staked(self, peer_id: str) -> bool:
+        """Staked, by the peer's advert (its Ethereum address) and its key."""
+        if peer_id == self.peer_id:
+            return self.is_staked_self()
+        entry = self.peers.get(peer_id)
+        return entry is not None and self._advert_is_staked(entry.advert)
+
     async def _check_deposit(self, job: wire.JobRequest) -> int:
         """Refuse a job its client cannot pay for; returns the worst-case cost reserved."""
         if self.chain_view is None:
@@ -303,6 +333,48 @@ class Node:
         """A reserved job cost that will not be charged (the job failed or was a replay)."""
         if amount:
             self._pending_charges[client] = max(self._pending_charges.get(client, 0) - amount, 0)
+
+    # ------------------------------------------------------------------ verification
+
+    def reputation(self, peer_id: str) -> float:
+        return 0.5 if self.verification is None else self.verification.reputation(peer_id)
+
+    def _app_score(self, peer: Any) -> float:
+        return 0.0 if self.verification is None else self.verification.app_score(peer)
+
+    async def _serve_verify(self, stream: Any) -> None:
+        async def handle(envelope: wire.Envelope, data: bytes, framed: FramedStream) -> None:
+            if self.verification is None:
+                raise JobRejected("no_chain", "this node verifies only on a network with a chain")
+            await self.verification.serve(envelope, data, framed)
+
+        await self._handle_request(stream, "verify_request", handle)
+
+    async def publish_attestation(self, data: bytes) -> None:
+        try:
+            await self.pubsub.publish(TOPIC_ATTESTATIONS, data)
+        except Exception as exc:  # no peers on the topic yet: the verifier's answer still reached the gateway
+            log.debug("attestation not gossiped: %r", exc)
+
+    def _validate_attestation(self, forwarder: Any, msg: Any) -> bool:
+        try:
+            envelope = wire.decode(msg.data, max_size=GossipSettings.max_message_bytes)
+            if self.verification is None:
+                raise wire.WireError("no chain: attestations are not checked here")
+            self.verification.validate(envelope)
+        except (wire.WireError, ValueError) as exc:
+            log.debug("rejected attestation from %s: %s", forwarder, exc)
+            return False
+        return True
+
+    async def _receive_attestations(self, subscription: Any) -> None:
+        while True:
+            msg = await subscription.get()
+            try:
+                envelope = wire.decode(msg.data, max_size=GossipSettings.max_message_bytes)  # validated on the way in
+            except wire.WireError:
+                continue
+            await self.verification.record(msg.data, envelope)
 
     # ------------------------------------------------------------------ adverts
 
@@ -498,6 +570,8 @@ class Node:
         if routed.workers[-1]["peer"] == self.peer_id:  # this node ran (the end of) the job itself
             await self._record_served(job_id)
         await framed.send(routed.data)
+        if self.verification is not None:
+            self._nursery.start_soon(self.verification.follow, job_id, data, routed.data)
         result: wire.JobResult = routed.envelope.message
         self._log_job(job_id, job, outcome="ok", tokens=len(result.output_tokens),
                       workers=",".join(w["peer"][-8:] for w in routed.workers))
@@ -507,10 +581,9 @@ class Node:
         if served is None:
             return None
         load = served.worker.load
-        staked = self.chain_view is None or self.chain_view.is_staked(self.eth_address, bytes(self.key.verify_key))
         return Candidate(peer_id=self.peer_id, tokens_per_s=served.tokens_per_s, n_ctx=served.engine.n_ctx,
                          queued=load.queued, running=load.running, capacity=load.capacity, rtt_s=0.0,
-                         staked=staked)
+                         staked=self.is_staked_self(), reputation=self.reputation(self.peer_id))
 
     async def _attempt_remote(self, peer_id: str, job: bytes, prefix: list[int], relay) -> tuple[bytes, wire.Envelope]:
         from libp2p.custom_types import TProtocol
@@ -666,8 +739,11 @@ class Node:
         async def jobs(job_id: str | None = None) -> list[dict]:
             if job_id:
                 record = await self.db(self.store.job, job_id)
-                return [record.to_json()] if record else []
-            return await self.db(lambda: [r.to_json() for r in self.store.jobs()])
+                records = [record] if record else []
+            else:
+                records = await self.db(lambda: list(self.store.jobs()))
+            views = [r.to_json() for r in records]
+            return views if self.verification is None else [self.verification.describe(v["job_id"], v) for v in views]
 
         async def status() -> dict:
             return {
@@ -682,7 +758,7 @@ class Node:
         async def peers() -> list[dict]:
             now = time.monotonic()
             return [dict(wire.unparse(e.advert), advert_age_s=round(now - e.received_at, 1),
-                         reputation=None, self=e.peer_id == self.peer_id)
+                         reputation=round(self.reputation(e.peer_id), 4), self=e.peer_id == self.peer_id)
                     for e in sorted(self.peers.fresh(now), key=lambda e: e.peer_id)]
 
         async def models() -> list[dict]:
@@ -702,7 +778,13 @@ class Node:
 
             return await fetch_proof(self, account)
 
-        return {"jobs": jobs, "status": status, "peers": peers, "models": models, "proof": proof}
+        async def evidence(key: str) -> dict:
+            if self.verification is None:
+                raise NodeError("evidence needs a chain (start the node with --chain)")
+            return await self.verification.fetch_and_check(key)
+
+        return {"jobs": jobs, "status": status, "peers": peers, "models": models, "proof": proof,
+                "evidence": evidence}
 
 
 def _now_ms() -> int:

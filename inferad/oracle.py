@@ -17,6 +17,7 @@ first).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Any
@@ -24,13 +25,26 @@ from typing import Any
 import trio
 
 from chain.errors import ChainError
-from chain.settlement import SettlementError, build_settlement, verify_served_job
+from chain.settlement import BPS, SettlementError, build_settlement, verify_evidence, verify_served_job
+from inferad.verification import DEFERRED
 from p2p import wire
 from p2p.streams import FramedStream, StreamClosed
+from proofs.draw import draw_value, is_drawn
 
 log = logging.getLogger("inferad.oracle")
 REPORT_PAGE_BYTES = 512 * 1024
 GRACE_S = 3  # after an epoch ends, wait for jobs finishing right at its edge
+PAY, DEFER = "pay", "defer"
+
+
+def _evidence_root(hashes: list[str]) -> bytes:
+    """The one evidence hash a settlement puts on chain: the evidence's own hash,
+    or for several, sha256 of their sorted hashes (the record lists them)."""
+    if not hashes:
+        return b"\0" * 32
+    if len(hashes) == 1:
+        return bytes.fromhex(hashes[0])
+    return hashlib.sha256(b"".join(bytes.fromhex(h) for h in hashes)).digest()
 
 
 def report_pages(entries: list[tuple[bytes, bytes]], offset: int) -> tuple[list[wire.ServedEntry], int]:
@@ -86,41 +100,135 @@ class Oracle:
         last = await trio.to_thread.run_sync(self.registry.value, "lastEpoch", limiter=self.limiter)
         if epoch <= last:
             return
-        entries = await self.collect(last, epoch)
+        entries = await self.collect(last, epoch) + await node.db(node.store.pairs, DEFERRED)
         await node.refresh_chain()
-        jobs, dropped = [], []
-        for job, result in entries:
+        slashes, bounties, evidence = await self.convictions()
+        jobs, dropped, deferred = [], [], {}
+        for job, result in {wire.decode(j).digest: (j, r) for j, r in entries}.values():
             try:
                 served = verify_served_job(job, result, node.chain_view.address_of_key)
             except SettlementError as exc:
                 dropped.append(str(exc))
                 continue
-            if not await node.db(node.store.is_settled, served.job_id):
+            if await node.db(node.store.is_settled, served.job_id):
+                continue
+            if served.worker in slashes:  # a proven liar is paid nothing this settlement
+                verdict = f"worker {served.worker} is slashed in this settlement"
+            else:
+                verdict = await self.verified(job, result)
+            if verdict == DEFER:
+                deferred[served.job_id] = (job, result)
+            elif verdict == PAY:
                 jobs.append(served)
+            else:
+                dropped.append(f"{served.job_id[:16]}: {verdict}")
         await trio.to_thread.run_sync(node.chain_view.refresh, set(), {j.client for j in jobs})
         previous_record = await node.db(node.store.latest_settlement)
         previous = {a: int(v) for a, v in (previous_record or {}).get("cumulative", {}).items()}
         fee_bps = await trio.to_thread.run_sync(self.registry.value, "protocolFeeBps")
         settlement = build_settlement(epoch, jobs, previous=previous, fee_bps=fee_bps,
-                                      available=node.chain_view.deposits)
+                                      available=node.chain_view.deposits, bounties=bounties)
         for reason in dropped + settlement.dropped:
             log.warning("epoch %d: charge dropped: %s", epoch, reason)
+        evidence_hash = _evidence_root(sorted(evidence.values()))
         receipt = await trio.to_thread.run_sync(
             lambda: self.registry.settle(epoch, settlement.tree.root, settlement.rewards_added,
-                                         settlement.charges, {}), limiter=self.limiter)
+                                         settlement.charges, slashes, evidence_hash), limiter=self.limiter)
         record = {
             "epoch": epoch, "after": last, "root": settlement.tree.root,
             "cumulative": {a: str(v) for a, v in settlement.cumulative.items()},
             "proofs": {a: list(p) for a, p in settlement.tree.proofs.items()},
             "charges": {c: str(v) for c, v in settlement.charges.items()},
-            "jobs": len(settlement.jobs), "tx": receipt["transactionHash"].hex(),
+            "slashes": {a: str(v) for a, v in slashes.items()}, "bounties": {a: str(v) for a, v in bounties.items()},
+            "evidence": sorted(evidence.values()), "evidence_hash": evidence_hash.hex(),
+            "jobs": len(settlement.jobs), "deferred": len(deferred), "tx": receipt["transactionHash"].hex(),
         }
         await node.db(node.store.save_settlement, epoch, record, [j.job_id for j in settlement.jobs])
+        await node.db(self._keep_deferred, deferred, list(evidence), epoch)
         log.info("settled", extra={"fields": {"epochs": f"{last + 1}-{epoch}", "jobs": len(settlement.jobs),
                                               "charged_wei": settlement.income,
                                               "rewards_wei": settlement.rewards_added,
+                                              "slashed_wei": sum(slashes.values()), "deferred": len(deferred),
                                               "dropped": len(dropped) + len(settlement.dropped),
                                               "gas": receipt["gasUsed"]}})
+
+    def _keep_deferred(self, deferred: dict, convicted: list[str], epoch: int) -> None:
+        """Deferred jobs replace the previous ones (the rest were paid or dropped now); mark the slashed."""
+        store = self.node.store
+        for job, _ in store.pairs(DEFERRED):
+            store.drop_pair(DEFERRED, wire.decode(job).digest)
+        for job_id, (job, result) in deferred.items():
+            store.put_pair(DEFERRED, job_id, job, result)
+        for job_id in convicted:
+            store.mark_slashed(job_id, epoch)
+
+    async def verified(self, job: bytes, result: bytes) -> str:
+        """PAY, DEFER (its draw or attestations may still come), or why a job is not paid."""
+        verification = self.node.verification
+        job_env, result_env = wire.decode(job), wire.decode(result)
+        try:
+            beacon = await verification.beacon(job_env.message)
+        except ChainError:
+            return DEFER
+        if beacon is None:
+            return DEFER
+        outcome = verification.outcome(job_env.digest, result_env.digest)
+        if outcome == "invalid":
+            return "proven invalid by a quorum of verifiers"
+        p = verification.probability(result_env.signer_peer_id)
+        if outcome == "valid" or not is_drawn(draw_value(job_env.digest, result_env.digest, beacon.hash), p):
+            return PAY
+        if time.time() < beacon.timestamp + self.node.config.attestation_window:
+            return DEFER
+        return f"drawn for verification (p={p:.2f}) and not attested valid ({outcome})"
+
+    async def convictions(self) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
+        """Slashes (worker address -> wei), verifier bounties and the evidence (job id -> hash)
+        for every lie proven by a quorum and not slashed yet."""
+        node, config = self.node, self.node.config
+        slashes: dict[str, int] = {}
+        bounties: dict[str, int] = {}
+        evidence: dict[str, str] = {}
+        for job_id, result_hash, voters in node.verification.proven_lies():
+            if await node.db(node.store.is_slashed, job_id):
+                continue
+            data = await self.evidence(job_id, result_hash, voters)
+            if data is None:
+                continue
+            lie = verify_evidence(data, quorum=config.quorum)
+            worker = node.chain_view.address_of_key(lie.worker_key)
+            if worker is None:
+                log.warning("job %s: the lying worker has no stake left to slash", job_id[:16])
+                continue
+            evidence[job_id] = wire.decode(data).digest
+            if worker in slashes:  # one slash per worker and settlement, whatever the count of lies
+                continue
+            slashes[worker] = node.chain_view.stakes[worker][1] * config.slash_bps // BPS
+            payees = [a for a in map(node.chain_view.address_of_key, lie.verifier_keys) if a is not None]
+            for payee in payees:
+                share = slashes[worker] * config.bounty_bps // BPS // len(payees)
+                bounties[payee] = bounties.get(payee, 0) + share
+            log.warning("slashing %s by %d wei (evidence %s)", worker, slashes[worker], evidence[job_id][:16])
+        return slashes, bounties, evidence
+
+    async def evidence(self, job_id: str, result_hash: str, voters: list[str]) -> bytes | None:
+        """Checked evidence for a proven lie: from our store, else the job and result from a verifier."""
+        node = self.node
+        data = await node.db(node.store.evidence, job_id)
+        for voter in ([] if data else voters):
+            try:
+                with trio.fail_after(30):
+                    answer = await node.ask_peer_raw(voter, wire.sign(wire.EvidenceRequest(hash=job_id), node.key))
+                held = wire.decode(answer).message
+                data = node.verification.evidence_of(job_id, result_hash, held.job, held.result)
+                verify_evidence(data, quorum=node.config.quorum)
+                break
+            except Exception as exc:  # unreachable, no evidence, bad evidence: ask the next voter
+                log.warning("no evidence for job %s from %s: %s", job_id[:16], voter, exc)
+                data = None
+        if data is not None:
+            await node.db(node.store.put_evidence, wire.decode(data).digest, job_id, data)
+        return data
 
     async def collect(self, after: int, upto: int) -> list[tuple[bytes, bytes]]:
         """Every fresh peer's report (and our own) for epochs (after, upto]."""
@@ -154,6 +262,9 @@ async def answer(node: Any, envelope: wire.Envelope, framed: FramedStream) -> No
     from inferad.admission import JobRejected
 
     request = envelope.message
+    if envelope.type == "evidence_request":
+        await framed.send(await held_evidence(node, request.hash))
+        return
     if envelope.type == "proof_request":
         record = await node.db(node.store.latest_settlement)
         if record is None or request.account not in record["cumulative"]:
@@ -170,6 +281,22 @@ async def answer(node: Any, envelope: wire.Envelope, framed: FramedStream) -> No
     page, next_offset = report_pages(entries, request.offset)
     report = wire.Report(after=request.after, upto=request.upto, entries=tuple(page), next_offset=next_offset)
     await framed.send(wire.sign(report, node.key))
+
+
+async def held_evidence(node: Any, key: str) -> bytes:
+    """Evidence by its hash or its job's id: kept evidence, or built from a result this
+    node (as a verifier) found invalid and the attestations it holds for it."""
+    from inferad.admission import JobRejected
+    from inferad.verification import HELD
+
+    data = await node.db(node.store.evidence, key)
+    if data is None and node.verification is not None:
+        pair = await node.db(node.store.pair, HELD, key)
+        if pair is not None:
+            data = node.verification.evidence_of(key, wire.decode(pair[1]).digest, *pair)
+    if data is None:
+        raise JobRejected("no_evidence", f"no evidence {key[:16]}… here")
+    return data
 
 
 async def fetch_proof(node: Any, account: str) -> dict:

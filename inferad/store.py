@@ -25,6 +25,13 @@ RESULT = b"result/"
 SERVED = b"served/"  # served/<epoch:012d>/<job id>: jobs this node ran, for settlement
 SETTLED = b"settled/"  # oracle: settled/<job id> -> epoch it was paid in
 SETTLEMENT = b"settlement/"  # oracle: settlement/<epoch:012d> -> root, cumulative rewards, proofs
+ATTESTATION = b"att/"  # att/<job id>/<verifier peer id> -> signed attestation, from every node
+EVIDENCE = b"evidence/"  # evidence/<hash> -> evidence message (a proven lie)
+EVIDENCE_OF = b"evidence-of/"  # evidence-of/<job id> -> evidence hash
+SLASHED = b"slashed/"  # oracle: slashed/<job id> -> epoch of the slash
+# Signed (job, result) pairs kept aside: "held/" by a verifier that found a
+# result invalid (the evidence), "deferred/" by the oracle until a job's draw is decided.
+PAIR_KINDS = (b"held/", b"deferred/")
 
 
 class StoreError(Exception):
@@ -146,6 +153,55 @@ class Store:
         for _, raw in self._db.iterator(prefix=SETTLEMENT, reverse=True):
             return msgpack.unpackb(raw, strict_map_key=False)
         return None
+
+    def update_meta(self, job_id: str, **meta) -> None:
+        with self._lock:
+            self._db.put(JOB + job_id.encode(), self._updated(job_id, **meta), sync=True)
+
+    # ------------------------------------------------------------------ verification
+
+    def put_attestation(self, job_id: str, verifier: str, data: bytes) -> bool:
+        """Keep a signed attestation; False if this verifier's one for the job is already here."""
+        key = ATTESTATION + job_id.encode() + b"/" + verifier.encode()
+        with self._lock:
+            if self._db.get(key) is not None:
+                return False
+            self._db.put(key, data, sync=True)
+            return True
+
+    def attestations(self, job_id: str | None = None) -> list[bytes]:
+        prefix = ATTESTATION + (job_id.encode() + b"/" if job_id else b"")
+        return [raw for _, raw in self._db.iterator(prefix=prefix)]
+
+    def put_pair(self, kind: bytes, job_id: str, job: bytes, result: bytes) -> None:
+        assert kind in PAIR_KINDS
+        self._db.put(kind + job_id.encode(), msgpack.packb([job, result]), sync=True)
+
+    def pair(self, kind: bytes, job_id: str) -> tuple[bytes, bytes] | None:
+        raw = self._db.get(kind + job_id.encode())
+        return None if raw is None else tuple(msgpack.unpackb(raw))
+
+    def pairs(self, kind: bytes) -> list[tuple[bytes, bytes]]:
+        return [tuple(msgpack.unpackb(raw)) for _, raw in self._db.iterator(prefix=kind)]
+
+    def drop_pair(self, kind: bytes, job_id: str) -> None:
+        self._db.delete(kind + job_id.encode(), sync=True)
+
+    def put_evidence(self, evidence_hash: str, job_id: str, data: bytes) -> None:
+        with self._db.write_batch(sync=True) as batch:
+            batch.put(EVIDENCE + evidence_hash.encode(), data)
+            batch.put(EVIDENCE_OF + job_id.encode(), evidence_hash.encode())
+
+    def evidence(self, key: str) -> bytes | None:
+        """Evidence by its hash, or by the id of the job it convicts."""
+        found = self._db.get(EVIDENCE_OF + key.encode())
+        return self._db.get(EVIDENCE + (found or key.encode()))
+
+    def mark_slashed(self, job_id: str, epoch: int) -> None:
+        self._db.put(SLASHED + job_id.encode(), b"%d" % epoch, sync=True)
+
+    def is_slashed(self, job_id: str) -> bool:
+        return self._db.get(SLASHED + job_id.encode()) is not None
 
     def fail_job(self, job_id: str, error: str) -> None:
         with self._lock:

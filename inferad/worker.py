@@ -14,6 +14,7 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import trio
 
@@ -24,6 +25,7 @@ from p2p import wire
 log = logging.getLogger("inferad.worker")
 
 SendTokens = Callable[[list[wire.Token]], Awaitable[None]]
+T = TypeVar("T")
 
 
 class Worker:
@@ -60,6 +62,19 @@ class Worker:
         try:
             queue_ms = int((time.perf_counter() - queued_at) * 1000)
             return await self._generate(prompt, params, send_tokens, prefix or []), queue_ms
+        finally:
+            self._limiter.release()
+
+    async def run_exclusive(self, fn: Callable[[], T]) -> T:
+        """Run blocking ``fn`` in a thread while it owns the engine (verifications
+        queue with jobs, so they never run on a context that is generating)."""
+        self._waiting += 1
+        try:
+            await self._limiter.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            return await trio.to_thread.run_sync(fn)
         finally:
             self._limiter.release()
 

@@ -10,7 +10,7 @@ set here, with the reason.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +19,7 @@ TOPIC_ADVERTS = "/inferad/adverts/1"
 TOPIC_ATTESTATIONS = "/inferad/attestations/1"
 PROTOCOL_EXEC = "/inferad/exec/1.0.0"
 PROTOCOL_SETTLEMENT = "/inferad/settlement/1.0.0"
+PROTOCOL_VERIFY = "/inferad/verify/1.0.0"
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class GossipSettings:
     # (nodes / advert period) with room for bursts.  py-libp2p: 10.
     max_messages_per_topic_per_s: float = 200.0
     max_message_bytes: int = 64 * 1024  # adverts are ~1 KiB
+    # Scores are reputation-driven only (see running_mesh): a peer with
+    # reputation r scores 20 (r - 0.5); one proven lie takes it to about -9.
+    gossip_threshold: float = -5.0
+    publish_threshold: float = -8.0
 
 
 def _cache_sender_record_checks() -> None:
@@ -71,12 +76,20 @@ def _cache_sender_record_checks() -> None:
 
 
 @asynccontextmanager
-async def running_mesh(host: Any, settings: GossipSettings) -> AsyncIterator[tuple[Any, Any]]:
+async def running_mesh(host: Any, settings: GossipSettings,
+                       app_score: Callable[[Any], float] | None = None) -> AsyncIterator[tuple[Any, Any]]:
     """Start pubsub (gossipsub v1.2/1.1/1.0, strict signing) and a server-mode
-    DHT on ``host``; yields (pubsub, dht) and stops both on exit."""
+    DHT on ``host``; yields (pubsub, dht) and stops both on exit.
+
+    ``app_score(peer ID)`` is gossipsub's application-specific score (P6): the
+    node's reputation of the peer.  Below ``gossip_threshold`` a peer gets no
+    gossip from us, below ``publish_threshold`` none of our own messages;
+    nothing is graylisted, so a demoted peer's adverts are still heard and
+    every node keeps seeing (and refusing) it."""
     from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
     from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
     from libp2p.pubsub.pubsub import Pubsub
+    from libp2p.pubsub.score import ScoreParams
     from libp2p.tools.anyio_service import background_trio_service
 
     _cache_sender_record_checks()
@@ -91,6 +104,9 @@ async def running_mesh(host: Any, settings: GossipSettings) -> AsyncIterator[tup
         # Peer exchange: a node that prunes a peer from its mesh tells it of
         # others, so newcomers that only know the bootstrap node spread out.
         do_px=True,
+        score_params=ScoreParams(app_specific_score_fn=app_score, p6_appl_slack_weight=1.0 if app_score else 0.0,
+                                 gossip_threshold=settings.gossip_threshold,
+                                 publish_threshold=settings.publish_threshold),
     )
     pubsub = Pubsub(host, router, strict_signing=True, max_inbound_rpc_size=4 * settings.max_message_bytes)
     dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=False)

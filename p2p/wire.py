@@ -48,7 +48,8 @@ __all__ = [
     "WireError", "SchemaError", "MalformedMessage", "BadSignature", "FrameTooLarge",
     "ModelRef", "ChatMessage", "SamplingParams", "JobRequest", "JobResult", "Usage",
     "Timings", "EngineInfo", "Token", "ErrorFrame", "Envelope", "ExecRequest", "Advert", "ModelOffer",
-    "Hardware", "Gpu", "Load", "provider_key",
+    "Hardware", "Gpu", "Load", "provider_key", "VerifyRequest", "VerifyMetrics", "Attestation",
+    "EvidenceRequest", "Evidence",
     "canonical", "digest", "sign", "sign_body", "encode_unsigned", "decode", "encode_frame",
     "FrameDecoder", "peer_id_from_public_key", "DEFAULT_MAX_FRAME",
 ]
@@ -323,9 +324,77 @@ class RewardProof:
     proof: tuple = field(sequence(binary(32), 64))
 
 
+@dataclass(frozen=True)
+class VerifyRequest:
+    """A gateway asks a drawn verifier to re-score a result (signed by the gateway).
+
+    It carries everything needed to recompute the draw: the client-signed job,
+    the worker-signed result, and the beacon block that decided the draw.
+    """
+
+    type: ClassVar[str] = "verify_request"
+    signed: ClassVar[bool] = True
+
+    job: bytes = field(blob(DEFAULT_MAX_FRAME))
+    result: bytes = field(blob(DEFAULT_MAX_FRAME))
+    beacon_block: int = field(UINT64)
+    beacon: bytes = field(binary(32))
+
+
+@dataclass(frozen=True)
+class VerifyMetrics:
+    positions: int = field(integer(0, MAX_TOKENS_LIMIT), 0)
+    max_gap: float = field(number(-1e9, 1e9), 0.0)  # greedy: worst nats behind the top token
+    z: float = field(number(-1e9, 1e9), 0.0)  # sampled: plausibility of the output's log-probability
+    first_bad: int | None = field(optional(integer(0, MAX_TOKENS_LIMIT)), None)
+    elapsed_ms: int = field(integer(0, 2**40), 0)
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """A verifier's signed verdict on one result; gossiped and stored by every node."""
+
+    type: ClassVar[str] = "attestation"
+    signed: ClassVar[bool] = True
+
+    job_id: str = field(HEX_DIGEST)
+    result_hash: str = field(HEX_DIGEST)
+    worker: str = field(PEER_ID)
+    model: str = field(HEX_DIGEST)
+    verdict: str = field(choice("valid", "invalid", "inconclusive"))
+    reason: str = field(text(512))
+    metrics: VerifyMetrics = field(nested(VerifyMetrics))
+    beacon_block: int = field(UINT64)
+    beacon: bytes = field(binary(32))
+    ts: int = field(UINT64)  # unix ms
+
+
+@dataclass(frozen=True)
+class EvidenceRequest:
+    type: ClassVar[str] = "evidence_request"
+    signed: ClassVar[bool] = True
+
+    hash: str = field(HEX_DIGEST)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Proof that a worker lied: its signed result for a client-signed job and a
+    quorum of signed ``invalid`` attestations.  Unsigned: every part inside is
+    signed, and its hash (the digest of this body) goes on chain with the slash."""
+
+    type: ClassVar[str] = "evidence"
+    signed: ClassVar[bool] = False
+
+    job: bytes = field(blob(DEFAULT_MAX_FRAME))
+    result: bytes = field(blob(DEFAULT_MAX_FRAME))
+    attestations: tuple = field(sequence(blob(8192), 16))
+
+
 MESSAGE_TYPES: dict[str, type] = {
     cls.type: cls for cls in (JobRequest, JobResult, ExecRequest, Advert, Token, ErrorFrame, ReportRequest,
-                              Report, ProofRequest, RewardProof)
+                              Report, ProofRequest, RewardProof, VerifyRequest, Attestation, EvidenceRequest,
+                              Evidence)
 }
 
 

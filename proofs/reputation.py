@@ -47,3 +47,42 @@ def verify_probability(e: Evidence, *, floor: float = 0.05, ramp: float = 10.0) 
     if e.invalid:
         return 1.0
     return floor + (1.0 - floor) * math.exp(-e.valid / ramp)
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One signed attestation, reduced to what counting needs."""
+
+    job_id: str
+    result_hash: str
+    worker: str
+    verifier: str
+    verdict: str  # "valid" | "invalid" | "inconclusive"
+
+
+def job_outcome(votes: list[Vote], *, quorum: int = 2) -> str:
+    """``invalid`` once ``quorum`` distinct verifiers say so (one verifier cannot
+    condemn a worker), ``valid`` when verifiers agree it is, ``disputed`` when
+    they disagree short of a quorum, ``pending`` without a decisive vote."""
+    verdicts = {v.verifier: v.verdict for v in votes if v.verifier != v.worker}
+    invalid = sum(1 for x in verdicts.values() if x == "invalid")
+    valid = sum(1 for x in verdicts.values() if x == "valid")
+    if invalid >= quorum:
+        return "invalid"
+    if invalid:
+        return "disputed"
+    return "valid" if valid else "pending"
+
+
+def evidence_by_worker(votes: list[Vote], *, quorum: int = 2) -> dict[str, Evidence]:
+    """Per worker: jobs attested valid and jobs proven invalid, from every vote seen."""
+    by_job: dict[tuple[str, str], list[Vote]] = {}
+    for vote in votes:
+        by_job.setdefault((vote.job_id, vote.result_hash), []).append(vote)
+    found: dict[str, Evidence] = {}
+    for job_votes in by_job.values():
+        outcome = job_outcome(job_votes, quorum=quorum)
+        worker = job_votes[0].worker
+        if outcome in ("valid", "invalid"):
+            found[worker] = found.get(worker, Evidence()).add(**{outcome: 1})
+    return found

@@ -26,12 +26,12 @@ def run_cli(*args: str, home: Path | None = None, timeout: float = 120, check: b
 
 
 class NodeProcess:
-    def __init__(self, home: Path, *extra: str) -> None:
+    def __init__(self, home: Path, *extra: str, command: tuple[str, ...] = tuple(INFERAD)) -> None:
         self.home = home
         self.log_path = home.parent / f"{home.name}.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
-            [*INFERAD, "start", "--home", str(home), "--listen", "/ip4/127.0.0.1/tcp/0", *extra],
+            [*command, "start", "--home", str(home), "--listen", "/ip4/127.0.0.1/tcp/0", *extra],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
         self.info = self._wait_ready()

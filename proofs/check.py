@@ -1,0 +1,145 @@
+"""The verdict on a re-scored result (DESIGN §7), pure.
+
+A verifier evaluates the job's prompt followed by the claimed output tokens in
+one pass of the model (teacher forcing) and describes, for every output
+position, where the claimed token stood in the model's distribution: a
+:class:`Position`.  This module turns those positions and the job's sampling
+parameters into a :class:`Verdict`; it never sees the model, so its rules are
+tested on numbers alone and every threshold is a named parameter
+(:class:`Thresholds`), calibrated by ``benchmarks/verify_calibration.py``.
+
+Greedy jobs are checked token by token: each claimed token must be the most
+likely one, or trail it by at most ``greedy_margin`` nats (a batched
+evaluation and an incremental decode round floats differently, so exact ties
+can flip).  Sampled jobs are checked against the sampler the job asked for:
+every token must lie inside its top-k and top-p sets and above a log-
+probability floor, an end-of-sequence token must have been a plausible
+choice, and the total log-probability of the output must be plausible for
+text drawn from that sampler (a z-score against its per-position mean and
+variance), which catches text that is fluent but not from this model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+VALID, INVALID, INCONCLUSIVE = "valid", "invalid", "inconclusive"
+
+
+@dataclass(frozen=True)
+class Position:
+    """How the model saw one claimed output token."""
+
+    token: int
+    logprob: float  # of the claimed token, at temperature 1 over the whole vocabulary
+    top_logprob: float  # of the most likely token
+    rank: int  # tokens strictly more likely than the claimed one
+    mass_above: float  # top-k-renormalised probability of those tokens (what top-p cuts on)
+    sampled_logprob: float  # under the job's sampler (top-k, top-p, temperature); -inf outside it
+    expected: float  # mean of ``sampled_logprob`` for a token drawn from that sampler
+    variance: float  # and its variance
+    is_eog: bool = False
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    greedy_margin: float = 0.5  # nats a greedy token may trail the best one
+    top_p_slack: float = 1e-3  # float noise on the top-p boundary
+    logprob_floor: float = -25.0  # no honest sampler emits a token this unlikely (p < 1.4e-11)
+    eog_floor: float = -12.0  # an end of sequence this unlikely was forced, not sampled
+    min_z: float = -5.0  # total sampled log-probability this many sd below its mean is not sampled text
+    min_positions_for_z: int = 8
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What the result says, next to what the verifier recomputed from the tokens."""
+
+    model_sha256: str
+    expected_model_sha256: str
+    prompt_tokens: int
+    expected_prompt_tokens: int
+    completion_tokens: int
+    output_tokens: int
+    text: str
+    replayed_text: str
+    finish_reason: str
+    replayed_finish_reason: str | None  # None: the tokens end before the generation would have
+    tokens_after_end: int  # claimed tokens after the point where generation ends
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str
+    reason: str
+    metrics: dict = field(default_factory=dict)
+
+
+def check_claim(c: Claim) -> Verdict | None:
+    """Structural lies: wrong model, miscounted usage, text or ending that the tokens do not produce."""
+    if c.model_sha256 != c.expected_model_sha256:
+        return Verdict(INVALID, f"result names model {c.model_sha256[:12]}, the job asked for "
+                                f"{c.expected_model_sha256[:12]}")
+    if c.prompt_tokens != c.expected_prompt_tokens:
+        return Verdict(INVALID, f"usage claims {c.prompt_tokens} prompt tokens, the prompt has "
+                                f"{c.expected_prompt_tokens}")
+    if c.completion_tokens != c.output_tokens:
+        return Verdict(INVALID, f"usage claims {c.completion_tokens} completion tokens, the result has "
+                                f"{c.output_tokens}")
+    if c.output_tokens > c.max_tokens:
+        return Verdict(INVALID, f"{c.output_tokens} tokens, the job allowed {c.max_tokens}")
+    if c.tokens_after_end:
+        return Verdict(INVALID, f"{c.tokens_after_end} token(s) after the generation had ended")
+    if c.replayed_finish_reason is None:
+        return Verdict(INVALID, f"output ends after {c.output_tokens} tokens with no end of sequence, stop "
+                                f"string or max_tokens ({c.max_tokens}): truncated")
+    if c.replayed_finish_reason != c.finish_reason:
+        return Verdict(INVALID, f"finish_reason {c.finish_reason!r}, the tokens give {c.replayed_finish_reason!r}")
+    if c.replayed_text != c.text:
+        return Verdict(INVALID, "the text is not what the tokens decode to")
+    return None
+
+
+def judge(positions: Sequence[Position], *, temperature: float, top_k: int, top_p: float,
+          thresholds: Thresholds = Thresholds()) -> Verdict:
+    """The verdict on claimed tokens from their re-scored positions."""
+    if temperature == 0.0:
+        return _judge_greedy(positions, thresholds)
+    return _judge_sampled(positions, top_k=top_k, top_p=top_p, t=thresholds)
+
+
+def _judge_greedy(positions: Sequence[Position], t: Thresholds) -> Verdict:
+    gaps = [p.top_logprob - p.logprob for p in positions]
+    metrics = {"positions": len(positions), "max_gap": round(max(gaps, default=0.0), 4),
+               "not_top1": sum(1 for p in positions if p.rank > 0)}
+    for i, gap in enumerate(gaps):
+        if gap > t.greedy_margin:
+            return Verdict(INVALID, f"greedy token {i} trails the model's choice by {gap:.2f} nats "
+                                    f"(margin {t.greedy_margin})", dict(metrics, position=i))
+    return Verdict(VALID, "every token is the model's greedy choice", metrics)
+
+
+def _judge_sampled(positions: Sequence[Position], *, top_k: int, top_p: float, t: Thresholds) -> Verdict:
+    finite = [p for p in positions if math.isfinite(p.sampled_logprob)]
+    spread = math.sqrt(sum(p.variance for p in finite)) or 1.0
+    z = sum(p.sampled_logprob - p.expected for p in finite) / spread
+    metrics = {"positions": len(positions), "z": round(z, 3),
+               "min_logprob": round(min((p.sampled_logprob for p in finite), default=0.0), 3)}
+    for i, p in enumerate(positions):
+        if top_k and p.rank >= top_k:
+            return Verdict(INVALID, f"token {i} is ranked {p.rank + 1}, outside top_k={top_k}",
+                           dict(metrics, position=i))
+        if p.mass_above > top_p + t.top_p_slack:
+            return Verdict(INVALID, f"token {i} lies outside top_p={top_p} ({p.mass_above:.4f} of the "
+                                    f"mass is more likely)", dict(metrics, position=i))
+        if p.sampled_logprob < (t.eog_floor if p.is_eog else t.logprob_floor):
+            what = "end of sequence" if p.is_eog else "token"
+            return Verdict(INVALID, f"{what} {i} has log-probability {p.sampled_logprob:.1f} under the job's "
+                                    f"sampler", dict(metrics, position=i))
+    if len(finite) >= t.min_positions_for_z and z < t.min_z:
+        return Verdict(INVALID, f"output log-probability is {-z:.1f} sd below what this sampler produces",
+                       metrics)
+    return Verdict(VALID, "every token is inside the sampler's set and the output is plausible", metrics)
