@@ -53,23 +53,23 @@ class JobRecord:
         from p2p import wire
 
         view = {"job_id": self.job_id, "status": self.status, "received_at": self.received_at,
-                "job": _jsonable(wire.decode(self.job).body)}
+                "job": jsonable(wire.decode(self.job).body)}
         if self.error:
             view["error"] = self.error
         view.update(self.meta or {})
         if self.result is not None:
             result = wire.decode(self.result)
-            view["result"] = _jsonable(result.body)
+            view["result"] = jsonable(result.body)
             view["result_hash"] = result.digest
             view["worker_signature_valid"] = True  # decode() verified it, or it raised
         return view
 
 
-def _jsonable(value):
+def jsonable(value):
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, bytes):
         return value.hex()
     return value

@@ -24,6 +24,7 @@ import trio
 from chain.beacon import Beacon, BeaconFinder
 from chain.errors import ChainError
 from chain.settlement import SettlementError, verify_evidence
+from inferad.store import jsonable
 from p2p import wire
 from proofs.check import INCONCLUSIVE, Claim, Thresholds, Verdict, check_claim, judge
 from proofs.draw import SPACE, draw_value, draw_verifiers, is_drawn
@@ -161,7 +162,8 @@ class Verification:
         verification = dict(view.get("verification") or {"status": "not followed by this node"})
         raw = self._raw.get((job_id, result_hash), {})
         verification["attestations"] = [
-            dict(wire.unparse(wire.decode(data).message), verifier=verifier) for verifier, data in sorted(raw.items())]
+            dict(jsonable(wire.unparse(wire.decode(data).message)), verifier=verifier)
+            for verifier, data in sorted(raw.items())]
         if raw or verification.get("drawn"):
             verification["status"] = self.outcome(job_id, result_hash)
         view["verification"] = verification
@@ -319,7 +321,7 @@ class Verification:
         job_env, result_env = wire.decode(envelope.message.job), wire.decode(envelope.message.result)
         view = {"hash": envelope.digest, "job_id": lie.job_id, "worker": result_env.signer_peer_id,
                 "model": job_env.message.model.name, "checked": "signatures and quorum verified by this node",
-                "attestations": [dict(wire.unparse(a.message), verifier=a.signer_peer_id)
+                "attestations": [dict(jsonable(wire.unparse(a.message)), verifier=a.signer_peer_id)
                                  for a in map(wire.decode, envelope.message.attestations)]}
         served = node.served.get(job_env.message.model.sha256)
         if served is not None:

@@ -1,4 +1,4 @@
-"""Three real nodes + anvil: jobs, one epoch, the settlement on chain, claims."""
+"""Three real nodes + anvil: jobs, their verification, the settlement on chain, claims."""
 
 import json
 import signal
@@ -47,7 +47,7 @@ def test_an_epoch_settles_to_the_wei_and_workers_claim_exactly_their_reward(tmp_
         tokens = 0
         for i in range(JOBS):
             out = run_cli("submit", "--node-home", str(homes["oracle"]), f"Count to {i}:", "--max-tokens", "3",
-                          "--max-price", str(PRICE), "--json", home=homes["client"], check=True)
+                          "--ttl", "3", "--max-price", str(PRICE), "--json", home=homes["client"], check=True)
             tokens += len(json.loads(out.stdout)["result"]["output_tokens"])
         charged = tokens * PRICE
 
@@ -79,7 +79,7 @@ def test_an_epoch_settles_to_the_wei_and_workers_claim_exactly_their_reward(tmp_
 
 
 def test_jobs_run_through_a_chain_outage_and_settle_once_when_it_returns(tmp_path):
-    homes = {name: tmp_path / name for name in ("oracle", "client")}
+    homes = {name: tmp_path / name for name in ("oracle", "w1", "w2", "client")}
     for home in homes.values():
         run_cli("init", home=home, check=True)
     devnet_args = [*INFERAD, "devnet", "chain", "--dir", str(tmp_path / "dev"), "--epoch-seconds", "6",
@@ -87,17 +87,23 @@ def test_jobs_run_through_a_chain_outage_and_settle_once_when_it_returns(tmp_pat
     devnet = subprocess.Popen(devnet_args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     chain_json = tmp_path / "dev" / "chain.json"
     chain = ("--chain", str(chain_json))
-    node = None
+    nodes = []
     try:
         wait_for(chain_json.exists, 60, "the devnet")
-        run_cli("chain", "stake", "2", *chain, home=homes["oracle"], check=True)
+        for name in ("oracle", "w1", "w2"):  # two workers: each verifies the other's jobs
+            run_cli("chain", "stake", "2", *chain, home=homes[name], check=True)
         run_cli("chain", "deposit", "1", *chain, home=homes["client"], check=True)
-        node = NodeProcess(homes["oracle"], "--oracle", "--n-ctx", "256", *chain)
+        oracle = NodeProcess(homes["oracle"], "--no-model", "--oracle", *chain)
+        nodes.append(oracle)
+        for name in ("w1", "w2"):
+            nodes.append(NodeProcess(homes[name], "--bootstrap", oracle.addr, "--n-ctx", "256", *chain))
+        everyone = {n.info["peer_id"] for n in nodes}
+        wait_for(lambda: peer_ids(oracle) == everyone, 45, "adverts to converge")
         tokens = 0
 
         def submit(i):
             out = run_cli("submit", "--node-home", str(homes["oracle"]), f"Hello {i}", "--max-tokens", "3",
-                          "--max-price", str(PRICE), "--json", home=homes["client"], check=True)
+                          "--ttl", "3", "--max-price", str(PRICE), "--json", home=homes["client"], check=True)
             return len(json.loads(out.stdout)["result"]["output_tokens"])
 
         tokens += submit(0)  # the gateway now knows this client's deposit
@@ -105,17 +111,19 @@ def test_jobs_run_through_a_chain_outage_and_settle_once_when_it_returns(tmp_pat
         devnet.wait(30)
         for i in range(1, 4):  # …and jobs are still served
             tokens += submit(i)
-        wait_for(lambda: "postponed" in node.log(), 30, "the oracle to find the chain gone at an epoch end")
+        wait_for(lambda: "postponed" in oracle.log(), 30, "the oracle to find the chain gone at an epoch end")
         devnet = subprocess.Popen(devnet_args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def client_deposit():
             proc = run_cli("chain", "status", "--json", *chain, home=homes["client"])
             return json.loads(proc.stdout)["deposit_wei"] if proc.returncode == 0 else None
 
-        wait_for(lambda: client_deposit() == 10**18 - tokens * PRICE, 90, "the postponed settlement")
-        assert "Traceback" not in node.log()
+        # Verification waited for the chain too (the draw needs its blocks), then everything settles once.
+        wait_for(lambda: client_deposit() == 10**18 - tokens * PRICE, 120, "the postponed settlement")
+        for node in nodes:
+            assert "Traceback" not in node.log()
     finally:
-        if node:
+        for node in nodes:
             node.stop()
         devnet.send_signal(signal.SIGTERM)
         devnet.wait(30)
