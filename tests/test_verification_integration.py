@@ -13,7 +13,7 @@ from tests.test_mesh_integration import peer_ids, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.model,
               pytest.mark.skipif(not ANVIL.exists(), reason="needs contracts/node_modules (make install)")]
-CHEATER = (sys.executable, "-m", "tests.adversaries.cheating_worker", "altered")
+CHEATER = (sys.executable, "-m", "tests.adversaries.cheating_worker", "one_token_changed")
 FLOOR = 0.2  # routing.reputation_floor's default
 MAX_JOBS = 40
 

@@ -1,0 +1,144 @@
+"""Verdicts on re-scored results (proofs.check), evidence counting and checking: numbers only, no model."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from chain.settlement import SettlementError, verify_evidence
+from p2p import wire
+from proofs.check import INVALID, VALID, Claim, Position, check_claim, judge
+from proofs.reputation import Vote, evidence_by_worker, job_outcome
+from tests.factories import make_job, make_result
+
+
+def greedy(gap=0.0, rank=0):
+    return Position(token=1, logprob=-1.0 - gap, top_logprob=-1.0, rank=rank, mass_above=0.0,
+                    sampled_logprob=-1.0 - gap, expected=0.0, variance=0.0)
+
+
+def sampled(lp=-2.0, rank=1, mass_above=0.3, expected=-2.0, variance=1.0, eog=False):
+    return Position(token=1, logprob=lp, top_logprob=-0.5, rank=rank, mass_above=mass_above,
+                    sampled_logprob=lp, expected=expected, variance=variance, is_eog=eog)
+
+
+def test_greedy_tokens_that_are_the_top_choice_are_valid():
+    assert judge([greedy()] * 20, temperature=0.0, top_k=0, top_p=1.0).verdict == VALID
+
+
+def test_greedy_near_ties_within_the_margin_are_float_noise_not_lies():
+    assert judge([greedy(), greedy(gap=0.3, rank=1)], temperature=0.0, top_k=0, top_p=1.0).verdict == VALID
+
+
+def test_one_greedy_token_beyond_the_margin_is_invalid_and_named():
+    verdict = judge([greedy()] * 5 + [greedy(gap=3.0, rank=7)], temperature=0.0, top_k=0, top_p=1.0)
+    assert verdict.verdict == INVALID and verdict.metrics["position"] == 5
+
+
+def test_sampled_token_outside_top_k_is_invalid():
+    assert judge([sampled(rank=40)], temperature=0.8, top_k=40, top_p=1.0).verdict == INVALID
+    assert judge([sampled(rank=39)], temperature=0.8, top_k=40, top_p=1.0).verdict == VALID
+
+
+def test_sampled_token_outside_top_p_is_invalid():
+    assert judge([sampled(mass_above=0.95)], temperature=0.8, top_k=0, top_p=0.9).verdict == INVALID
+    assert judge([sampled(mass_above=0.89)], temperature=0.8, top_k=0, top_p=0.9).verdict == VALID
+
+
+def test_a_token_no_sampler_emits_is_invalid():
+    assert judge([sampled(lp=-30.0)], temperature=1.0, top_k=0, top_p=1.0).verdict == INVALID
+
+
+def test_an_end_of_sequence_the_model_did_not_want_is_a_truncation():
+    assert judge([sampled(), sampled(lp=-14.0, eog=True)], temperature=1.0, top_k=0, top_p=1.0).verdict == INVALID
+    assert judge([sampled(), sampled(lp=-3.0, eog=True)], temperature=1.0, top_k=0, top_p=1.0).verdict == VALID
+
+
+def test_text_far_less_likely_than_the_sampler_produces_is_invalid():
+    unlikely = [sampled(lp=-9.0, expected=-2.0, variance=1.0)] * 16
+    verdict = judge(unlikely, temperature=1.0, top_k=0, top_p=1.0)
+    assert verdict.verdict == INVALID and verdict.metrics["z"] < -5
+
+
+@given(st.lists(st.floats(-1.5, 1.5), min_size=1, max_size=64))
+def test_sampled_text_near_its_expected_likelihood_is_valid(deviations):
+    positions = [sampled(lp=-2.0 + d, expected=-2.0, variance=1.0) for d in deviations]
+    assert judge(positions, temperature=0.7, top_k=0, top_p=1.0).verdict == VALID
+
+
+def honest_claim(**changes):
+    claim = dict(model_sha256="aa" * 32, expected_model_sha256="aa" * 32, prompt_tokens=5, expected_prompt_tokens=5,
+                 completion_tokens=8, output_tokens=8, text="hi", replayed_text="hi", finish_reason="length",
+                 replayed_finish_reason="length", tokens_after_end=0, max_tokens=8)
+    return Claim(**{**claim, **changes})
+
+
+@pytest.mark.parametrize("lie, words", [
+    (dict(model_sha256="bb" * 32), "model"),
+    (dict(prompt_tokens=4), "prompt tokens"),
+    (dict(completion_tokens=7), "completion tokens"),
+    (dict(replayed_finish_reason=None), "truncated"),
+    (dict(tokens_after_end=2), "after the generation had ended"),
+    (dict(finish_reason="stop"), "finish_reason"),
+    (dict(text="hello"), "text"),
+])
+def test_structural_lies_are_invalid_with_a_reason(lie, words):
+    verdict = check_claim(honest_claim(**lie))
+    assert verdict is not None and verdict.verdict == INVALID and words in verdict.reason
+
+
+def test_an_honest_claim_has_no_structural_fault():
+    assert check_claim(honest_claim()) is None
+
+
+def vote(verifier, verdict, worker="w", job="j"):
+    return Vote(job_id=job, result_hash="r", worker=worker, verifier=verifier, verdict=verdict)
+
+
+def test_one_verifier_cannot_condemn_a_worker():
+    assert job_outcome([vote("a", "invalid")]) == "disputed"
+    assert job_outcome([vote("a", "invalid"), vote("a", "invalid")]) != "invalid"
+    assert job_outcome([vote("a", "invalid"), vote("b", "invalid")]) == "invalid"
+
+
+def test_a_worker_cannot_vouch_for_itself():
+    assert job_outcome([vote("w", "valid")]) == "pending"
+
+
+def test_evidence_counts_jobs_not_votes():
+    votes = [vote("a", "valid", job="1"), vote("b", "valid", job="1"), vote("a", "invalid", job="2"),
+             vote("b", "invalid", job="2")]
+    assert evidence_by_worker(votes)["w"].valid == 1 and evidence_by_worker(votes)["w"].invalid == 1
+
+
+def evidence(verdicts, *, signers=None):
+    client, worker = SigningKey.generate(), SigningKey.generate()
+    job = wire.sign(make_job(), client)
+    job_id = wire.decode(job).digest
+    result_msg = make_result(job_id)
+    result_msg = wire.JobResult(**{**result_msg.__dict__, "worker": wire.peer_id_from_public_key(
+        bytes(worker.verify_key))})
+    result = wire.sign(result_msg, worker)
+    signers = signers or [SigningKey.generate() for _ in verdicts]
+    attestations = tuple(wire.sign(wire.Attestation(
+        job_id=job_id, result_hash=wire.decode(result).digest, worker=result_msg.worker, model="aa" * 32,
+        verdict=v, reason="test", metrics=wire.VerifyMetrics(), beacon_block=1, beacon=b"\1" * 32, ts=1), key)
+        for v, key in zip(verdicts, signers, strict=True))
+    return wire.encode_unsigned(wire.Evidence(job=job, result=result, attestations=attestations))
+
+
+def test_evidence_with_a_quorum_of_invalid_attestations_holds():
+    lie = verify_evidence(evidence(["invalid", "invalid"]), quorum=2)
+    assert len(lie.verifier_keys) == 2
+
+
+@pytest.mark.parametrize("verdicts", [["invalid"], ["invalid", "valid"], ["invalid", "inconclusive"]])
+def test_evidence_short_of_a_quorum_does_not_hold(verdicts):
+    with pytest.raises(SettlementError):
+        verify_evidence(evidence(verdicts), quorum=2)
+
+
+def test_one_verifier_signing_twice_is_not_a_quorum():
+    key = SigningKey.generate()
+    with pytest.raises(SettlementError):
+        verify_evidence(evidence(["invalid", "invalid"], signers=[key, key]), quorum=2)
