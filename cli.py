@@ -204,8 +204,9 @@ def _node_address(node: str | None, node_home: Path | None) -> str:
 @click.option("--top-k", type=click.IntRange(0, 1000), default=0, show_default=True, help="0 disables top-k.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--stop", multiple=True, help="Stop sequence, repeatable.")
-@click.option("--ttl", type=click.IntRange(1, 3600), default=300, show_default=True,
-              help="Seconds before the job expires.")
+@click.option("--ttl", type=click.IntRange(1, 3600), default=60, show_default=True,
+              help="Seconds before the job expires (it must be answered by then); with a chain, the "
+                   "verification draw waits for the first block after expiry.")
 @click.option("--max-price", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
               help="Most you pay per generated token, in wei (charged from your deposit at settlement).")
 @click.option("--timeout", type=click.FloatRange(0.1), default=600, show_default=True,

@@ -73,7 +73,7 @@ def model_ref(spec: str) -> wire.ModelRef:
 
 
 def new_job(model: wire.ModelRef, client_eth: str, *, prompt: str | None = None,
-            messages: list | None = None, ttl_s: int = 300, max_price: int = 0,
+            messages: list | None = None, ttl_s: int = 60, max_price: int = 0,
             **params: Any) -> wire.JobRequest:
     now = int(time.time() * 1000)
     return wire.JobRequest(

@@ -231,7 +231,8 @@ class Engine:
         """What claimed output tokens decode to under the job's stop rules (for verifiers)."""
         return replay_output(output, params, lambda tok: self._llm.detokenize([tok], special=False), self._is_eog)
 
-    def score(self, prompt: list[int], output: Sequence[int], params: wire.SamplingParams) -> list[Position]:
+    def score(self, prompt: list[int], output: Sequence[int], params: wire.SamplingParams,
+              margin: float) -> list[Position]:
         """Teacher-forced re-scoring: one evaluation of prompt + output, with logits
         only where an output token is predicted; blocking, call from a worker thread."""
         import numpy as np
@@ -260,7 +261,7 @@ class Engine:
                 if pos >= first_scored:
                     row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(j), shape=(n_vocab,))
                     tok = tokens[pos + 1]
-                    positions.append(position_of(row, tok, params, bool(self._is_eog(tok))))
+                    positions.append(position_of(row, tok, params, bool(self._is_eog(tok)), margin))
             start = end
         return positions
 
@@ -288,42 +289,41 @@ def replay_output(output: Sequence[int], params: wire.SamplingParams, piece: Cal
     return Replay(out.text, out.finish_reason, 0)
 
 
-def position_of(row, token: int, params: wire.SamplingParams, is_eog: bool) -> Position:
+def position_of(row, token: int, params: wire.SamplingParams, is_eog: bool, margin: float) -> Position:
     """Where ``token`` stood among one position's logits, and under the job's sampler.
 
     Mirrors llama.cpp's sampler chain as the engine runs it: top-k on the raw
     logits, top-p on their (top-k renormalised) softmax, then temperature.
+    Only tokens more than ``margin`` above the claimed one count as more
+    likely: a batched evaluation and an incremental decode round differently.
     """
     import numpy as np
 
-    logits = row.astype(np.float64)
-    best = logits.max()
-    lse = best + math.log(np.exp(logits - best).sum())
-    claimed = logits[token]
+    best = float(row.max())
+    shifted = row - best
+    lse = best + math.log(float(np.exp(shifted).sum(dtype=np.float64)))
+    claimed = float(row[token])
+    above = row > claimed + margin
+    rank = int(above.sum())
     logprob, top = claimed - lse, best - lse
-    rank = int((logits > claimed).sum())
     if params.temperature == 0.0:
         return Position(token=token, logprob=logprob, top_logprob=top, rank=rank, mass_above=0.0,
                         sampled_logprob=logprob, expected=0.0, variance=0.0, is_eog=is_eog)
+    logits = row.astype(np.float64)
     k = params.top_k if 0 < params.top_k < len(logits) else len(logits)
-    kept = np.argpartition(-logits, k - 1)[:k] if k < len(logits) else np.arange(len(logits))
-    kept_logits = logits[kept]
+    kept_logits = logits[np.argpartition(-logits, k - 1)[:k]] if k < len(logits) else logits
     k_lse = best + math.log(np.exp(kept_logits - best).sum())
-    in_top_k = rank < k
-    mass_above = float(np.exp(kept_logits[kept_logits > claimed] - k_lse).sum()) if in_top_k else 1.0
+    mass_above = float(np.exp(logits[above] - k_lse).sum()) if rank < k else 1.0
     if params.top_p < 1.0:  # the nucleus: the most likely tokens until their mass reaches top_p
-        candidates = kept_logits[kept_logits - k_lse > NUCLEUS_CUTOFF]
-        ordered = np.sort(candidates)[::-1]
+        ordered = np.sort(kept_logits[kept_logits - k_lse > NUCLEUS_CUTOFF])[::-1]
         mass = np.cumsum(np.exp(ordered - k_lse))
-        n_keep = min(int(np.searchsorted(mass, params.top_p)) + 1, len(ordered))
-        kept_logits = ordered[:n_keep]
+        kept_logits = ordered[: min(int(np.searchsorted(mass, params.top_p)) + 1, len(ordered))]
     scaled = kept_logits / params.temperature
     s_lse = scaled.max() + math.log(np.exp(scaled - scaled.max()).sum())
     logp = scaled - s_lse
     probs = np.exp(logp)
     expected = float((probs * logp).sum())
     variance = max(float((probs * logp * logp).sum()) - expected * expected, 0.0)
-    inside = in_top_k and (params.top_p >= 1.0 or rank < len(kept_logits))
-    sampled = claimed / params.temperature - s_lse if inside else -math.inf
     return Position(token=token, logprob=logprob, top_logprob=top, rank=rank, mass_above=mass_above,
-                    sampled_logprob=sampled, expected=expected, variance=variance, is_eog=is_eog)
+                    sampled_logprob=claimed / params.temperature - s_lse, expected=expected, variance=variance,
+                    is_eog=is_eog)

@@ -71,5 +71,10 @@ class SimEngine:
                 break
         return out.result(len(prompt))
 
+    def replay(self, output: Sequence[int], params: wire.SamplingParams):
+        raise EngineError("a simulated engine has no model to re-score with")
+
+    score = replay
+
     def close(self) -> None:
         pass

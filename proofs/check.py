@@ -9,9 +9,10 @@ tested on numbers alone and every threshold is a named parameter
 (:class:`Thresholds`), calibrated by ``benchmarks/verify_calibration.py``.
 
 Greedy jobs are checked token by token: each claimed token must be the most
-likely one, or trail it by at most ``greedy_margin`` nats (a batched
-evaluation and an incremental decode round floats differently, so exact ties
-can flip).  Sampled jobs are checked against the sampler the job asked for:
+likely one, or trail it by at most ``margin`` nats (a batched evaluation and
+an incremental decode round floats differently, so near ties can flip; the
+same margin keeps top-k and top-p boundaries from flagging honest tokens).
+Sampled jobs are checked against the sampler the job asked for:
 every token must lie inside its top-k and top-p sets and above a log-
 probability floor, an end-of-sequence token must have been a plausible
 choice, and the total log-probability of the output must be plausible for
@@ -35,9 +36,9 @@ class Position:
     token: int
     logprob: float  # of the claimed token, at temperature 1 over the whole vocabulary
     top_logprob: float  # of the most likely token
-    rank: int  # tokens strictly more likely than the claimed one
+    rank: int  # tokens more likely than the claimed one by more than the float-noise margin
     mass_above: float  # top-k-renormalised probability of those tokens (what top-p cuts on)
-    sampled_logprob: float  # under the job's sampler (top-k, top-p, temperature); -inf outside it
+    sampled_logprob: float  # under the job's sampler (top-k, top-p, temperature)
     expected: float  # mean of ``sampled_logprob`` for a token drawn from that sampler
     variance: float  # and its variance
     is_eog: bool = False
@@ -45,7 +46,10 @@ class Position:
 
 @dataclass(frozen=True)
 class Thresholds:
-    greedy_margin: float = 0.5  # nats a greedy token may trail the best one
+    # Logits a batched evaluation may differ by from the worker's incremental
+    # decode: a greedy token may trail the best one by this much, and only
+    # tokens more likely by more than this count against top-k and top-p.
+    margin: float = 1.0
     top_p_slack: float = 1e-3  # float noise on the top-p boundary
     logprob_floor: float = -25.0  # no honest sampler emits a token this unlikely (p < 1.4e-11)
     eog_floor: float = -12.0  # an end of sequence this unlikely was forced, not sampled
@@ -116,18 +120,17 @@ def _judge_greedy(positions: Sequence[Position], t: Thresholds) -> Verdict:
     metrics = {"positions": len(positions), "max_gap": round(max(gaps, default=0.0), 4),
                "not_top1": sum(1 for p in positions if p.rank > 0)}
     for i, gap in enumerate(gaps):
-        if gap > t.greedy_margin:
+        if gap > t.margin:
             return Verdict(INVALID, f"greedy token {i} trails the model's choice by {gap:.2f} nats "
-                                    f"(margin {t.greedy_margin})", dict(metrics, position=i))
+                                    f"(margin {t.margin})", dict(metrics, position=i))
     return Verdict(VALID, "every token is the model's greedy choice", metrics)
 
 
 def _judge_sampled(positions: Sequence[Position], *, top_k: int, top_p: float, t: Thresholds) -> Verdict:
-    finite = [p for p in positions if math.isfinite(p.sampled_logprob)]
-    spread = math.sqrt(sum(p.variance for p in finite)) or 1.0
-    z = sum(p.sampled_logprob - p.expected for p in finite) / spread
+    spread = math.sqrt(sum(p.variance for p in positions)) or 1.0
+    z = sum(p.sampled_logprob - p.expected for p in positions) / spread
     metrics = {"positions": len(positions), "z": round(z, 3),
-               "min_logprob": round(min((p.sampled_logprob for p in finite), default=0.0), 3)}
+               "min_logprob": round(min((p.sampled_logprob for p in positions), default=0.0), 3)}
     for i, p in enumerate(positions):
         if top_k and p.rank >= top_k:
             return Verdict(INVALID, f"token {i} is ranked {p.rank + 1}, outside top_k={top_k}",
@@ -139,7 +142,7 @@ def _judge_sampled(positions: Sequence[Position], *, top_k: int, top_p: float, t
             what = "end of sequence" if p.is_eog else "token"
             return Verdict(INVALID, f"{what} {i} has log-probability {p.sampled_logprob:.1f} under the job's "
                                     f"sampler", dict(metrics, position=i))
-    if len(finite) >= t.min_positions_for_z and z < t.min_z:
+    if len(positions) >= t.min_positions_for_z and z < t.min_z:
         return Verdict(INVALID, f"output log-probability is {-z:.1f} sd below what this sampler produces",
                        metrics)
     return Verdict(VALID, "every token is inside the sampler's set and the output is plausible", metrics)

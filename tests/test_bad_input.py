@@ -8,6 +8,7 @@ from nacl.signing import SigningKey
 from inferad.client import NodeClient
 from p2p import wire
 from p2p.host import PROTOCOL_SUBMIT, make_host, peer_info, running
+from p2p.mesh import PROTOCOL_SETTLEMENT, PROTOCOL_VERIFY
 from p2p.streams import FramedStream, StreamClosed
 from tests.conftest import run_cli
 from tests.factories import make_job, make_result
@@ -17,14 +18,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.model]
 CLIENT = SigningKey(b"c" * 32)
 
 
-async def exchange(addr: str, raw: bytes) -> list:
-    """Write raw bytes on a fresh submit stream; return the decoded frames received."""
+async def exchange(addr: str, raw: bytes, protocol: str = PROTOCOL_SUBMIT) -> list:
+    """Write raw bytes on a fresh stream of ``protocol``; return the decoded frames received."""
     from libp2p.custom_types import TProtocol
 
     peer = peer_info(addr)
     async with running(make_host(SigningKey.generate()), []) as host:
         await host.connect(peer)
-        stream = await host.new_stream(peer.peer_id, [TProtocol(PROTOCOL_SUBMIT)])
+        stream = await host.new_stream(peer.peer_id, [TProtocol(protocol)])
         framed = FramedStream(stream)
         await stream.write(raw)
         frames = []
@@ -36,8 +37,8 @@ async def exchange(addr: str, raw: bytes) -> list:
                     return frames
 
 
-def error_code(addr: str, raw: bytes) -> str:
-    frames = trio.run(exchange, addr, raw)
+def error_code(addr: str, raw: bytes, protocol: str = PROTOCOL_SUBMIT) -> str:
+    frames = trio.run(exchange, addr, raw, protocol)
     assert frames and frames[-1].type == "error", frames
     return frames[-1].message.code
 
@@ -86,10 +87,35 @@ CASES = {
 }
 
 
+def verify_request(node) -> bytes:
+    job = wire.sign(make_job(model=served_model(node)), CLIENT)
+    result = wire.sign(make_result(wire.decode(job).digest), CLIENT)
+    return wire.encode_frame(wire.sign(wire.VerifyRequest(job=job, result=result, beacon_block=1, beacon=b"\1" * 32),
+                                       CLIENT))
+
+
+OTHER_PROTOCOLS = {
+    "verify_random_bytes": (PROTOCOL_VERIFY, lambda node: wire.encode_frame(b"\x93" * 50), "malformed"),
+    "verify_oversized": (PROTOCOL_VERIFY, lambda node: b"\xff\xff\xff\xff\x0f", "frame_too_large"),
+    "verify_job_instead_of_request": (PROTOCOL_VERIFY, lambda node: signed(make_job(model=served_model(node))),
+                                      "unexpected"),
+    "verify_without_a_chain": (PROTOCOL_VERIFY, verify_request, "no_chain"),
+    "evidence_nobody_holds": (PROTOCOL_SETTLEMENT, lambda node: wire.encode_frame(
+        wire.sign(wire.EvidenceRequest(hash="ab" * 32), CLIENT)), "no_evidence"),
+}
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_request_gets_typed_error_and_node_serves_next_job(node, case):
     build, expected = CASES[case]
     assert error_code(node.addr, build(node)) == expected
+    assert good_job_is_served(node)
+
+
+@pytest.mark.parametrize("case", list(OTHER_PROTOCOLS))
+def test_bad_verify_and_evidence_requests_get_typed_errors_and_node_serves_on(node, case):
+    protocol, build, expected = OTHER_PROTOCOLS[case]
+    assert error_code(node.addr, build(node), protocol) == expected
     assert good_job_is_served(node)
 
 

@@ -1,0 +1,74 @@
+"""What verification costs next to generation, per verified job and network-wide.
+
+    .venv/bin/python benchmarks/verify_cost.py [--runs 5] [--threads 0]
+
+For 64- and 256-token outputs (greedy and sampled) on gemma-3-270m: the
+median time to generate the output with llama.cpp (the baseline, measured
+in the same run) and to re-score it as a verifier does (structural replay,
+one teacher-forced evaluation with logits at the output positions, the
+per-position statistics), and their ratio (goal <= 0.25 per verified job).
+Then the network-wide overhead: verifiers x draw probability x ratio, at a
+new worker's draw rate (1) and at the steady-state floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from inferad.config import Config  # noqa: E402
+from inferad.engine import Engine  # noqa: E402
+from inferad.models import resolve  # noqa: E402
+from inferad.verification import rescore  # noqa: E402
+from proofs.check import Thresholds  # noqa: E402
+from tests.adversaries.forgeries import forged_result  # noqa: E402
+from tests.factories import WORKER, make_job  # noqa: E402
+
+PROMPT = "Write a long story about a dragon who learns to cook."
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    engine = Engine(resolve("gemma-3-270m"), n_ctx=1024, n_threads=args.threads)
+    config = Config()
+    print(f"gemma-3-270m on CPU, {args.runs} runs each, medians\n")
+    print("| output | sampler | generate | re-score | ratio |")
+    print("|---|---|---|---|---|")
+    worst = 0.0
+    for tokens in (64, 256):
+        for name, params in (("greedy", {}), ("sampled", dict(temperature=0.8, top_p=0.95, top_k=40))):
+            generate, verify = [], []
+            for run in range(args.runs + 1):  # the first run warms up and is not counted
+                job = make_job(PROMPT, model=engine.ref, max_tokens=tokens, seed=run, **params)
+                prompt = engine.prompt_tokens(job)
+                t0 = time.perf_counter()
+                output = engine.generate(prompt, job.params, lambda tok, delta: True).tokens
+                t1 = time.perf_counter()
+                verdict = rescore(engine, job, forged_result(engine, "00" * 32, job, prompt, output, WORKER),
+                                  Thresholds())
+                t2 = time.perf_counter()
+                assert verdict.verdict == "valid", verdict
+                if run:
+                    generate.append(t1 - t0)
+                    verify.append(t2 - t1)
+            ratio = statistics.median(verify) / statistics.median(generate)
+            worst = max(worst, ratio)
+            print(f"| {tokens} tokens | {name} | {statistics.median(generate):.2f} s | "
+                  f"{statistics.median(verify):.2f} s | {ratio:.2f} |")
+    k, floor = config.verifiers, config.probability_floor
+    print(f"\nnetwork-wide overhead = verifiers ({k}) x draw probability x ratio (worst {worst:.2f}):")
+    print(f"  new worker (p = 1): {k * worst:.2f} of its generation time")
+    print(f"  steady state (p = {floor}): {k * floor * worst:.3f}")
+
+
+if __name__ == "__main__":
+    main()
