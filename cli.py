@@ -374,6 +374,10 @@ def status(home, as_json) -> None:
         click.echo(f"listen   {addr}")
     for m in info["models"]:
         click.echo(f"model    {m['name']} {m['sha256'][:12]}…  running {m['running']}  queued {m['queued']}")
+    if info.get("verification"):
+        v = info["verification"]
+        click.echo(f"verify   reputation {info['reputation']:.2f}  verified here {v['verified_here']}  "
+                   f"attestations known {v['attestations']}  proven lies {v['proven_lies']}")
 
 
 @main.command()

@@ -753,6 +753,8 @@ class Node:
                 "models": [{"name": s.engine.ref.name, "sha256": sha, "tokens_per_s": s.tokens_per_s,
                             "queued": s.worker.load.queued, "running": s.worker.load.running}
                            for sha, s in self.served.items()],
+                "reputation": round(self.reputation(self.peer_id), 4),
+                "verification": None if self.verification is None else self.verification.summary(),
             }
 
         async def peers() -> list[dict]:

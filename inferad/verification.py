@@ -103,6 +103,10 @@ class Verification:
     def outcome(self, job_id: str, result_hash: str) -> str:
         return job_outcome(list(self._votes.get((job_id, result_hash), {}).values()), quorum=self.config.quorum)
 
+    def summary(self) -> dict:
+        return {"attestations": sum(len(v) for v in self._votes.values()), "verified_here": self.verified_here,
+                "proven_lies": len(self.proven_lies())}
+
     def proven_lies(self) -> list[tuple[str, str, list[str]]]:
         """(job id, result hash, verifiers who found it invalid) for every result a quorum convicted."""
         return [(job_id, result_hash, sorted(v for v, vote in votes.items() if vote.verdict == "invalid"))
