@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -114,11 +115,19 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--max-tokens", type=click.IntRange(1, 32768), help="Largest max_tokens a job may ask.")
 @click.option("--n-ctx", type=click.IntRange(64, 1 << 20), help="Context window in tokens.")
 @click.option("--threads", type=click.IntRange(0, 1024), help="CPU threads for llama.cpp (0 = one per core).")
+@click.option("--api-port", type=click.IntRange(-1, 65535),
+              help="Serve the OpenAI-compatible HTTP API on this port (0: any free port; -1: off) "
+                   "[config api.api_port; default off].  Needs a key: `inferad apikey create`.")
+@click.option("--api-host", help="Address the HTTP API binds to [config api.api_host; default 127.0.0.1]. "
+                                 "Anything else exposes it beyond this machine.")
+@click.option("--api-max-price", type=click.IntRange(0, 2**64 - 1),
+              help="Wei per token that jobs made through the HTTP API offer [config api.api_max_price; default 0].")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
               show_default=True)
 def start(home, listen, bootstrap, advert_interval, models, no_model, engine, chain_path, run_oracle,
-          sim_tokens_per_s, max_tokens, n_ctx, threads, log_format, log_level) -> None:
+          sim_tokens_per_s, max_tokens, n_ctx, threads, api_port, api_host, api_max_price, log_format,
+          log_level) -> None:
     """Run the node daemon until Ctrl-C or SIGTERM.
 
     Loads the models, listens for jobs on libp2p and writes <home>/node.json
@@ -137,7 +146,8 @@ def start(home, listen, bootstrap, advert_interval, models, no_model, engine, ch
         config = h.config.with_overrides(listen=listen or None, bootstrap=bootstrap or None,
                                          advert_interval=advert_interval,
                                          models=() if no_model else (models or None),
-                                         max_tokens=max_tokens, n_ctx=n_ctx, n_threads=threads)
+                                         max_tokens=max_tokens, n_ctx=n_ctx, n_threads=threads,
+                                         api_port=api_port, api_host=api_host, api_max_price=api_max_price)
     except ConfigError as exc:
         fail(str(exc))
     import trio
@@ -397,6 +407,57 @@ def evidence(home, key, as_json) -> None:
         click.echo(f"  {a['verifier']}: {a['verdict']} ({a['reason']})")
     if "rescored_here" in view:
         click.echo(f"  re-scored here: {view['rescored_here']['verdict']} ({view['rescored_here']['reason']})")
+
+
+@main.group()
+def apikey() -> None:
+    """Keys for the node's OpenAI-compatible HTTP API (Authorization: Bearer KEY)."""
+
+
+@apikey.command("create")
+@home_option
+@click.option("--name", default="default", show_default=True, help="A label, to recognise the key later.")
+def apikey_create(home, name) -> None:
+    """Create a key; it is printed once (only its hash is stored) and works at once on a running node."""
+    from inferad.apikeys import ApiKeys
+
+    key, entry = ApiKeys(open_home(home).path / "apikeys.json").create(name)
+    click.echo(key)
+    click.echo(f"created key {entry['id']} ({name}); keep it secret, it cannot be shown again", err=True)
+
+
+@apikey.command("list")
+@home_option
+@json_option
+def apikey_list(home, as_json) -> None:
+    """The keys of this home (ids and names; the keys themselves are not stored)."""
+    from inferad.apikeys import ApiKeyError, ApiKeys
+
+    try:
+        keys = ApiKeys(open_home(home).path / "apikeys.json").list()
+    except ApiKeyError as exc:
+        fail(str(exc))
+    if as_json:
+        emit_json(keys)
+        return
+    for k in keys:
+        click.echo(f"{k['id']}  {k['name']}  created {time.strftime('%Y-%m-%d %H:%M', time.localtime(k['created']))}")
+    if not keys:
+        click.echo("no API keys (create one with `inferad apikey create`)")
+
+
+@apikey.command("revoke")
+@home_option
+@click.argument("key_id")
+def apikey_revoke(home, key_id) -> None:
+    """Revoke a key by its id (see `inferad apikey list`); a running node refuses it at once."""
+    from inferad.apikeys import ApiKeyError, ApiKeys
+
+    try:
+        ApiKeys(open_home(home).path / "apikeys.json").revoke(key_id)
+    except ApiKeyError as exc:
+        fail(str(exc))
+    click.echo(f"revoked {key_id}")
 
 
 # ---------------------------------------------------------------------- devnet and chain

@@ -76,6 +76,15 @@ attestation_window = 300
 slash_bps = 5000
 bounty_bps = 1000
 
+[api]
+# The OpenAI-compatible HTTP API: off unless a port is set (here or --api-port).
+# It needs a key (`inferad apikey create`); keep it on 127.0.0.1 unless a
+# proxy with TLS is in front.  Jobs made through it are signed with this
+# home's client key and pay at most api_max_price wei per token.
+api_host = "127.0.0.1"
+api_port = -1          # -1: off; 0: any free port (written to node.json)
+api_max_price = 0
+
 [limits]
 # Largest stream frame accepted, in bytes; longer frames reset the stream.
 max_frame = 1048576
@@ -116,6 +125,9 @@ class Config:
     attestation_window: int = 300
     slash_bps: int = 5000
     bounty_bps: int = 1000
+    api_host: str = "127.0.0.1"
+    api_port: int = -1
+    api_max_price: int = 0
     max_frame: int = 1 << 20
     max_job_ttl: int = 600
     clock_skew: int = 60
@@ -132,6 +144,7 @@ SECTIONS = {
     "routing": ("connect_timeout", "first_token_timeout", "stall_timeout", "max_attempts", "reputation_floor"),
     "verification": ("verifiers", "quorum", "probability_floor", "verify_timeout", "attestation_window",
                      "slash_bps", "bounty_bps"),
+    "api": ("api_host", "api_port", "api_max_price"),
     "limits": ("max_frame", "max_job_ttl", "clock_skew", "request_timeout"),
 }
 
@@ -160,10 +173,14 @@ def _coerce(path: Path, name: str, default: Any, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path}: {name} must be a list of strings")
         return tuple(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: {name} must be a string")
+        return value
     if isinstance(default, float):
         if type(value) not in (int, float) or not 0 <= value <= 1:
             raise ConfigError(f"{path}: {name} must be a number from 0 to 1, got {value!r}")
         return float(value)
-    if type(value) is not int or (value < 0 and name != "engine.n_gpu_layers"):
+    if type(value) is not int or (value < 0 and name not in ("engine.n_gpu_layers", "api.api_port")):
         raise ConfigError(f"{path}: {name} must be a non-negative integer, got {value!r}")
     return value

@@ -203,10 +203,19 @@ class Engine:
         return self._llm.tokenize(text.encode(), add_bos=True, special=False)
 
     def prompt_tokens(self, job: wire.JobRequest) -> list[int]:
-        """The token ids the model sees for a job."""
-        if job.prompt is None:
-            raise EngineError("chat messages are not supported by this engine yet")
-        return self.tokenize(job.prompt)
+        """The token ids the model sees for a job: its prompt, or its messages through the chat template."""
+        if job.prompt is not None:
+            return self.tokenize(job.prompt)
+        from inferad.chat import ChatTemplateError, chat_tokens
+
+        llm = self._llm
+        try:
+            return chat_tokens(llm.metadata, lambda text, special: llm.tokenize(text.encode(), add_bos=False,
+                                                                                special=special),
+                               lambda tok: llm.detokenize([tok], special=True).decode(), llm.token_bos(),
+                               llm.token_eos(), job.messages)
+        except ChatTemplateError as exc:
+            raise EngineError(str(exc)) from None
 
     def generate(self, prompt: list[int], params: wire.SamplingParams, on_token: OnToken,
                  prefix: Sequence[int] = ()) -> Generation:

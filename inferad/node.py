@@ -30,9 +30,10 @@ from inferad import __version__, control
 from inferad.admission import JobRejected, check_context, check_served, check_timing
 from inferad.config import Config
 from inferad.engine import Engine, EngineError
-from inferad.gateway import AttemptFailed, ClientGone, Router
+from inferad.gateway import AttemptFailed, ClientGone, Routed, Router
 from inferad.hardware import probe
 from inferad.home import Home
+from inferad.metrics import Metrics
 from inferad.models import ModelError, resolve
 from inferad.sim import SimEngine
 from inferad.speed import tokens_per_second
@@ -104,6 +105,9 @@ class Node:
         self._dht_cache: dict[str, tuple[float, list[str]]] = {}
         self.adverts_rejected = 0
         self.started_at = time.time()
+        self.metrics = Metrics(self)
+        self.api_url: str | None = None
+        self.control_commands: dict = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -155,7 +159,10 @@ class Node:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._receive_attestations, attestations)
-            await nursery.start(control.serve, self.home.path / "control.sock", self._control_commands())
+            self.control_commands = self._control_commands()
+            await nursery.start(control.serve, self.home.path / "control.sock", self.control_commands)
+            if self.config.api_port >= 0:
+                await self._start_api(nursery)
             nursery.start_soon(self._receive_adverts, adverts)
             nursery.start_soon(self._publish_adverts)
             nursery.start_soon(self._maintain_membership)
@@ -169,6 +176,20 @@ class Node:
             task_status.started(self)
             await self._until_signalled()
             nursery.cancel_scope.cancel()
+
+    async def _start_api(self, nursery: trio.Nursery) -> None:
+        from inferad.api import Api, serve
+
+        port = self.config.api_port
+        try:
+            self.api_url = await nursery.start(serve, Api(self, max_price=self.config.api_max_price),
+                                               self.config.api_host, port)
+        except OSError as exc:
+            raise NodeError(f"cannot serve the HTTP API on {self.config.api_host}:{port}: "
+                            f"{exc.strerror or exc} (is another node or program using that port? "
+                            f"choose another with --api-port)") from None
+        log.info("OpenAI-compatible API on %s/v1 (keys: `inferad apikey create --home %s`)", self.api_url,
+                 self.home.path)
 
     async def _load_models(self) -> None:
         for spec in self.config.models:
@@ -208,6 +229,7 @@ class Node:
             "models": [{"name": s.engine.ref.name, "sha256": sha} for sha, s in self.served.items()],
             "version": __version__,
             "started_at": int(self.started_at),
+            "api": self.api_url,
         }
         tmp = self.home.node_info_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=2) + "\n")
@@ -516,7 +538,27 @@ class Node:
         await self._handle_request(stream, "job", self._route_job)
 
     async def _route_job(self, envelope: wire.Envelope, data: bytes, framed: FramedStream) -> None:
+        async def relay(tokens: list[wire.Token]) -> None:
+            try:
+                await framed.send_tokens(tokens)
+            except StreamClosed:
+                raise ClientGone() from None
+
+        try:
+            routed = await self.route_job(envelope, data, relay)
+        except ClientGone:
+            return
+        await framed.send(routed.data)
+
+    async def route_job(self, envelope: wire.Envelope, data: bytes, relay) -> Routed:
+        """As the job's gateway: admit, route and record a client-signed job.
+
+        ``relay(tokens)`` gets the tokens as they come and raises ClientGone
+        when the client left.  Returns once the worker-signed result is stored
+        (acknowledged); raises JobRejected with a typed code otherwise.
+        """
         job: wire.JobRequest = envelope.message
+        started = time.perf_counter()
         job_id = envelope.digest
         self._check_timing(job)
         now = time.monotonic()
@@ -547,12 +589,6 @@ class Node:
                 return await self._execute(envelope, prefix, relay)
             return await self._attempt_remote(peer_id, data, prefix, relay)
 
-        async def relay(tokens: list[wire.Token]) -> None:
-            try:
-                await framed.send_tokens(tokens)
-            except StreamClosed:
-                raise ClientGone() from None
-
         self._active_jobs += 1
         try:
             routed = await self.router.route(job_id, plan, attempt, relay)
@@ -561,20 +597,20 @@ class Node:
             code = exc.code if isinstance(exc, JobRejected) else "client_gone"
             await self.db(self.store.fail_job, job_id, code)
             self._log_job(job_id, job, outcome=code)
-            if isinstance(exc, ClientGone):
-                return
+            self.metrics.job_done(code, 0, time.perf_counter() - started)
             raise
         finally:
             self._active_jobs -= 1
         await self.db(lambda: self.store.finish_job(job_id, routed.data, workers=routed.workers))
         if routed.workers[-1]["peer"] == self.peer_id:  # this node ran (the end of) the job itself
             await self._record_served(job_id)
-        await framed.send(routed.data)
         if self.verification is not None:
             self._nursery.start_soon(self.verification.follow, job_id, data, routed.data)
         result: wire.JobResult = routed.envelope.message
         self._log_job(job_id, job, outcome="ok", tokens=len(result.output_tokens),
                       workers=",".join(w["peer"][-8:] for w in routed.workers))
+        self.metrics.job_done("ok", len(result.output_tokens) - result.continued_from, time.perf_counter() - started)
+        return routed
 
     def _local_candidate(self, job: wire.JobRequest) -> Candidate | None:
         served = self.served.get(job.model.sha256)
