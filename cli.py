@@ -522,6 +522,62 @@ def devnet_chain(directory: Path, fund_homes, oracle_home, epoch_seconds, block_
         anvil.stop()
 
 
+@devnet.command("up")
+@click.option("--nodes", type=click.IntRange(1, 16), default=3, show_default=True,
+              help="Node processes to start (a job needs worker, gateway and a verifier to differ: 3 or more).")
+@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Where homes, logs, chain.json and devnet.json go; wiped at the next `up`.")
+@click.option("--epoch-seconds", type=click.IntRange(5, 86400), default=20, show_default=True,
+              help="Settlement period.")
+def devnet_up(nodes, directory, epoch_seconds) -> None:
+    """Start a whole network here: anvil + contract, N staked nodes (node1: oracle and HTTP API),
+    a funded client and an API key; prints where everything is and runs until Ctrl-C,
+    which stops every process it started."""
+    import signal
+    import threading
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from chain.errors import ChainError
+    from inferad.devnet import Devnet, DevnetError
+
+    console = Console(stderr=True)
+    started = time.monotonic()
+    net = Devnet(directory.resolve(), nodes=nodes, epoch_seconds=epoch_seconds,
+                 say=lambda line: console.print(f"[dim]{time.monotonic() - started:5.1f}s[/dim] {line}"))
+    def stop(*_) -> None:  # Ctrl-C or SIGTERM, during start-up too (and even where SIGINT was ignored)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        summary = net.up()
+        table = Table(title=f"inferad devnet: {nodes} node(s), chain {summary['rpc_url']}")
+        for column in ("node", "role", "peer id", "libp2p", "eth"):
+            table.add_column(column)
+        for n in summary["nodes"]:
+            table.add_row(n["name"], n["role"], n["peer_id"], n["addr"].split("/p2p/")[0], n["eth"])
+        Console().print(table)
+        click.echo(f"API      {summary['api']}\nAPI key  {summary['api_key']}\n"
+                   f"client   inferad submit --home {summary['client_home']} --node-home "
+                   f"{summary['nodes'][0]['home']} \"Hello\" --max-price 1000\n"
+                   f"chain    {summary['chain']}\nall      {directory / 'devnet.json'}\n"
+                   f"ready in {time.monotonic() - started:.1f} s; Ctrl-C stops everything")
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    except (DevnetError, ChainError, OSError) as exc:
+        console.print(f"[red]devnet failed:[/red] {exc}")
+        sys.exit(1)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave processes behind
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        console.print("stopping the devnet…")
+        net.down()
+        console.print("stopped: no process of this devnet is left")
+
+
 @main.group("chain")
 def chain_group() -> None:
     """Stakes, deposits and rewards on the network's contract (see --chain)."""
