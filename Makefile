@@ -45,4 +45,4 @@ lint: install
 	$(PY) -m ruff check .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-home contracts/node_modules
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-home demo-devnet contracts/node_modules

@@ -46,7 +46,7 @@ def main() -> None:
     node1, client = net["nodes"][0]["home"], net["client_home"]
     names = {n["peer_id"]: n["name"] for n in net["nodes"]}
 
-    say("1. a signed job from the CLI, through node1's gateway (tokens stream as they come)")
+    say("1. a signed job from the CLI, through node1's gateway")
     job = json.loads(cli("submit", "--home", client, "--node-home", node1, "The three largest cities of France are",
                          "--max-tokens", "24", "--max-price", "1000", "--ttl", "10", "--json"))
     result = job["result"]
@@ -59,16 +59,17 @@ def main() -> None:
     openai = OpenAI(base_url=net["api"], api_key=net["api_key"])
     print(f"models: {[m.id for m in openai.models.list()]}")
     stream = openai.chat.completions.create(model="gemma-3-270m", stream=True, max_tokens=24,
+                                            temperature=0,
                                             messages=[{"role": "user", "content": "Name three rivers in Europe."}],
                                             stream_options={"include_usage": True})
     for chunk in stream:
         if chunk.choices and chunk.choices[0].delta.content:
             print(chunk.choices[0].delta.content, end="", flush=True)
-        if chunk.usage:
-            print(f"\n-> {chunk.usage.completion_tokens} tokens; inferad: {chunk.model_extra.get('inferad', '')}")
-        elif chunk.model_extra.get("inferad"):
+        if chunk.model_extra.get("inferad"):
             info = chunk.model_extra["inferad"]
-            print(f"\n-> job {info['job_id'][:16]}… run by {names.get(info['worker'], info['worker'])}")
+            print(f"\n-> job {info['job_id'][:16]}… run by {names.get(info['worker'], info['worker'])}", end="")
+        if chunk.usage:
+            print(f", {chunk.usage.completion_tokens} tokens (prompt {chunk.usage.prompt_tokens})")
 
     say("3. the CLI job's verification: drawn at the first block after it expired, re-scored by peers")
 
