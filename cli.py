@@ -158,6 +158,8 @@ def start(home, listen, bootstrap, advert_interval, models, no_model, engine, ch
         fail(f"a node is already running on {h.path} (see {h.node_info_path})")
     if run_oracle and not chain_path:
         fail("--oracle needs --chain", EXIT_USAGE)
+    if engine == "llama":
+        _prepare_models(config.models)
     chain_info = None
     if chain_path:
         from chain.devnet import ChainInfo
@@ -172,6 +174,24 @@ def start(home, listen, bootstrap, advert_interval, models, no_model, engine, ch
                       oracle=run_oracle).run)
     except NodeError as exc:
         fail(str(exc))
+
+
+def _prepare_models(specs) -> None:
+    """Assemble and hash the models before the node starts, with a progress bar on a terminal
+    (the result is cached, so this is instant the next time)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
+
+    from inferad.models import ModelError, resolve
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        for spec in specs:
+            task = bar.add_task(f"preparing {spec} (assemble, sha256)", total=None)
+            try:
+                resolve(spec, lambda done, total, task=task: bar.update(task, completed=done, total=total))
+            except ModelError as exc:
+                fail(str(exc))
 
 
 def _running_node(h) -> dict | None:
@@ -374,20 +394,45 @@ def models(home, as_json) -> None:
 @home_option
 @json_option
 def status(home, as_json) -> None:
-    """What the node running on this home is doing: addresses, models, queue."""
+    """What the node running on this home is doing: peers, models, queue, reputation, stake, earnings."""
     info = _ask_or_open(home, "status", lambda store: fail("no node is running on this home"))
     if as_json:
         emit_json(info)
         return
-    click.echo(f"peer id  {info['peer_id']}   up {info['uptime_s']} s   version {info['version']}")
+    from rich.console import Console
+    from rich.table import Table
+
+    peers = _ask_or_open(home, "peers", lambda store: [])
+    console = Console()
+    console.print(f"[bold]{info['peer_id']}[/bold]  up {info['uptime_s']} s  inferad {info['version']}  "
+                  f"engine {info['engine']}  active jobs {info['active_jobs']}")
     for addr in info["addrs"]:
-        click.echo(f"listen   {addr}")
+        console.print(f"listen  {addr}")
+    if info.get("api"):
+        console.print(f"API     {info['api']}/v1")
+    models = Table("model", "sha256", "tokens/s", "running", "queued", title="served here")
     for m in info["models"]:
-        click.echo(f"model    {m['name']} {m['sha256'][:12]}…  running {m['running']}  queued {m['queued']}")
+        models.add_row(m["name"], m["sha256"][:12] + "…", f"{m['tokens_per_s']:.1f}", str(m["running"]),
+                       str(m["queued"]))
+    console.print(models if info["models"] else "serves no model (a gateway)")
+    table = Table("peer", "models", "load", "reputation", "advert age", title=f"{len(peers)} peer(s) heard")
+    for p in peers:
+        load = p["load"]
+        table.add_row(p["peer_id"][-12:] + (" (self)" if p["self"] else ""),
+                      ", ".join(f"{m['name']} {m['tokens_per_s']:.0f} tok/s" for m in p["models"]) or "-",
+                      f"{load['running']}+{load['queued']}/{load['capacity']}", f"{p['reputation']:.2f}",
+                      f"{p['advert_age_s']} s")
+    console.print(table)
     if info.get("verification"):
         v = info["verification"]
-        click.echo(f"verify   reputation {info['reputation']:.2f}  verified here {v['verified_here']}  "
-                   f"attestations known {v['attestations']}  proven lies {v['proven_lies']}")
+        console.print(f"verification  reputation {info['reputation']:.2f}, verified here {v['verified_here']}, "
+                      f"attestations known {v['attestations']}, proven lies {v['proven_lies']}")
+    chain = info.get("chain")
+    if chain:
+        console.print(f"chain  {chain['eth']}  {'staked' if chain['staked'] else '[red]NOT staked[/red]'} "
+                      f"{chain['stake_wei'] / 10**18:g} ETH; epoch {chain['epoch']} "
+                      f"({chain['epoch_seconds']} s), earned this epoch {chain['earned_this_epoch_wei']} wei "
+                      f"(gross, before fee and verification); last settled {chain['last_settled_epoch']}")
 
 
 @main.command()

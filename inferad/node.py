@@ -198,6 +198,7 @@ class Node:
                     engine = SimEngine(spec, tokens_per_s=self.sim_tokens_per_s, n_ctx=self.config.n_ctx)
                 else:
                     model = await trio.to_thread.run_sync(resolve, spec)
+                    log.info("loading %s with llama.cpp (%s)…", model.name, model.path)
                     engine = await trio.to_thread.run_sync(
                         lambda m=model: Engine(m, n_ctx=self.config.n_ctx, n_threads=self.config.n_threads,
                                                n_gpu_layers=self.config.n_gpu_layers))
@@ -302,6 +303,18 @@ class Node:
         if not self.chain_view.is_staked(self.eth_address, bytes(self.key.verify_key)) and self.served:
             log.warning("this node is not staked on chain: peers will not route jobs to it "
                         "(`inferad chain stake --home %s --chain … AMOUNT`)", self.home.path)
+
+    async def _chain_status(self) -> dict:
+        """Stake and this epoch's gross earnings (charges of the jobs this node ran, before fee and checks)."""
+        epoch = self.current_epoch()
+        earned = 0
+        for job, result in await self.db(self.store.served_between, epoch - 1, epoch):
+            request, outcome = wire.decode(job).message, wire.decode(result).message
+            earned += (len(outcome.output_tokens) - outcome.continued_from) * request.max_price
+        bound = self.chain_view.stakes.get(self.eth_address)
+        return {"eth": self.eth_address, "staked": self.is_staked_self(), "stake_wei": bound[1] if bound else 0,
+                "epoch": epoch, "epoch_seconds": self.chain_info.epoch_seconds, "earned_this_epoch_wei": earned,
+                "last_settled_epoch": self.chain_view.last_epoch}
 
     async def refresh_chain(self) -> None:
         nodes = {e.advert.eth for e in self.peers.fresh(time.monotonic())} | {self.eth_address}
@@ -791,6 +804,8 @@ class Node:
                            for sha, s in self.served.items()],
                 "reputation": round(self.reputation(self.peer_id), 4),
                 "verification": None if self.verification is None else self.verification.summary(),
+                "chain": None if self.chain_view is None else await self._chain_status(),
+                "api": self.api_url,
             }
 
         async def peers() -> list[dict]:
