@@ -127,7 +127,7 @@ def main() -> None:
     print(f"false positives: {len(false_positives)}")
     for prompt, params, verdict in false_positives:
         print(f"  {prompt!r} {params}: {verdict.reason}")
-    print(f"greedy: largest gap to the top token {max(gaps):.3f} nats (margin {thresholds.margin}); "
+    print(f"greedy: largest gap to the top token {max(gaps):.3f} nats (margin {thresholds.greedy_margin}); "
           f"median {statistics.median(gaps):.3f}")
     print(f"sampled: lowest z {min(zs):.2f} (threshold {thresholds.min_z}); lowest token log-probability "
           f"{min(floors):.2f} (floor {thresholds.logprob_floor})")

@@ -55,7 +55,7 @@ def rescore(engine: Any, job: wire.JobRequest, result: wire.JobResult, threshold
             max_tokens=job.params.max_tokens))
         if bad is not None:
             return bad
-        positions = engine.score(prompt, result.output_tokens, job.params, thresholds.margin)
+        positions = engine.score(prompt, result.output_tokens, job.params, thresholds.boundary_margin)
     except EngineError as exc:
         return Verdict(INCONCLUSIVE, f"cannot re-score: {exc}")
     return judge(positions, temperature=job.params.temperature, top_k=job.params.top_k, top_p=job.params.top_p,

@@ -41,7 +41,7 @@ def test_sampled_token_outside_top_k_is_invalid():
 
 
 def test_sampled_token_outside_top_p_is_invalid():
-    assert judge([sampled(mass_above=0.95)], temperature=0.8, top_k=0, top_p=0.9).verdict == INVALID
+    assert judge([sampled(mass_above=0.97)], temperature=0.8, top_k=0, top_p=0.9).verdict == INVALID
     assert judge([sampled(mass_above=0.89)], temperature=0.8, top_k=0, top_p=0.9).verdict == VALID
 
 
