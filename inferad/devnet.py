@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,8 +39,10 @@ class Devnet:
     epoch_seconds: int = 20
     api_max_price: int = 1000
     say: object = print  # progress lines
+    config: dict = field(default_factory=dict)  # config.toml keys set on every node (tests shorten timeouts)
     anvil: object = None
     procs: list[subprocess.Popen] = field(default_factory=list)
+    running: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def home(self, name: str) -> Path:
         return self.directory / name
@@ -67,6 +70,12 @@ class Devnet:
         homes = {name: Home(self.home(name)) for name in [*self.names, "client"]}
         for home in homes.values():
             home.ensure()
+            text = home.config_path.read_text()
+            for key, value in self.config.items():
+                text, found = re.subn(rf"^{key} = .*$", f"{key} = {value}", text, flags=re.MULTILINE)
+                if not found:
+                    raise DevnetError(f"config.toml has no key {key}")
+            home.config_path.write_text(text)
         self.say(f"anvil: starting a local chain (1 s blocks), state in {self.directory}")
         self.anvil = Anvil(state=self.directory / "anvil-state.json", block_time=1)
         info = deploy(self.anvil.rpc_url, oracle=homes["node1"].eth_address, epoch_seconds=self.epoch_seconds,
@@ -103,16 +112,22 @@ class Devnet:
 
     def start_node(self, name: str, chain_json: Path, *, first: bool = False, bootstrap: str | None = None) -> dict:
         home = self.home(name)
-        args = [sys.executable, "-m", "cli", "start", "--home", str(home), "--listen", "/ip4/127.0.0.1/tcp/0",
+        listen = "/ip4/127.0.0.1/tcp/0"
+        try:  # a restart keeps its port, so peers that knew it (bootstrap address included) find it again
+            listen = json.loads((home / "node.json").read_text())["addrs"][0].split("/p2p/")[0]
+        except (OSError, ValueError, KeyError, IndexError):
+            pass
+        args = [sys.executable, "-m", "cli", "start", "--home", str(home), "--listen", listen,
                 "--chain", str(chain_json), "--n-ctx", "1024", "--log-level", "info"]
         if first:
             args += ["--oracle", "--api-port", "0", "--api-max-price", str(self.api_max_price)]
         else:
             args += ["--bootstrap", bootstrap]
-        log = open(self.directory / "logs" / f"{name}.log", "w")
+        log = open(self.directory / "logs" / f"{name}.log", "a")
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent,
                                 start_new_session=True)  # Ctrl-C reaches devnet, which stops nodes in order
         self.procs.append(proc)
+        self.running[name] = proc
         self.say(f"{name}: starting (loads the model, measures its speed)")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

@@ -159,6 +159,8 @@ class Node:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._receive_attestations, attestations)
+            if self.verification is not None:
+                await self.verification.resume(nursery)
             self.control_commands = self._control_commands()
             await nursery.start(control.serve, self.home.path / "control.sock", self.control_commands)
             if self.config.api_port >= 0:
@@ -286,7 +288,8 @@ class Node:
     async def _serve_settlement(self, stream: Any) -> None:
         from inferad.oracle import answer
 
-        await self._handle_request(stream, ("report_request", "proof_request", "evidence_request"),
+        await self._handle_request(stream, ("report_request", "proof_request", "evidence_request",
+                                            "attestations_request"),
                                    lambda envelope, data, framed: answer(self, envelope, framed))
 
     async def _connect_chain(self) -> None:
@@ -479,6 +482,7 @@ class Node:
                 if self.peers.update(advert, time.monotonic()) and not known and advert.peer_id != self.peer_id:
                     log.info("peer %s joined", advert.peer_id)
                     self._load_change()  # advertise soon, so the newcomer learns of us within seconds
+                    await self.db(self.store.remember_peer, advert.peer_id, list(advert.addrs))
 
     async def _expire_peers(self) -> None:
         while True:
@@ -489,12 +493,15 @@ class Node:
     # ------------------------------------------------------------------ membership and DHT
 
     async def _maintain_membership(self) -> None:
-        """Stay connected: bootstrap nodes (retry with backoff) and a few advertised peers."""
+        """Stay connected: bootstrap nodes (retry with backoff), peers known before a restart
+        until one answers, and a few advertised peers."""
         retry_at: dict[str, tuple[float, float]] = {}  # addr -> (when, delay)
+        remembered = [f"{addrs[0]}" for addrs in (await self.db(self.store.remembered_peers)).values() if addrs]
         while True:
             now = time.monotonic()
             connected = {p.to_base58() for p in self.host.get_connected_peers()}
-            wanted = list(self.config.bootstrap)
+            alone = not [e for e in self.peers.fresh(now) if e.peer_id != self.peer_id]
+            wanted = list(self.config.bootstrap) + (remembered if alone else [])
             for entry in self.peers.fresh(now):
                 if (entry.peer_id > self.peer_id and entry.peer_id not in connected  # one side dials
                         and entry.advert.addrs and len(connected) < MAX_DIALED_PEERS):

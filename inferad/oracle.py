@@ -102,6 +102,7 @@ class Oracle:
             return
         entries = await self.collect(last, epoch) + await node.db(node.store.pairs, DEFERRED)
         await node.refresh_chain()
+        await self.catch_up_attestations([j for j, _ in entries])
         slashes, bounties, evidence = await self.convictions()
         jobs, dropped, deferred = [], [], {}
         for job, result in {wire.decode(j).digest: (j, r) for j, r in entries}.values():
@@ -161,6 +162,29 @@ class Oracle:
             store.put_pair(DEFERRED, job_id, job, result)
         for job_id in convicted:
             store.mark_slashed(job_id, epoch)
+
+    async def catch_up_attestations(self, jobs: list[bytes]) -> None:
+        """Ask every fresh peer for attestations of the jobs being settled that this node has no
+        verdict for: gossip does not replay what arrived while it was down."""
+        verification = self.node.verification
+        known = {job_id for job_id, _ in verification.known_jobs()}
+        missing = [job_id for job_id in (wire.decode(job).digest for job in jobs) if job_id not in known]
+        for start in range(0, len(missing), 256):
+            request = wire.AttestationsRequest(job_ids=tuple(missing[start:start + 256]))
+            for entry in self.node.peers.fresh(time.monotonic()):
+                if entry.peer_id == self.node.peer_id:
+                    continue
+                try:
+                    with trio.fail_after(30):
+                        answer = await self.node.ask_peer(entry.peer_id, request)
+                    if answer.type != "attestations":
+                        continue
+                    for data in answer.message.items:
+                        envelope = wire.decode(data)
+                        verification.validate(envelope)
+                        await verification.record(data, envelope)
+                except Exception as exc:  # that peer's attestations come next time
+                    log.debug("no attestations from %s: %s", entry.peer_id, exc)
 
     async def verified(self, job: bytes, result: bytes) -> str:
         """PAY, DEFER (its draw or attestations may still come), or why a job is not paid."""
@@ -264,6 +288,12 @@ async def answer(node: Any, envelope: wire.Envelope, framed: FramedStream) -> No
     request = envelope.message
     if envelope.type == "evidence_request":
         await framed.send(await held_evidence(node, request.hash))
+        return
+    if envelope.type == "attestations_request":
+        items: list[bytes] = []
+        for job_id in request.job_ids:
+            items += (await node.db(node.store.attestations, job_id))[: 2048 - len(items)]
+        await framed.send(wire.encode_unsigned(wire.AttestationSet(items=tuple(items))))
         return
     if envelope.type == "proof_request":
         record = await node.db(node.store.latest_settlement)

@@ -32,6 +32,7 @@ SLASHED = b"slashed/"  # oracle: slashed/<job id> -> epoch of the slash
 # Signed (job, result) pairs kept aside: "held/" by a verifier that found a
 # result invalid (the evidence), "deferred/" by the oracle until a job's draw is decided.
 PAIR_KINDS = (b"held/", b"deferred/")
+PEER = b"peer/"  # peer/<peer id> -> its advertised addresses, to dial again after a restart
 
 
 class StoreError(Exception):
@@ -146,6 +147,9 @@ class Store:
                 batch.put(SETTLED + job_id.encode(), b"%d" % epoch)
             batch.write()
 
+    def settled_jobs(self) -> list[str]:
+        return [key[len(SETTLED):].decode() for key, _ in self._db.iterator(prefix=SETTLED)]
+
     def is_settled(self, job_id: str) -> bool:
         return self._db.get(SETTLED + job_id.encode()) is not None
 
@@ -157,6 +161,17 @@ class Store:
     def update_meta(self, job_id: str, **meta) -> None:
         with self._lock:
             self._db.put(JOB + job_id.encode(), self._updated(job_id, **meta), sync=True)
+
+    def remember_peer(self, peer_id: str, addrs: list[str]) -> None:
+        self._db.put(PEER + peer_id.encode(), msgpack.packb(addrs[:4]))
+
+    def remembered_peers(self, limit: int = 64) -> dict[str, list[str]]:
+        found = {}
+        for key, raw in self._db.iterator(prefix=PEER):
+            found[key[len(PEER):].decode()] = msgpack.unpackb(raw)
+            if len(found) >= limit:
+                break
+        return found
 
     # ------------------------------------------------------------------ verification
 

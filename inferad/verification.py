@@ -82,6 +82,20 @@ class Verification:
             self._count(wire.decode(data), data)
         log.info("reputation from %d stored attestation(s)", sum(len(v) for v in self._votes.values()))
 
+    async def resume(self, nursery: trio.Nursery) -> None:
+        """Follow again the delivered results whose draw a restart interrupted (the gateway
+        records the draw when it is done, so a job without that record was not finished)."""
+        node = self.node
+        now = time.time()
+        pending = [r for r in await node.db(lambda: list(node.store.jobs()))
+                   if r.status == "done" and (r.meta or {}).get("role") == "gateway"
+                   and "verification" not in r.meta
+                   and expiry_s(wire.decode(r.job).message) + self.config.attestation_window > now]
+        for record in pending:
+            nursery.start_soon(self.follow, record.job_id, record.job, record.result)
+        if pending:
+            log.info("resuming the verification of %d delivered job(s)", len(pending))
+
     def evidence(self, peer_id: str) -> Evidence:
         if self._evidence is None:
             votes = [v for by in self._votes.values() for v in by.values()]
@@ -106,6 +120,9 @@ class Verification:
     def summary(self) -> dict:
         return {"attestations": sum(len(v) for v in self._votes.values()), "verified_here": self.verified_here,
                 "proven_lies": len(self.proven_lies())}
+
+    def known_jobs(self) -> set[tuple[str, str]]:
+        return set(self._votes)
 
     def proven_lies(self) -> list[tuple[str, str, list[str]]]:
         """(job id, result hash, verifiers who found it invalid) for every result a quorum convicted."""

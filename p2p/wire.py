@@ -49,7 +49,7 @@ __all__ = [
     "ModelRef", "ChatMessage", "SamplingParams", "JobRequest", "JobResult", "Usage",
     "Timings", "EngineInfo", "Token", "ErrorFrame", "Envelope", "ExecRequest", "Advert", "ModelOffer",
     "Hardware", "Gpu", "Load", "provider_key", "VerifyRequest", "VerifyMetrics", "Attestation",
-    "EvidenceRequest", "Evidence",
+    "EvidenceRequest", "Evidence", "AttestationsRequest", "AttestationSet",
     "canonical", "digest", "sign", "sign_body", "encode_unsigned", "decode", "encode_frame",
     "FrameDecoder", "peer_id_from_public_key", "DEFAULT_MAX_FRAME",
 ]
@@ -370,6 +370,27 @@ class Attestation:
 
 
 @dataclass(frozen=True)
+class AttestationsRequest:
+    """Ask a peer for the attestations it holds for some jobs (the oracle, for what
+    gossip did not bring it: it was down, or joined later)."""
+
+    type: ClassVar[str] = "attestations_request"
+    signed: ClassVar[bool] = True
+
+    job_ids: tuple = field(sequence(HEX_DIGEST, 256))
+
+
+@dataclass(frozen=True)
+class AttestationSet:
+    """Unsigned: every attestation in it is signed by its verifier."""
+
+    type: ClassVar[str] = "attestations"
+    signed: ClassVar[bool] = False
+
+    items: tuple = field(sequence(blob(8192), 2048))
+
+
+@dataclass(frozen=True)
 class EvidenceRequest:
     type: ClassVar[str] = "evidence_request"
     signed: ClassVar[bool] = True
@@ -394,7 +415,7 @@ class Evidence:
 MESSAGE_TYPES: dict[str, type] = {
     cls.type: cls for cls in (JobRequest, JobResult, ExecRequest, Advert, Token, ErrorFrame, ReportRequest,
                               Report, ProofRequest, RewardProof, VerifyRequest, Attestation, EvidenceRequest,
-                              Evidence)
+                              Evidence, AttestationsRequest, AttestationSet)
 }
 
 
