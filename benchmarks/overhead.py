@@ -29,11 +29,11 @@ sys.path.insert(0, str(ROOT))
 PROMPT = "Write a long story about a dragon who learns to cook."
 
 
-def start_node(home: Path, n_ctx: int, threads: int) -> tuple[subprocess.Popen, dict]:
+def start_node(home: Path, n_ctx: int, threads: int, *extra: str) -> tuple[subprocess.Popen, dict]:
     log = open(home.parent / "node.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "cli", "start", "--home", str(home), "--listen",
                              "/ip4/127.0.0.1/tcp/0", "--n-ctx", str(n_ctx), "--threads", str(threads),
-                             "--log-level", "warning"],
+                             "--log-level", "warning", *extra],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     info_path = home / "node.json"
     for _ in range(600):

@@ -109,15 +109,16 @@ def main() -> None:
 
     rows = []
     for kind, forge in forgeries.items():
-        caught = counted = identical = 0
+        caught, counted, identical = {"greedy": 0, "sampled": 0}, {"greedy": 0, "sampled": 0}, 0
         for n, (job, prompt, honest) in enumerate(jobs[: args.forged]):
             claimed = forge(engine, prompt, honest, job.params, random.Random(n))
             result = forged_result(engine, "00" * 32, job, prompt, claimed, WORKER)
             if list(result.output_tokens) == honest:
                 identical += 1
                 continue
-            counted += 1
-            caught += rescore(engine, job, result, thresholds).verdict == "invalid"
+            mode = "greedy" if job.params.temperature == 0 else "sampled"
+            counted[mode] += 1
+            caught[mode] += rescore(engine, job, result, thresholds).verdict == "invalid"
             print(f"\r{kind}: {n + 1}/{args.forged}", end="", file=sys.stderr, flush=True)
         rows.append((kind, caught, counted, identical))
         print(file=sys.stderr)
@@ -132,11 +133,14 @@ def main() -> None:
     print(f"sampled: lowest z {min(zs):.2f} (threshold {thresholds.min_z}); lowest token log-probability "
           f"{min(floors):.2f} (floor {thresholds.logprob_floor})")
     print(f"re-score time per honest job: median {statistics.median(seconds) * 1000:.0f} ms\n")
-    print("| forgery | caught | of | rate | identical to honest (not counted) |")
+    def rate(c: int, n: int) -> str:
+        return f"{c}/{n} = {100 * c / n:.1f} %" if n else "-"
+
+    print("| forgery | greedy caught | sampled caught | all | identical to honest (not counted) |")
     print("|---|---|---|---|---|")
     for kind, caught, counted, identical in rows:
-        rate = f"{100 * caught / counted:.1f} %" if counted else "-"
-        print(f"| {kind} | {caught} | {counted} | {rate} | {identical} |")
+        print(f"| {kind} | {rate(caught['greedy'], counted['greedy'])} | {rate(caught['sampled'], counted['sampled'])}"
+              f" | {rate(sum(caught.values()), sum(counted.values()))} | {identical} |")
 
 
 if __name__ == "__main__":

@@ -62,5 +62,20 @@ class ChainView:
         bound = self.stakes.get(self.oracle) if self.oracle else None
         return bound[0] if bound and bound[0] != b"\0" * 32 else None
 
+    def learn_keys(self, ed_keys: set[bytes]) -> None:
+        """Find (on chain) the accounts of node keys this view has not seen, e.g. of a worker whose
+        adverts stopped before the oracle settled its jobs (blocking)."""
+        known = {key for key, _ in self.stakes.values()}
+        addresses = set()
+        for key in ed_keys - known:
+            try:
+                address = self.registry.value("nodeOfKey", key)
+            except ChainError:
+                return
+            if int(address, 16):
+                addresses.add(address)
+        if addresses:
+            self.refresh(addresses, set())
+
     def address_of_key(self, ed_key: bytes) -> str | None:
         return next((a for a, (key, stake) in self.stakes.items() if key == ed_key and stake > 0), None)

@@ -102,6 +102,8 @@ class Oracle:
             return
         entries = await self.collect(last, epoch) + await node.db(node.store.pairs, DEFERRED)
         await node.refresh_chain()
+        signers = {wire.decode(result).signer for _, result in entries}
+        await trio.to_thread.run_sync(node.chain_view.learn_keys, signers)
         await self.catch_up_attestations([j for j, _ in entries])
         slashes, bounties, evidence = await self.convictions()
         jobs, dropped, deferred = [], [], {}
