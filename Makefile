@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check --quiet
 
 NPM_STAMP := contracts/node_modules/.installed
 
-.PHONY: install test demo bench lint contracts clean
+.PHONY: install test demo bench reliability lint contracts clean
 
 install: $(STAMP) $(NPM_STAMP)
 
@@ -38,8 +38,17 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/api_overhead.py
+	$(PY) benchmarks/verify_cost.py
+	$(PY) benchmarks/verify_calibration.py
 	$(PY) benchmarks/swarm.py
 	$(PY) benchmarks/settlement_gas.py
+
+# The long form of the reliability suite (CI runs a short one inside `make test`):
+# 200 jobs under SIGKILLs of a worker, a gateway and the oracle; 200 fuzz cases per target.
+reliability: install
+	INFERAD_RELIABILITY_JOBS=200 INFERAD_FUZZ_EXAMPLES=200 timeout 600 \
+		$(PY) -m pytest -q tests/test_reliability.py tests/test_fuzz.py
 
 lint: install
 	$(PY) -m ruff check .

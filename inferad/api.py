@@ -187,7 +187,7 @@ class Api:
 
     async def health(self, request: Request) -> JSONResponse:
         node = self.node
-        return JSONResponse({"status": "draining" if node._draining else "ok", "peer_id": node.peer_id,
+        return JSONResponse({"status": "draining" if node.draining else "ok", "peer_id": node.peer_id,
                              "peers": len(node.peers.fresh(time.monotonic())),
                              "models": [s.engine.ref.name for s in node.served.values()]})
 
@@ -271,7 +271,7 @@ class Api:
                 raise rejected(exc) from None
             return JSONResponse(shape.whole(routed.envelope))
         send, receive = trio.open_memory_channel(math.inf)
-        self.node._nursery.start_soon(self._stream_job, envelope, data, send)
+        self.node.nursery.start_soon(self._stream_job, envelope, data, send)
         return StreamingResponse(self._sse(shape, receive, include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Inferad-Job": envelope.digest})
 

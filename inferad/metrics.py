@@ -32,7 +32,7 @@ class Metrics:
         Gauge("inferad_peers", "Peers with a fresh advert", registry=registry).set_function(
             lambda: len(node.peers.fresh(time.monotonic())))
         Gauge("inferad_active_jobs", "Jobs this node is routing or running", registry=registry).set_function(
-            lambda: node._active_jobs)
+            lambda: node.active_jobs)
         Gauge("inferad_queued_jobs", "Jobs waiting for this node's engines", registry=registry).set_function(
             lambda: sum(s.worker.load.queued for s in node.served.values()))
 

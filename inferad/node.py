@@ -98,8 +98,9 @@ class Node:
                              reputation_floor=config.reputation_floor)
         self.addrs: list[str] = []
         self._db_limiter = trio.CapacityLimiter(4)
-        self._draining = False
-        self._active_jobs = 0
+        self.draining = False
+        self.active_jobs = 0
+        self.nursery: trio.Nursery | None = None  # the node's own, for tasks that outlive a request
         self._advert_seq = 0
         self._load_changed = trio.Event()
         self._dht_cache: dict[str, tuple[float, list[str]]] = {}
@@ -157,7 +158,7 @@ class Node:
         self.pubsub.set_topic_validator(TOPIC_ATTESTATIONS, self._validate_attestation, is_async_validator=False)
         attestations = await self.pubsub.subscribe(TOPIC_ATTESTATIONS)
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            self.nursery = nursery
             nursery.start_soon(self._receive_attestations, attestations)
             if self.verification is not None:
                 await self.verification.resume(nursery)
@@ -215,10 +216,10 @@ class Node:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.info("%s received: refusing new jobs, finishing %d running",
-                         signal.Signals(signum).name, self._active_jobs)
-                self._draining = True
+                         signal.Signals(signum).name, self.active_jobs)
+                self.draining = True
                 with trio.move_on_after(SHUTDOWN_GRACE_S):
-                    while self._active_jobs:
+                    while self.active_jobs:
                         await trio.sleep(0.05)
                 return
 
@@ -609,7 +610,7 @@ class Node:
                 return await self._execute(envelope, prefix, relay)
             return await self._attempt_remote(peer_id, data, prefix, relay)
 
-        self._active_jobs += 1
+        self.active_jobs += 1
         try:
             routed = await self.router.route(job_id, plan, attempt, relay)
         except (JobRejected, ClientGone) as exc:
@@ -620,12 +621,12 @@ class Node:
             self.metrics.job_done(code, 0, time.perf_counter() - started)
             raise
         finally:
-            self._active_jobs -= 1
+            self.active_jobs -= 1
         await self.db(lambda: self.store.finish_job(job_id, routed.data, workers=routed.workers))
         if routed.workers[-1]["peer"] == self.peer_id:  # this node ran (the end of) the job itself
             await self._record_served(job_id)
         if self.verification is not None:
-            self._nursery.start_soon(self.verification.follow, job_id, data, routed.data)
+            self.nursery.start_soon(self.verification.follow, job_id, data, routed.data)
         result: wire.JobResult = routed.envelope.message
         self._log_job(job_id, job, outcome="ok", tokens=len(result.output_tokens),
                       workers=",".join(w["peer"][-8:] for w in routed.workers))
@@ -711,14 +712,14 @@ class Node:
         if not await self.db(self.store.accept_job, job_id, request.job, role="worker",
                               gateway=envelope.signer_peer_id, prefix=len(request.prefix)):
             raise JobRejected("replay", f"job {job_id[:16]}… was already run here")
-        self._active_jobs += 1
+        self.active_jobs += 1
         try:
             signed, _ = await self._execute(job_envelope, list(request.prefix), framed.send_tokens)
         except JobRejected as exc:
             await self.db(self.store.fail_job, job_id, exc.code)
             raise
         finally:
-            self._active_jobs -= 1
+            self.active_jobs -= 1
         await self.db(self.store.finish_job, job_id, signed)
         await self._record_served(job_id)
         await framed.send(signed)
@@ -763,7 +764,7 @@ class Node:
             envelope = wire.decode(data, max_size=self.config.max_frame)
             if envelope.type not in ((expect,) if isinstance(expect, str) else expect):
                 raise JobRejected("unexpected", f"expected a {expect} message, got a {envelope.type}")
-            if self._draining:
+            if self.draining:
                 raise JobRejected("shutting_down", "this node is shutting down")
             await handle(envelope, data, framed)
         except wire.FrameTooLarge as exc:
@@ -804,7 +805,7 @@ class Node:
         async def status() -> dict:
             return {
                 "peer_id": self.peer_id, "addrs": self.addrs, "version": __version__, "engine": self.engine_kind,
-                "uptime_s": int(time.time() - self.started_at), "active_jobs": self._active_jobs,
+                "uptime_s": int(time.time() - self.started_at), "active_jobs": self.active_jobs,
                 "peers": len(self.peers.fresh(time.monotonic())), "adverts_rejected": self.adverts_rejected,
                 "models": [{"name": s.engine.ref.name, "sha256": sha, "tokens_per_s": s.tokens_per_s,
                             "queued": s.worker.load.queued, "running": s.worker.load.running}

@@ -146,6 +146,7 @@ class Verification:
         if not self._count(envelope, data):
             return
         node = self.node
+        node.metrics.attestations.labels(a.verdict).inc()
         await node.db(node.store.put_attestation, a.job_id, envelope.signer_peer_id, data)
         if a.verdict == "invalid" and self.outcome(a.job_id, a.result_hash) == "invalid":
             log.warning("worker %s proven to lie about job %s (%s)", a.worker, a.job_id[:16], a.reason)
@@ -231,7 +232,7 @@ class Verification:
     def providers(self, model_sha256: str) -> list[str]:
         node = self.node
         found = [e.peer_id for e in node.peers.providers(model_sha256, time.monotonic())
-                 if node._advert_is_staked(e.advert)]
+                 if node.peer_is_staked(e.peer_id)]
         local = node.is_staked_self() and model_sha256 in node.served
         return found + ([node.peer_id] if local else [])
 
