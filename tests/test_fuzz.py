@@ -1,6 +1,6 @@
 """Fuzz every stream protocol and HTTP endpoint of a running node (part of the reliability suite).
 
-Bounded hypothesis runs (``INFERAD_FUZZ_EXAMPLES`` per target, 25 by default;
+Bounded hypothesis runs (``INFERAD_FUZZ_EXAMPLES`` per target, 15 by default;
 ``make reliability`` runs 200): malformed and random frames, oversized
 length prefixes, half-closed streams, slow-loris writers, random JSON.  After
 each target the node must still serve a good job, and its memory must not
@@ -27,7 +27,7 @@ from tests.conftest import NodeProcess, run_cli
 from tests.factories import make_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
-EXAMPLES = int(os.environ.get("INFERAD_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("INFERAD_FUZZ_EXAMPLES", "15"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 PROTOCOLS = (PROTOCOL_SUBMIT, PROTOCOL_EXEC, PROTOCOL_SETTLEMENT, PROTOCOL_VERIFY)

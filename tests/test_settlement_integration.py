@@ -47,7 +47,7 @@ def test_an_epoch_settles_to_the_wei_and_workers_claim_exactly_their_reward(tmp_
         tokens = 0
         for i in range(JOBS):
             out = run_cli("submit", "--node-home", str(homes["oracle"]), f"Count to {i}:", "--max-tokens", "3",
-                          "--ttl", "3", "--max-price", str(PRICE), "--json", home=homes["client"], check=True)
+                          "--ttl", "6", "--max-price", str(PRICE), "--json", home=homes["client"], check=True)
             tokens += len(json.loads(out.stdout)["result"]["output_tokens"])
         charged = tokens * PRICE
 
@@ -103,7 +103,7 @@ def test_jobs_run_through_a_chain_outage_and_settle_once_when_it_returns(tmp_pat
 
         def submit(i):
             out = run_cli("submit", "--node-home", str(homes["oracle"]), f"Hello {i}", "--max-tokens", "3",
-                          "--ttl", "3", "--max-price", str(PRICE), "--json", home=homes["client"], check=True)
+                          "--ttl", "6", "--max-price", str(PRICE), "--json", home=homes["client"], check=True)
             return len(json.loads(out.stdout)["result"]["output_tokens"])
 
         tokens += submit(0)  # the gateway now knows this client's deposit

@@ -53,7 +53,7 @@ def test_a_cheating_worker_is_caught_routed_around_and_slashed_with_checkable_ev
 
         def submit(i):
             return cli_json("submit", "--node-home", str(homes["oracle"]), f"Tell me about city number {i}.",
-                            "--max-tokens", "8", "--ttl", "3", "--max-price", "1000", home=homes["client"])
+                            "--max-tokens", "8", "--ttl", "8", "--max-price", "1000", home=homes["client"])
 
         # Jobs go through the honest oracle's gateway; the scheduler spreads them, the cheater among the rest.
         caught_after = None
