@@ -291,6 +291,10 @@ class Api:
                 _send_quietly(send, ("error", rejected(exc)))
             except ClientGone:
                 pass
+            except Exception as exc:  # a bug must not take the node's nursery down
+                log.exception("streamed job %s failed", envelope.digest[:16])
+                _send_quietly(send, ("error", ApiError(500, f"internal error: {type(exc).__name__}",
+                                                       type_="api_error", code="internal_error")))
 
     async def _sse(self, shape: Shape, receive, include_usage: bool):
         started, first = time.perf_counter(), True

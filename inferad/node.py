@@ -411,9 +411,9 @@ class Node:
             msg = await subscription.get()
             try:
                 envelope = wire.decode(msg.data, max_size=GossipSettings.max_message_bytes)  # validated on the way in
-            except wire.WireError:
-                continue
-            await self.verification.record(msg.data, envelope)
+                await self.verification.record(msg.data, envelope)
+            except Exception as exc:  # one bad attestation (or a full disk) must not stop the node
+                log.warning("attestation not kept: %r", exc)
 
     # ------------------------------------------------------------------ adverts
 

@@ -93,6 +93,8 @@ class Oracle:
             except (ChainError, OSError) as exc:
                 log.warning("settlement of epochs up to %d postponed: %s", ended, exc)
                 wait = min(wait, 5)
+            except Exception:  # a bug: say so loudly, keep the node serving, try again next epoch
+                log.exception("settlement of epochs up to %d failed", ended)
             await trio.sleep(max(wait, 1))
 
     async def settle_through(self, epoch: int) -> None:
@@ -221,7 +223,11 @@ class Oracle:
             data = await self.evidence(job_id, result_hash, voters)
             if data is None:
                 continue
-            lie = verify_evidence(data, quorum=config.quorum)
+            try:
+                lie = verify_evidence(data, quorum=config.quorum)
+            except SettlementError as exc:
+                log.warning("job %s: evidence does not hold: %s", job_id[:16], exc)
+                continue
             worker = node.chain_view.address_of_key(lie.worker_key)
             if worker is None:
                 log.warning("job %s: the lying worker has no stake left to slash", job_id[:16])

@@ -198,12 +198,20 @@ class Verification:
         return await trio.to_thread.run_sync(self.beacons.first_at_or_after, expiry_s(job))
 
     async def follow(self, job_id: str, job: bytes, result: bytes) -> None:
-        """After delivering a result: draw, and have it verified if drawn. Runs as a task."""
+        """After delivering a result: draw, and have it verified if drawn. Runs as a task of the
+        node's nursery, so nothing may escape it: a failure is logged (the oracle then sees an
+        unverified drawn job and does not pay it)."""
+        try:
+            await self._follow(job_id, job, result)
+        except Exception:
+            log.exception("verification of job %s failed", job_id[:16])
+
+    async def _follow(self, job_id: str, job: bytes, result: bytes) -> None:
         node = self.node
         job_env, result_env = wire.decode(job), wire.decode(result)
         beacon, delay = None, 1.0
         deadline = expiry_s(job_env.message) + self.config.attestation_window
-        await trio.sleep_until(trio.current_time() + max(expiry_s(job_env.message) - time.time(), 0))
+        await trio.sleep(max(expiry_s(job_env.message) - time.time(), 0))
         while beacon is None and time.time() < deadline:
             try:
                 beacon = await self.beacon(job_env.message)
