@@ -45,9 +45,9 @@ bench: install
 	$(PY) benchmarks/settlement_gas.py
 
 # The long form of the reliability suite (CI runs a short one inside `make test`):
-# 200 jobs under SIGKILLs of a worker, a gateway and the oracle; 200 fuzz cases per target.
+# 200 jobs under SIGKILLs of a worker, a gateway and the oracle; 40 fuzz cases per target.
 reliability: install
-	INFERAD_RELIABILITY_JOBS=200 INFERAD_FUZZ_EXAMPLES=200 timeout 600 \
+	INFERAD_RELIABILITY_JOBS=200 INFERAD_FUZZ_EXAMPLES=40 timeout 600 \
 		$(PY) -m pytest -q tests/test_reliability.py tests/test_fuzz.py
 
 lint: install

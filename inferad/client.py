@@ -110,7 +110,15 @@ class NodeClient:
                 raise NodeUnreachable(f"cannot reach {address}: timed out after {timeout} s") from None
             except Exception as exc:  # py-libp2p raises assorted types for refused dials
                 raise NodeUnreachable(f"cannot reach {address}: {exc}") from None
-            yield cls(host, peer, key, max_frame)
+            try:
+                yield cls(host, peer, key, max_frame)
+            finally:  # py-libp2p leaves connections open when its host stops: close ours, the node frees it
+                with trio.move_on_after(2) as cleanup:
+                    cleanup.shield = True
+                    try:
+                        await host.disconnect(peer.peer_id)
+                    except Exception:
+                        pass
 
     async def submit(self, job: wire.JobRequest, *, on_token: Callable[[wire.Token], Any] | None = None,
                      timeout: float = 600) -> Completion:

@@ -40,8 +40,56 @@ def _reattach_libp2p_logging() -> None:
     logging.getLogger("libp2p.protocol_muxer.multiselect_client").setLevel(logging.CRITICAL)
 
 
+def _end_inbound_handlers_with_their_connection() -> None:
+    """Free an inbound connection's slot when the connection closes.
+
+    py-libp2p 0.8.1 keeps the handler of every inbound connection, and with it
+    a slot of its inbound cap (max_connections - min_connections = 250),
+    until the whole swarm stops.  So a node refuses every new connection
+    after 250 in its lifetime, however many have closed: each CLI submit is
+    one (found by the fuzz suite at about the 250th case).  The handler now
+    ends when its connection closes; the cap still bounds connections open
+    at once, and the connection pruner still bounds the total.
+    """
+    import contextvars
+
+    import trio
+    from libp2p.network.swarm import Swarm
+
+    original_handle, original_upgrade = Swarm._do_handle_inbound_connection, Swarm.upgrade_inbound_raw_conn
+    if getattr(original_handle, "inferad_patched", False):
+        return
+    established: contextvars.ContextVar[list] = contextvars.ContextVar("inferad_inbound_connection")
+
+    async def upgrade(self: Any, raw_conn: Any, maddr: Any) -> Any:
+        muxed = await original_upgrade(self, raw_conn, maddr)
+        box = established.get(None)
+        if box is not None:
+            box.append(muxed)
+        return muxed
+
+    async def handle(self: Any, read_write_closer: Any, maddr: Any, failure_event: Any) -> None:
+        box: list = []
+        established.set(box)
+        async with trio.open_nursery() as nursery:
+            async def end_with_connection() -> None:
+                while not box:
+                    await trio.sleep(0.5)
+                await box[0].event_closed.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(end_with_connection)
+            await original_handle(self, read_write_closer, maddr, failure_event)
+            nursery.cancel_scope.cancel()
+
+    handle.inferad_patched = True  # type: ignore[attr-defined]
+    Swarm._do_handle_inbound_connection = handle
+    Swarm.upgrade_inbound_raw_conn = upgrade
+
+
 def make_host(key: SigningKey):
     """A libp2p host whose identity is ``key``; start it with ``host.run(listen_addrs=…)``."""
+    _end_inbound_handlers_with_their_connection()
     # py-libp2p's Yamux sends a WINDOW_UPDATE frame after every read by default
     # (one extra encrypted write per message received: measured as the largest
     # CPU cost of an idle gossiping node).  go-yamux batches them at half the

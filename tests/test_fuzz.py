@@ -87,6 +87,7 @@ async def throw(addr: str, protocol: str, payloads: list[tuple[bytes, str]]) -> 
                     raise
                 except Exception:  # reset by the node: an answer too
                     pass
+        await host.disconnect(peer.peer_id)
 
 
 frames = st.one_of(
@@ -185,3 +186,19 @@ def test_a_slow_loris_http_client_does_not_block_others(target):
         slow.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")  # and never the rest
         reply = httpx.get(node.info["api"] + "/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10)
         assert reply.status_code == 200
+
+
+def test_a_node_accepts_more_connections_in_its_life_than_py_libp2ps_inbound_cap(target):
+    """py-libp2p 0.8.1 held an inbound slot until its swarm stopped: 250 connections, then none."""
+    node, _ = target
+
+    async def connect_many(n: int) -> None:
+        peer = peer_info(node.addr)
+        for _ in range(n):
+            async with running(make_host(SigningKey.generate()), []) as host:
+                with trio.fail_after(10):
+                    await host.connect(peer)
+                await host.disconnect(peer.peer_id)
+
+    trio.run(connect_many, 260)
+    assert serves_a_good_job(node)
