@@ -1,7 +1,7 @@
 """Fuzz every stream protocol and HTTP endpoint of a running node (part of the reliability suite).
 
 Bounded hypothesis runs (``INFERAD_FUZZ_EXAMPLES`` per target, 15 by default;
-``make reliability`` runs 200): malformed and random frames, oversized
+``make reliability`` runs 40): malformed and random frames, oversized
 length prefixes, half-closed streams, slow-loris writers, random JSON.  After
 each target the node must still serve a good job, and its memory must not
 have grown beyond a bound.
