@@ -100,6 +100,10 @@ class Oracle:
     async def settle_through(self, epoch: int) -> None:
         node = self.node
         last = await trio.to_thread.run_sync(self.registry.value, "lastEpoch", limiter=self.limiter)
+        # A settlement is recorded before its transaction is sent (so a crash between the two
+        # cannot pay its jobs again); one the chain never booked is forgotten here.
+        if await node.db(node.store.drop_settlements_after, last):
+            log.warning("forgot a settlement recorded after epoch %d that never reached the chain", last)
         if epoch <= last:
             return
         entries = await self.collect(last, epoch) + await node.db(node.store.pairs, DEFERRED)
@@ -136,9 +140,6 @@ class Oracle:
         for reason in dropped + settlement.dropped:
             log.warning("epoch %d: charge dropped: %s", epoch, reason)
         evidence_hash = _evidence_root(sorted(evidence.values()))
-        receipt = await trio.to_thread.run_sync(
-            lambda: self.registry.settle(epoch, settlement.tree.root, settlement.rewards_added,
-                                         settlement.charges, slashes, evidence_hash), limiter=self.limiter)
         record = {
             "epoch": epoch, "after": last, "root": settlement.tree.root,
             "cumulative": {a: str(v) for a, v in settlement.cumulative.items()},
@@ -146,9 +147,13 @@ class Oracle:
             "charges": {c: str(v) for c, v in settlement.charges.items()},
             "slashes": {a: str(v) for a, v in slashes.items()}, "bounties": {a: str(v) for a, v in bounties.items()},
             "evidence": sorted(evidence.values()), "evidence_hash": evidence_hash.hex(),
-            "jobs": len(settlement.jobs), "deferred": len(deferred), "tx": receipt["transactionHash"].hex(),
+            "jobs": len(settlement.jobs), "deferred": len(deferred),
+            "job_ids": [j.job_id for j in settlement.jobs],
         }
-        await node.db(node.store.save_settlement, epoch, record, [j.job_id for j in settlement.jobs])
+        await node.db(node.store.save_settlement, epoch, record, record["job_ids"])
+        receipt = await trio.to_thread.run_sync(
+            lambda: self.registry.settle(epoch, settlement.tree.root, settlement.rewards_added,
+                                         settlement.charges, slashes, evidence_hash), limiter=self.limiter)
         await node.db(self._keep_deferred, deferred, list(evidence), epoch)
         log.info("settled", extra={"fields": {"epochs": f"{last + 1}-{epoch}", "jobs": len(settlement.jobs),
                                               "charged_wei": settlement.income,

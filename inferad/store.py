@@ -147,6 +147,20 @@ class Store:
                 batch.put(SETTLED + job_id.encode(), b"%d" % epoch)
             batch.write()
 
+    def drop_settlements_after(self, epoch: int) -> int:
+        """Forget settlements recorded for epochs after ``epoch`` (their transaction never
+        landed) and the jobs they marked paid; how many were dropped."""
+        with self._lock:
+            stale = [(key, msgpack.unpackb(raw, strict_map_key=False))
+                     for key, raw in self._db.iterator(prefix=SETTLEMENT, start=SETTLEMENT + b"%012d" % (epoch + 1))]
+            batch = self._db.write_batch(sync=True)
+            for key, record in stale:
+                batch.delete(key)
+                for job_id in record.get("job_ids", ()):
+                    batch.delete(SETTLED + job_id.encode())
+            batch.write()
+        return len(stale)
+
     def settled_jobs(self) -> list[str]:
         return [key[len(SETTLED):].decode() for key, _ in self._db.iterator(prefix=SETTLED)]
 
