@@ -152,7 +152,8 @@ class Store:
         landed) and the jobs they marked paid; how many were dropped."""
         with self._lock:
             stale = [(key, msgpack.unpackb(raw, strict_map_key=False))
-                     for key, raw in self._db.iterator(prefix=SETTLEMENT, start=SETTLEMENT + b"%012d" % (epoch + 1))]
+                     for key, raw in self._db.iterator(start=SETTLEMENT + b"%012d" % (epoch + 1),
+                                                       stop=SETTLEMENT + b"\xff")]
             batch = self._db.write_batch(sync=True)
             for key, record in stale:
                 batch.delete(key)

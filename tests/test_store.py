@@ -70,3 +70,12 @@ def test_acknowledged_results_survive_sigkill(tmp_path):
             record = store.job(job_id)
             assert record is not None and record.status == "done", job_id
             assert record.result == b"result-%d" % i
+
+
+def test_a_settlement_the_chain_never_booked_is_forgotten_with_its_paid_marks(tmp_path):
+    with Store(tmp_path / "db") as store:
+        store.save_settlement(5, {"epoch": 5, "job_ids": ["aa"]}, ["aa"])
+        store.save_settlement(7, {"epoch": 7, "job_ids": ["bb"]}, ["bb"])  # recorded, then the oracle crashed
+        assert store.drop_settlements_after(5) == 1  # the chain's lastEpoch is 5
+        assert store.is_settled("aa") and not store.is_settled("bb")
+        assert store.latest_settlement()["epoch"] == 5
