@@ -54,27 +54,26 @@ class Worker:
         if self._limiter.borrowed_tokens and self._waiting >= self.queue_size:
             raise JobRejected("busy", f"{self._waiting} jobs are already waiting; retry later")
         queued_at = time.perf_counter()
-        self._waiting += 1
-        try:
-            await self._limiter.acquire()
-        finally:
-            self._waiting -= 1
-        try:
+        async with self._turn():
             queue_ms = int((time.perf_counter() - queued_at) * 1000)
             return await self._generate(prompt, params, send_tokens, prefix or []), queue_ms
-        finally:
-            self._limiter.release()
 
     async def run_exclusive(self, fn: Callable[[], T]) -> T:
         """Run blocking ``fn`` in a thread while it owns the engine (verifications
         queue with jobs, so they never run on a context that is generating)."""
+        async with self._turn():
+            return await trio.to_thread.run_sync(fn)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self):
+        """Wait in the queue (counted in the advertised load), then own the engine."""
         self._waiting += 1
         try:
             await self._limiter.acquire()
         finally:
             self._waiting -= 1
         try:
-            return await trio.to_thread.run_sync(fn)
+            yield
         finally:
             self._limiter.release()
 
