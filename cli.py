@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from inferad.config import Config
+
 EXIT_ERROR, EXIT_USAGE, EXIT_REJECTED, EXIT_UNREACHABLE = 1, 2, 3, 4
 
 home_option = click.option(
@@ -101,6 +103,9 @@ def init(home: Path | None, as_json: bool) -> None:
               help="Model to serve, repeatable: a catalog name or a GGUF path [default gemma-3-270m].")
 @click.option("--advert-interval", type=click.IntRange(1, 3600),
               help="Seconds between adverts [config node.advert_interval; default 2]; raise it in large networks.")
+@click.option("--ip-colocation-limit", type=click.IntRange(0, 10000), metavar="N",
+              help="Peers sharing one IP before gossip scores them down (eclipse protection) [config "
+                   "gossip.ip_colocation_limit; default 10].  0 turns it off: only for networks on one machine.")
 @click.option("--no-model", is_flag=True, help="Serve no model: a pure gateway that routes jobs to others.")
 @click.option("--engine", type=click.Choice(["llama", "sim"]), default="llama", show_default=True,
               help="llama: real inference with llama.cpp.  sim: a SIMULATED engine for scale tests and "
@@ -113,7 +118,9 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--sim-tokens-per-s", type=click.FloatRange(0.1, 100000), default=50.0, show_default=True,
               help="Decode speed of the simulated engine.")
 @click.option("--max-tokens", type=click.IntRange(1, 32768), help="Largest max_tokens a job may ask.")
-@click.option("--n-ctx", type=click.IntRange(64, 1 << 20), help="Context window in tokens.")
+@click.option("--n-ctx", type=click.IntRange(64, 1 << 24),
+              help="Context window in tokens, at most the model's trained context [config engine.n_ctx; "
+                   "default: the trained context, capped by free memory (logged at start)].")
 @click.option("--threads", type=click.IntRange(0, 1024), help="CPU threads for llama.cpp (0 = one per core).")
 @click.option("--api-port", type=click.IntRange(-1, 65535),
               help="Serve the OpenAI-compatible HTTP API on this port (0: any free port; -1: off) "
@@ -125,8 +132,8 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
               show_default=True)
-def start(home, listen, bootstrap, advert_interval, models, no_model, engine, chain_path, run_oracle,
-          sim_tokens_per_s, max_tokens, n_ctx, threads, api_port, api_host, api_max_price, log_format,
+def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models, no_model, engine, chain_path,
+          run_oracle, sim_tokens_per_s, max_tokens, n_ctx, threads, api_port, api_host, api_max_price, log_format,
           log_level) -> None:
     """Run the node daemon until Ctrl-C or SIGTERM.
 
@@ -144,7 +151,7 @@ def start(home, listen, bootstrap, advert_interval, models, no_model, engine, ch
         models = ("sim",)
     try:
         config = h.config.with_overrides(listen=listen or None, bootstrap=bootstrap or None,
-                                         advert_interval=advert_interval,
+                                         advert_interval=advert_interval, ip_colocation_limit=ip_colocation_limit,
                                          models=() if no_model else (models or None),
                                          max_tokens=max_tokens, n_ctx=n_ctx, n_threads=threads,
                                          api_port=api_port, api_host=api_host, api_max_price=api_max_price)
@@ -206,9 +213,8 @@ def _running_node(h) -> dict | None:
         return None
 
 
-def _node_address(node: str | None, node_home: Path | None) -> str:
-    if node:
-        return node
+def _node_control(node_home: Path) -> Path:
+    """The control socket of the node running on ``node_home`` (exit 4 if none runs there)."""
     from inferad.home import Home
 
     h = Home(node_home)
@@ -216,7 +222,7 @@ def _node_address(node: str | None, node_home: Path | None) -> str:
     if info is None:
         fail(f"no node is running on {h.path} (no live {h.node_info_path}): start one, or pass --node",
              EXIT_UNREACHABLE)
-    return info["addrs"][0]
+    return Path(info.get("control") or h.path / "control.sock")
 
 
 @main.command()
@@ -224,19 +230,24 @@ def _node_address(node: str | None, node_home: Path | None) -> str:
 @click.argument("prompt")
 @click.option("--node", metavar="MULTIADDR", help="Node to send the job to (/ip4/…/tcp/…/p2p/12D3KooW…).")
 @click.option("--node-home", type=click.Path(file_okay=False, path_type=Path),
-              help="Find the node through <node-home>/node.json instead of --node.")
-@click.option("--model", default="gemma-3-270m", show_default=True, metavar="NAME|GGUF|NAME:SHA256",
-              help="Model the job asks for.")
-@click.option("--max-tokens", type=click.IntRange(1, 32768), default=64, show_default=True)
+              help="A node running on this machine, by its home: jobs go through its control socket "
+                   "(no libp2p, a few ms).")
+@click.option("--model", default="gemma-3-270m", show_default=True, metavar="NAME|LABEL@SHA256|SHA256|GGUF",
+              help="Model the job asks for: a catalog name (always its pinned sha256), label@sha256 or a "
+                   "sha256 as `inferad models` lists them, or a GGUF file (hashed here).")
+@click.option("--max-tokens", type=click.IntRange(1, Config.max_tokens), default=64, show_default=True,
+              help=f"At most a default node's limit ({Config.max_tokens}); a node's own limit is in its "
+                   f"adverts (limits.max_tokens).")
 @click.option("--temperature", type=click.FloatRange(0, 2), default=0.0, show_default=True,
               help="0 means greedy decoding (reproducible).")
 @click.option("--top-p", type=click.FloatRange(0, 1), default=1.0, show_default=True)
 @click.option("--top-k", type=click.IntRange(0, 1000), default=0, show_default=True, help="0 disables top-k.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--stop", multiple=True, help="Stop sequence, repeatable.")
-@click.option("--ttl", type=click.IntRange(1, 3600), default=60, show_default=True,
-              help="Seconds before the job expires (it must be answered by then); with a chain, the "
-                   "verification draw waits for the first block after expiry.")
+@click.option("--ttl", type=click.IntRange(1, Config.max_job_ttl), default=60, show_default=True,
+              help=f"Seconds before the job expires (it must be answered by then; at most a default node's "
+                   f"limit, {Config.max_job_ttl}); with a chain, the verification draw waits for the first "
+                   f"block after expiry.")
 @click.option("--max-price", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
               help="Most you pay per generated token, in wei (charged from your deposit at settlement).")
 @click.option("--timeout", type=click.FloatRange(0.1), default=600, show_default=True,
@@ -246,16 +257,16 @@ def submit(home, prompt, node, node_home, model, max_tokens, temperature, top_p,
            max_price, timeout, as_json) -> None:
     """Sign a job with the client key, run it on a node and stream the text.
 
-    The worker's signature on the result is checked before exit 0.
+    --node-home talks to a node on this machine through its control socket
+    (fast: no libp2p); --node dials any node over libp2p.  The worker's
+    signature on the result is checked before exit 0.
     Exit codes: 3 rejected by the node, 4 unreachable or timed out.
     """
     if bool(node) == bool(node_home):
         fail("pass exactly one of --node MULTIADDR and --node-home PATH", EXIT_USAGE)
-    address = _node_address(node, node_home)
+    control_path = _node_control(node_home) if node_home else None
     h = open_home(home)
-    import trio
-
-    from inferad.client import BadResponse, JobRejected, NodeClient, NodeUnreachable, model_ref, new_job
+    from inferad.client import BadResponse, JobRejected, LocalNode, NodeUnreachable, model_ref, new_job
     from inferad.models import ModelError
 
     try:
@@ -269,12 +280,21 @@ def submit(home, prompt, node, node_home, model, max_tokens, temperature, top_p,
         if not as_json:
             click.echo(token.text, nl=False)
 
-    async def run():
-        async with NodeClient.connect(address, h.client_key, timeout=min(timeout, 30)) as client:
-            return await client.submit(job, on_token=show, timeout=timeout)
+    def run():
+        if control_path is not None:  # a node on this machine: its control socket, no trio, no libp2p
+            return LocalNode(control_path, h.client_key).submit(job, on_token=show, timeout=timeout)
+        import trio
+
+        from inferad.client import NodeClient
+
+        async def remote():
+            async with NodeClient.connect(node, h.client_key, timeout=min(timeout, 30)) as client:
+                return await client.submit(job, on_token=show, timeout=timeout)
+
+        return trio.run(remote)
 
     try:
-        completion = trio.run(run)
+        completion = run()
     except ValueError as exc:
         fail(str(exc), EXIT_USAGE)
     except JobRejected as exc:
@@ -369,7 +389,7 @@ def _render_peer(p: dict) -> None:
 
 
 def _render_model(m: dict) -> None:
-    click.echo(f"{m['name']}  sha256 {m['sha256'][:16]}…  {len(m['providers'])} provider(s)")
+    click.echo(f"{m['id']}  sha256 {m['sha256'][:16]}…  {len(m['providers'])} provider(s)")
     for p in m["providers"]:
         click.echo(f"    {p['peer_id']}  {p['tokens_per_s']:.0f} tok/s  n_ctx {p['n_ctx']}  queued {p['queued']}")
 

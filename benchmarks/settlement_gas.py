@@ -25,10 +25,9 @@ ETH = 10**18
 
 
 def main() -> None:
-    from eth_account import Account
-
     from chain.contract import Registry
     from chain.devnet import DEV_KEY, Anvil, deploy, fund_account
+    from chain.ethereum import Account
     from chain.settlement import ServedJob, build_settlement
 
     rng = random.Random(7)

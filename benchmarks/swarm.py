@@ -28,10 +28,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from inferad.devnet import ONE_MACHINE_ARGS  # noqa: E402  (20 nodes on 127.0.0.1: one IP)
+
+
 def start(home: Path, speed: float, bootstrap: str | None, advert_interval: int) -> subprocess.Popen:
     args = [sys.executable, "-m", "cli", "start", "--home", str(home), "--listen", "/ip4/127.0.0.1/tcp/0",
             "--engine", "sim", "--sim-tokens-per-s", str(speed), "--log-level", "warning",
-            "--advert-interval", str(advert_interval)]
+            "--advert-interval", str(advert_interval), *ONE_MACHINE_ARGS]
     if bootstrap:
         args += ["--bootstrap", bootstrap]
     log = open(home.parent / f"{home.name}.log", "w")

@@ -159,11 +159,12 @@ class Registry:
 
     # ------------------------------------------------------------------ views
 
-    def _view(self, name: str, *args: Any) -> Any:
-        return self._retry(lambda: getattr(self.contract.functions, name)(*args).call())
+    def _view(self, name: str, *args: Any, block: int | str = "latest") -> Any:
+        return self._retry(lambda: getattr(self.contract.functions, name)(*args).call(block_identifier=block))
 
-    def node(self, address: str) -> NodeStake:
-        return NodeStake(*self._view("nodes", address))
+    def node(self, address: str, *, block: int | str = "latest") -> NodeStake:
+        """The account's stake record, as of ``block`` (a number, or "latest")."""
+        return NodeStake(*self._view("nodes", address, block=block))
 
     def client(self, address: str) -> ClientDeposit:
         return ClientDeposit(*self._view("clients", address))
@@ -171,10 +172,11 @@ class Registry:
     def is_staked(self, address: str) -> bool:
         return self._view("isStaked", address)
 
-    def value(self, name: str, *args: Any) -> Any:
+    def value(self, name: str, *args: Any, block: int | str = "latest") -> Any:
         """A public variable: lastEpoch, rewardsRoot, minStake, totalRewards, claimed(addr)…"""
-        return self._view(name, *args)
+        return self._view(name, *args, block=block)
 
-    def events(self, name: str, from_block: int = 0) -> list[dict]:
+    def events(self, name: str, from_block: int = 0, to_block: int | str = "latest") -> list[dict]:
         event = getattr(self.contract.events, name)
-        return [dict(e["args"]) for e in self._retry(lambda: event.get_logs(from_block=from_block))]
+        logs = self._retry(lambda: event.get_logs(from_block=from_block, to_block=to_block))
+        return [dict(e["args"], blockNumber=e["blockNumber"]) for e in logs]

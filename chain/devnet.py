@@ -50,7 +50,7 @@ class ChainInfo:
 
     def web3(self) -> Any:
         """A connected Web3 whose chain id is the one promised (a wrong RPC is a clear error)."""
-        from web3 import HTTPProvider, Web3
+        from chain.ethereum import HTTPProvider, Web3
 
         w3 = Web3(HTTPProvider(self.rpc_url, request_kwargs={"timeout": 10}))
         try:
@@ -102,10 +102,8 @@ def deploy(rpc_url: str, *, oracle: str | None = None, fund: list[str] = (), fun
            min_stake_eth: int = 1, unbonding_delay: int = 60, withdraw_delay: int = 60, fee_bps: int = 500,
            epoch_seconds: int = 30):
     """Deploy the registry with the dev account and fund ``fund`` addresses; the ChainInfo."""
-    from eth_account import Account
-    from web3 import HTTPProvider, Web3
-
     from chain.contract import Registry
+    from chain.ethereum import Account, HTTPProvider, Web3
 
     w3 = Web3(HTTPProvider(rpc_url, request_kwargs={"timeout": 10}))
     deployer = Account.from_key(DEV_KEY)
@@ -119,7 +117,7 @@ def deploy(rpc_url: str, *, oracle: str | None = None, fund: list[str] = (), fun
 
 
 def fund_account(w3: Any, address: str, amount: int) -> None:
-    from eth_account import Account
+    from chain.ethereum import Account
 
     dev = Account.from_key(DEV_KEY)
     tx = {"to": w3.to_checksum_address(address), "value": amount, "gas": 21000, "chainId": w3.eth.chain_id,

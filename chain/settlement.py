@@ -51,6 +51,8 @@ def verify_served_job(job: bytes, result: bytes, worker_address_of: Callable[[by
         raise SettlementError("the result is for another model")
     if outcome.worker != result_env.signer_peer_id:
         raise SettlementError("the result is not signed by the worker it names")
+    if outcome.signed_at >= request.expires_at:  # the worker could have seen the job's beacon
+        raise SettlementError("the result was signed after the job expired")
     worker = worker_address_of(result_env.signer)
     if worker is None:
         raise SettlementError(f"worker {outcome.worker} has no stake bound to its key")
@@ -110,6 +112,13 @@ def build_settlement(epoch: int, jobs: Iterable[ServedJob], *, previous: dict[st
                            tree=build_tree(cumulative), jobs=kept, dropped=dropped)
 
 
+# (job, result, attestation) -> whether the attestation may count: its beacon is the job's
+# first block at or after expiry, and its signer is among the verifiers the draw names there
+# (proofs.draw.named_verifiers over the keys staked at that block).  Needs the chain: the
+# node's verification role provides it.
+Eligible = Callable[[wire.Envelope, wire.Envelope, wire.Envelope], bool]
+
+
 @dataclass(frozen=True)
 class ProvenLie:
     job_id: str
@@ -117,10 +126,22 @@ class ProvenLie:
     verifier_keys: tuple[bytes, ...]  # the quorum that proved it
 
 
-def verify_evidence(data: bytes, *, quorum: int) -> ProvenLie:
-    """Check evidence by signatures alone: a client-signed job, the worker-signed
-    result of it, and ``quorum`` distinct verifiers (not the worker) attesting
-    ``invalid`` for that very result.  Raises SettlementError otherwise."""
+@dataclass(frozen=True)
+class FalseAccusation:
+    job_id: str
+    accuser_keys: tuple[bytes, ...]  # named verifiers who said invalid
+    witness_keys: tuple[bytes, ...]  # the oracle and the named verifiers who re-scored it valid
+
+
+@dataclass(frozen=True)
+class _Opened:
+    digest: str
+    job: wire.Envelope
+    result: wire.Envelope
+    attestations: list[wire.Envelope]
+
+
+def _open(data: bytes) -> _Opened:
     try:
         evidence = wire.decode(data)
         if evidence.type != "evidence":
@@ -131,13 +152,47 @@ def verify_evidence(data: bytes, *, quorum: int) -> ProvenLie:
         raise SettlementError(f"invalid evidence: {exc}") from None
     if job_env.type != "job" or result_env.type != "result" or result_env.message.job_id != job_env.digest:
         raise SettlementError("evidence must hold a job and that job's result")
-    voters: set[bytes] = set()
-    for att in attestations:
-        a = att.message
-        if (att.type == "attestation" and a.verdict == "invalid" and a.job_id == job_env.digest
-                and a.result_hash == result_env.digest and a.worker == result_env.signer_peer_id
-                and att.signer != result_env.signer):
-            voters.add(att.signer)
+    return _Opened(evidence.digest, job_env, result_env, attestations)
+
+
+def _verdicts(opened: _Opened, verdict: str, eligible: Eligible) -> set[bytes]:
+    """Signers of attestations with ``verdict`` about this very result that ``eligible`` lets count."""
+    result = opened.result
+    return {att.signer for att in opened.attestations
+            if att.type == "attestation" and att.message.verdict == verdict
+            and att.message.job_id == opened.job.digest and att.message.result_hash == result.digest
+            and att.message.worker == result.signer_peer_id and att.signer != result.signer
+            and eligible(opened.job, result, att)}
+
+
+def verify_evidence(data: bytes, *, quorum: int, eligible: Eligible) -> ProvenLie:
+    """Check evidence of a lie: a client-signed job, the worker-signed result of it, and
+    ``quorum`` distinct named verifiers (not the worker) attesting ``invalid`` for that very
+    result at the job's beacon.  Raises SettlementError otherwise."""
+    opened = _open(data)
+    voters = _verdicts(opened, "invalid", eligible)
     if len(voters) < quorum:
-        raise SettlementError(f"{len(voters)} distinct invalid attestation(s) for this result; {quorum} needed")
-    return ProvenLie(job_id=job_env.digest, worker_key=result_env.signer, verifier_keys=tuple(sorted(voters)))
+        raise SettlementError(f"{len(voters)} distinct invalid attestation(s) by named verifiers for this "
+                              f"result; {quorum} needed")
+    return ProvenLie(job_id=opened.job.digest, worker_key=opened.result.signer, verifier_keys=tuple(sorted(voters)))
+
+
+def verify_false_accusation(data: bytes, *, arbiter_key: bytes, eligible: Eligible) -> FalseAccusation:
+    """Check evidence of a false accusation: named verifiers attested ``invalid`` for a result that
+    both the oracle (``arbiter_key``, re-scoring on its own copy of the model) and another named
+    verifier attested ``valid``.  A false accusation costs what a false result costs.  Raises
+    SettlementError otherwise."""
+    opened = _open(data)
+    arbiter = {att.signer for att in opened.attestations
+               if att.signer == arbiter_key and att.type == "attestation" and att.message.verdict == "valid"
+               and att.message.job_id == opened.job.digest and att.message.result_hash == opened.result.digest}
+    if not arbiter:
+        raise SettlementError("no valid re-score by the oracle in this evidence")
+    witnesses = _verdicts(opened, "valid", eligible) - {arbiter_key}
+    if not witnesses:
+        raise SettlementError("no named verifier besides the oracle attested the result valid")
+    accusers = _verdicts(opened, "invalid", eligible) - {arbiter_key}
+    if not accusers:
+        raise SettlementError("no named verifier attested the result invalid")
+    return FalseAccusation(job_id=opened.job.digest, accuser_keys=tuple(sorted(accusers)),
+                           witness_keys=tuple(sorted(witnesses | arbiter)))

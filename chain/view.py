@@ -8,6 +8,7 @@ on the last good view, so a chain outage does not stop the network.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -79,3 +80,47 @@ class ChainView:
 
     def address_of_key(self, ed_key: bytes) -> str | None:
         return next((a for a, (key, stake) in self.stakes.items() if key == ed_key and stake > 0), None)
+
+
+class StakeTable:
+    """The Ed25519 keys staked at a block: the set the verifier draw runs over (DESIGN §7).
+
+    Gossiped adverts differ from node to node, so the draw cannot run over "the providers
+    this node has heard of" if anyone else is to check it.  It runs over what every node
+    and the oracle read alike from the chain: each key a ``Registered`` event bound at or
+    before the block, whose account holds at least ``minStake`` (and more than 0) at that
+    block.  Blocking (web3); cached per block, since a past block never changes.
+    """
+
+    def __init__(self, registry: Registry, deployment_block: int = 0) -> None:
+        self.registry = registry
+        self.deployment_block = deployment_block
+        self._registered: dict[str, int] = {}  # address -> block of its first Registered event
+        self._scanned_to = deployment_block - 1
+        self._at: dict[int, frozenset[bytes]] = {}
+        self._lock = threading.Lock()  # called from several worker threads
+
+    def keys_at(self, block: int) -> frozenset[bytes]:
+        """The staked keys at ``block``; raises ChainError when the chain cannot say."""
+        with self._lock:
+            return self._keys_at(block)
+
+    def _keys_at(self, block: int) -> frozenset[bytes]:
+        found = self._at.get(block)
+        if found is not None:
+            return found
+        if block > self._scanned_to:
+            for event in self.registry.events("Registered", from_block=self._scanned_to + 1, to_block=block):
+                self._registered.setdefault(event["node"], event["blockNumber"])
+            self._scanned_to = block
+        min_stake = self.registry.value("minStake", block=block)
+        keys = set()
+        for address in [a for a, registered in self._registered.items() if registered <= block]:
+            record = self.registry.node(address, block=block)
+            if record.stake > 0 and record.stake >= min_stake and any(record.ed_key):
+                keys.add(bytes(record.ed_key))
+        found = frozenset(keys)
+        if len(self._at) > 4096:
+            self._at.clear()
+        self._at[block] = found
+        return found

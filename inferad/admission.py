@@ -2,11 +2,15 @@
 
 The order is cheap-first (clock, then model, then limits); signature and
 schema were checked by the wire decoder before, replay and queue space are
-checked after, against the store and the engine.
+checked after, against the store and the engine.  The last two rules are about
+results: a worker never signs after its job expired (:func:`check_signing`),
+and a gateway never delivers a result signed or arrived after it
+(:func:`check_delivery`).
 """
 
 from __future__ import annotations
 
+from inferad.models import ModelMismatch, check_label
 from p2p import wire
 
 
@@ -30,11 +34,55 @@ def check_timing(job: wire.JobRequest, *, now_ms: int, max_ttl_s: int, clock_ske
         raise JobRejected("ttl_too_long", f"a job may live at most {max_ttl_s} s")
 
 
+def check_signing(job: wire.JobRequest, *, now_ms: int) -> int:
+    """The worker's last check before it signs a result: the ``signed_at`` to put in it.
+
+    Raises JobRejected("expired") once the job has expired: its verification beacon
+    is the first block after expiry, and a worker that could have seen that block
+    must not sign (DESIGN §7; docs/protocol.md, "Expiry").
+    """
+    if now_ms >= job.expires_at:
+        raise JobRejected("expired", f"the job expired {(now_ms - job.expires_at) / 1000:.1f} s before its "
+                                     f"result was ready; a result is never signed after expiry")
+    return now_ms
+
+
+def check_delivery(job: wire.JobRequest, result: wire.JobResult, *, now_ms: int) -> None:
+    """The gateway's check on a worker's result before it is stored and delivered.
+
+    Raises JobRejected("expired") for a result signed at or after the job's
+    ``expires_at`` (by the worker's own ``signed_at``), or arriving then (by this
+    gateway's clock): the client could no longer trust it, and with a chain it
+    would not be paid.
+    """
+    if result.signed_at >= job.expires_at:
+        raise JobRejected("expired", f"the worker signed its result {(result.signed_at - job.expires_at) / 1000:.1f} "
+                                     f"s after the job expired")
+    if now_ms >= job.expires_at:
+        raise JobRejected("expired", f"the result arrived {(now_ms - job.expires_at) / 1000:.1f} s after the job "
+                                     f"expired; it is not delivered")
+
+
+def check_model(model: wire.ModelRef) -> None:
+    """Raise JobRejected("model_mismatch") for a job that puts a catalog name on another sha256.
+
+    Every role checks it (the gateway before routing, the worker before
+    running): a catalog name is bound to its bytes (inferad.models.check_label),
+    so such a job comes only from a client that mislabels what it asks for.
+    """
+    try:
+        check_label(model.name, model.sha256)
+    except ModelMismatch as exc:
+        raise JobRejected("model_mismatch", str(exc)) from None
+
+
 def check_served(job: wire.JobRequest, *, served: dict[str, object], max_tokens: int) -> None:
     """Raise JobRejected unless this node can run ``job`` (the worker role).
 
     ``served`` maps the sha256 of each model the node serves to its engine.
+    A catalog name on another sha256 is refused first (:func:`check_model`).
     """
+    check_model(job.model)
     if job.model.sha256 not in served:
         raise JobRejected("unknown_model",
                           f"this node does not serve model {job.model.name} ({job.model.sha256[:12]}…)")

@@ -24,108 +24,51 @@ from starlette.routing import Route
 
 from inferad.admission import JobRejected
 from inferad.apikeys import ApiKeyError, ApiKeys
-from inferad.client import model_ref, new_job
-from inferad.gateway import ClientGone
-from inferad.models import ModelError
+from inferad.client import new_job
+from inferad.gateway import Admitted, ClientGone
+from inferad.models import AmbiguousModel, ModelMismatch, UnknownModel, resolve_name
+from inferad.openai_request import (
+    MAX_BODY,
+    ApiError,
+    CompletionRequest,
+    chat_request,
+    completion_request,
+    parse_json,
+)
 from p2p import wire
 
 log = logging.getLogger("inferad.api")
-MAX_BODY = 1 << 20
 KNOWN_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/metrics", "/health")
 
 # Job error codes -> HTTP status and OpenAI error type.
 STATUS = {
     "unknown_model": (404, "invalid_request_error"), "max_tokens": (400, "invalid_request_error"),
-    "context_overflow": (400, "invalid_request_error"), "unsupported": (400, "invalid_request_error"),
+    "context_overflow": (400, "invalid_request_error"), "invalid_prompt": (400, "invalid_request_error"),
+    "ttl_too_long": (400, "invalid_request_error"), "model_mismatch": (400, "invalid_request_error"),
     "insufficient_deposit": (402, "insufficient_quota"), "busy": (429, "rate_limit_error"),
     "no_worker": (503, "service_unavailable"), "unstaked": (503, "service_unavailable"),
     "chain_unavailable": (503, "service_unavailable"), "shutting_down": (503, "service_unavailable"),
 }
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, *, type_: str = "invalid_request_error", code: str | None = None,
-                 param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = status, message, type_, code, param
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
-
-
 def rejected(exc: JobRejected) -> ApiError:
     status, type_ = STATUS.get(exc.code, (502, "api_error"))
-    return ApiError(status, exc.message, type_=type_, code=exc.code)
+    param = {"unknown_model": "model", "model_mismatch": "model", "max_tokens": "max_tokens",
+             "context_overflow": "messages", "invalid_prompt": "prompt"}.get(exc.code)
+    return ApiError(status, exc.message, type_=type_, code=exc.code, param=param)
 
 
-# --------------------------------------------------------------------------- request parsing
-
-
-def _field(body: dict, name: str, kind: type | tuple, default: Any = None, *, lo: float | None = None,
-           hi: float | None = None) -> Any:
-    value = body.get(name, default)
-    if value is None:
-        return default
-    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
-        raise ApiError(400, f"'{name}' must be {getattr(kind, '__name__', 'a number')}", param=name)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ApiError(400, f"'{name}' must be between {lo} and {hi}", param=name)
-    return value
-
-
-def sampling(body: dict, max_tokens_limit: int) -> wire.SamplingParams:
-    stop = body.get("stop") or ()
-    if isinstance(stop, str):
-        stop = (stop,)
-    if not isinstance(stop, (list, tuple)) or len(stop) > 8 or not all(isinstance(s, str) and 0 < len(s) <= 64
-                                                                       for s in stop):
-        raise ApiError(400, "'stop' is a string or up to 8 strings of 1-64 characters", param="stop")
-    max_tokens = _field(body, "max_completion_tokens", int, None, lo=1, hi=max_tokens_limit)
-    max_tokens = _field(body, "max_tokens", int, max_tokens or 256, lo=1, hi=max_tokens_limit)
-    return wire.SamplingParams(
-        max_tokens=max_tokens, temperature=float(_field(body, "temperature", (int, float), 1.0, lo=0, hi=2)),
-        top_p=float(_field(body, "top_p", (int, float), 1.0, lo=0, hi=1)),
-        top_k=_field(body, "top_k", int, 0, lo=0, hi=1000), seed=_field(body, "seed", int, 0, lo=0, hi=2**32 - 1),
-        stop=tuple(stop))
-
-
-def chat_messages(body: dict) -> tuple[wire.ChatMessage, ...]:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages or len(messages) > 256:
-        raise ApiError(400, "'messages' must be a non-empty list of at most 256 messages", param="messages")
-    out = []
-    for i, m in enumerate(messages):
-        content = m.get("content") if isinstance(m, dict) else None
-        if isinstance(content, list):  # content parts: only text is supported
-            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-                raise ApiError(400, "only text content parts are supported", param=f"messages[{i}].content")
-            content = "".join(p.get("text", "") for p in content)
-        role = m.get("role") if isinstance(m, dict) else None
-        if role == "developer":
-            role = "system"
-        if role not in ("system", "user", "assistant") or not isinstance(content, str):
-            raise ApiError(400, f"messages[{i}] needs a role (system, user, assistant) and text content",
-                           param=f"messages[{i}]")
-        out.append(wire.ChatMessage(role=role, content=content))
-    return tuple(out)
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status)
 
 
 async def json_body(request: Request) -> dict:
-    raw = b""
+    raw = bytearray()
     async for chunk in request.stream():
         raw += chunk
         if len(raw) > MAX_BODY:
-            raise ApiError(413, f"request body over {MAX_BODY} bytes")
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        raise ApiError(400, "the request body is not JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    return body
+            raise ApiError(413, f"request body over {MAX_BODY} bytes", code="request_too_large")
+    return parse_json(bytes(raw))
 
 
 # --------------------------------------------------------------------------- the app
@@ -144,12 +87,12 @@ class Api:
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
         ])
-        self.app.add_exception_handler(ApiError, lambda request, exc: exc.response())
+        self.app.add_exception_handler(ApiError, lambda request, exc: error_response(exc))
         self.app.add_exception_handler(Exception, self._internal_error)
-        self.app.add_exception_handler(404, lambda request, exc: ApiError(404, f"no route {request.url.path}",
-                                                                           code="not_found").response())
-        self.app.add_exception_handler(405, lambda request, exc: ApiError(
-            405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed").response())
+        self.app.add_exception_handler(404, lambda request, exc: error_response(
+            ApiError(404, f"no route {request.url.path}", code="not_found")))
+        self.app.add_exception_handler(405, lambda request, exc: error_response(ApiError(
+            405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed")))
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -165,14 +108,14 @@ class Api:
         if scope["path"] != "/health" and not self._authorized(scope):
             error = ApiError(401, "missing or invalid API key: send 'Authorization: Bearer <key>' "
                                   "(create one with `inferad apikey create`)", code="invalid_api_key")
-            return await error.response()(scope, receive, counted)
+            return await error_response(error)(scope, receive, counted)
         await self.app(scope, receive, counted)
 
     @staticmethod
     def _internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("HTTP API error on %s", request.url.path, exc_info=exc)
-        return ApiError(500, f"internal error: {type(exc).__name__}; the node's log has the details",
-                        type_="api_error", code="internal_error").response()
+        return error_response(ApiError(500, f"internal error: {type(exc).__name__}; the node's log has the details",
+                                       type_="api_error", code="internal_error"))
 
     def _authorized(self, scope) -> bool:
         auth = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
@@ -195,10 +138,12 @@ class Api:
         return Response(self.node.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     async def models(self, request: Request) -> JSONResponse:
+        """One entry per file (sha256) on offer; its ``id`` is what to send as ``model`` (models.name_models)."""
         found = await self.node.control_commands["models"]()
         return JSONResponse({"object": "list", "data": [
-            {"id": m["name"], "object": "model", "created": 0, "owned_by": "inferad",
-             "inferad": {"sha256": m["sha256"], "providers": len(m["providers"])}} for m in found]})
+            {"id": m["id"], "object": "model", "created": 0, "owned_by": "inferad",
+             "inferad": {"sha256": m["sha256"], "label": m["name"], "providers": len(m["providers"])}}
+            for m in found]})
 
     async def job(self, request: Request) -> JSONResponse:
         job_id = request.path_params["job_id"]
@@ -214,108 +159,136 @@ class Api:
 
     async def chat_completions(self, request: Request) -> Response:
         body = await json_body(request)
-        return await self._complete(body, messages=chat_messages(body), chat=True)
+        return await self._complete(chat_request(body, self.node.config.max_tokens))
 
     async def completions(self, request: Request) -> Response:
         body = await json_body(request)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise ApiError(400, "'prompt' must be a string", param="prompt")
-        return await self._complete(body, prompt=prompt, chat=False)
+        return await self._complete(completion_request(body, self.node.config.max_tokens))
 
     # ------------------------------------------------------------------ running a job
 
-    def _job(self, body: dict, *, prompt: str | None = None, messages: tuple | None = None) -> tuple[bytes, Any]:
-        name = body.get("model")
-        if not isinstance(name, str) or not name:
-            raise ApiError(400, "'model' is required (see GET /v1/models)", param="model")
-        ref = self._model(name)
+    def _sign(self, ref: wire.ModelRef, request: CompletionRequest, job_input: dict) -> tuple[bytes, wire.Envelope]:
+        """One choice's job, signed with the home's client key: (its bytes, its envelope)."""
         home = self.node.home
         try:
-            job = new_job(ref, home.eth_address, prompt=prompt, messages=messages, max_price=self.max_price,
-                          ttl_s=min(120, self.node.config.max_job_ttl),
-                          **{k: v for k, v in sampling(body, self.node.config.max_tokens).__dict__.items()})
+            job = new_job(ref, home.eth_address, max_price=self.max_price, ttl_s=min(120, self.node.config.max_job_ttl),
+                          **job_input, **request.params.__dict__)
         except (ValueError, wire.WireError) as exc:
             raise ApiError(400, str(exc)) from None
         data = wire.sign(job, home.client_key)
         return data, wire.decode(data)
 
     def _model(self, name: str) -> wire.ModelRef:
-        """A model the network serves (by name or sha256), else one this node knows by catalog name or path."""
-        for entry in self.node.peers.fresh(time.monotonic()):
-            for offer in entry.advert.models:
-                if name in (offer.name, offer.sha256):
-                    return wire.ModelRef(sha256=offer.sha256, name=offer.name)
-        for served in self.node.served.values():
-            if name in (served.engine.ref.name, served.engine.ref.sha256):
-                return served.engine.ref
+        """The model a request names: models.resolve_name over what the network and this node offer.
+
+        A catalog name means its pinned sha256 only; ``label@sha256`` and a bare
+        sha256 always work; another label works while one file carries it.
+        Raises ApiError: 404 ``model_not_found`` (a label nobody offers), 400
+        ``ambiguous_model`` (the message lists each ``label@sha256``) or 400
+        ``model_mismatch`` (a catalog name with another sha256).
+        """
+        offers = [(offer.sha256, offer.name) for entry in self.node.peers.fresh(time.monotonic())
+                  for offer in entry.advert.models]
+        offers += [(sha, served.engine.ref.name) for sha, served in self.node.served.items()]
         try:
-            return model_ref(name)
-        except (ValueError, ModelError) as exc:
-            raise ApiError(404, f"model {name!r} is not served in this network ({exc}); see GET /v1/models",
-                           code="model_not_found", param="model") from None
+            named = resolve_name(name, offers)
+        except UnknownModel as exc:
+            raise ApiError(404, str(exc), code="model_not_found", param="model") from None
+        except AmbiguousModel as exc:
+            raise ApiError(400, str(exc), code="ambiguous_model", param="model") from None
+        except ModelMismatch as exc:
+            raise ApiError(400, str(exc), code="model_mismatch", param="model") from None
+        try:
+            return wire.parse(wire.ModelRef, {"sha256": named.sha256, "name": named.label})
+        except wire.WireError as exc:  # a label over 128 characters
+            raise ApiError(400, f"'model': {exc}", param="model") from None
 
-    async def _complete(self, body: dict, *, chat: bool, prompt: str | None = None,
-                        messages: tuple | None = None) -> Response:
-        data, envelope = self._job(body, prompt=prompt, messages=messages)
-        stream = _field(body, "stream", bool, False)
-        options = body.get("stream_options") or {}
-        include_usage = isinstance(options, dict) and options.get("include_usage") is True
-        shape = Shape(chat=chat, job_id=envelope.digest, model=envelope.message.model.name)
-        if not stream:
-            try:
-                routed = await self.node.route_job(envelope, data, _ignore_tokens)
-            except JobRejected as exc:
-                raise rejected(exc) from None
-            return JSONResponse(shape.whole(routed.envelope))
+    async def _complete(self, request: CompletionRequest) -> Response:
+        """Admit every choice's job (all refusals are 4xx/5xx here, before a stream opens), then run them."""
+        ref = self._model(request.model)
+        jobs = [self._sign(ref, request, job_input) for job_input in request.inputs]
+        admitted: list[Admitted] = []
+        try:
+            for data, envelope in jobs:
+                admitted.append(await self.node.admit(envelope, data))
+        except JobRejected as exc:
+            for job in admitted:
+                await self.node.abandon(job, "abandoned")
+            raise rejected(exc) from None
+        shape = Shape(chat=request.chat, job_ids=[envelope.digest for _, envelope in jobs], model=ref.name)
+        if not request.stream:
+            return JSONResponse(shape.whole(await self._run_all(admitted)))
         send, receive = trio.open_memory_channel(math.inf)
-        self.node.nursery.start_soon(self._stream_job, envelope, data, send)
-        return StreamingResponse(self._sse(shape, receive, include_usage), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Inferad-Job": envelope.digest})
+        async with send:
+            for index, job in enumerate(admitted):
+                self.node.nursery.start_soon(self._stream_job, job, index, send.clone())
+        return StreamingResponse(self._sse(shape, receive, request.include_usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Inferad-Job": shape.job_ids[0]})
 
-    async def _stream_job(self, envelope: wire.Envelope, data: bytes, send) -> None:
+    async def _run_all(self, admitted: list[Admitted]) -> list[wire.Envelope]:
+        """Run admitted jobs side by side; their signed results in order, or the first refusal."""
+        results: list[wire.Envelope | None] = [None] * len(admitted)
+        refusals: list[JobRejected] = []
+
+        async def run(index: int, job: Admitted) -> None:
+            try:
+                results[index] = (await self.node.run_admitted(job, _ignore_tokens)).envelope
+            except JobRejected as exc:
+                refusals.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for index, job in enumerate(admitted):
+                nursery.start_soon(run, index, job)
+        if refusals:
+            raise rejected(refusals[0])
+        return results  # type: ignore[return-value]
+
+    async def _stream_job(self, admitted: Admitted, index: int, send) -> None:
         """Runs in the node's nursery: the job outlives nothing but its client."""
         async def relay(tokens: list[wire.Token]) -> None:
             try:
-                send.send_nowait(("tokens", tokens))
+                send.send_nowait(("tokens", index, tokens))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise ClientGone() from None
 
         async with send:
             try:
-                routed = await self.node.route_job(envelope, data, relay)
-                send.send_nowait(("result", routed.envelope))
+                routed = await self.node.run_admitted(admitted, relay)
+                send.send_nowait(("result", index, routed.envelope))
             except JobRejected as exc:
-                _send_quietly(send, ("error", rejected(exc)))
+                _send_quietly(send, ("error", index, rejected(exc)))
             except ClientGone:
                 pass
             except Exception as exc:  # a bug must not take the node's nursery down
-                log.exception("streamed job %s failed", envelope.digest[:16])
-                _send_quietly(send, ("error", ApiError(500, f"internal error: {type(exc).__name__}",
-                                                       type_="api_error", code="internal_error")))
+                log.exception("streamed job %s failed", admitted.envelope.digest[:16])
+                _send_quietly(send, ("error", index, ApiError(500, f"internal error: {type(exc).__name__}",
+                                                              type_="api_error", code="internal_error")))
 
     async def _sse(self, shape: Shape, receive, include_usage: bool):
+        """Server-sent events: chunks tagged with their choice's index, each choice's finish, usage, [DONE]."""
         started, first = time.perf_counter(), True
+        results: list[wire.Envelope] = []
         with receive:
             if shape.chat:
-                yield _event(shape.chunk({"role": "assistant", "content": ""}))
-            async for kind, item in receive:
+                for index in range(len(shape.job_ids)):
+                    yield _event(shape.chunk({"role": "assistant", "content": ""}, index=index))
+            async for kind, index, item in receive:
                 if kind == "tokens":
                     text = "".join(t.text for t in item)
                     if first:
                         self.node.metrics.first_token.observe(time.perf_counter() - started)
                         first = False
                     if text:
-                        yield _event(shape.chunk({"content": text} if shape.chat else text))
+                        yield _event(shape.chunk({"content": text} if shape.chat else text, index=index))
                 elif kind == "error":
                     yield _event(item.body())
                 else:
                     result: wire.JobResult = item.message
-                    yield _event(shape.chunk({} if shape.chat else "", finish=result.finish_reason, envelope=item))
-                    if include_usage:
-                        yield _event(shape.usage_chunk(item))
+                    results.append(item)
+                    yield _event(shape.chunk({} if shape.chat else "", index=index, finish=result.finish_reason,
+                                             envelope=item))
+            if include_usage and results:
+                yield _event(shape.usage_chunk(results))
             yield "data: [DONE]\n\n"
 
 
@@ -335,11 +308,11 @@ def _event(payload: dict) -> str:
 
 
 class Shape:
-    """OpenAI's response objects for one job (chat or text completion)."""
+    """OpenAI's response objects for one request (chat or text completion), one choice per job."""
 
-    def __init__(self, *, chat: bool, job_id: str, model: str) -> None:
-        self.chat, self.job_id, self.model = chat, job_id, model
-        self.id = ("chatcmpl-" if chat else "cmpl-") + job_id[:29]
+    def __init__(self, *, chat: bool, job_ids: list[str], model: str) -> None:
+        self.chat, self.job_ids, self.model = chat, job_ids, model
+        self.id = ("chatcmpl-" if chat else "cmpl-") + job_ids[0][:29]
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
 
@@ -347,41 +320,48 @@ class Shape:
         obj = self.object + (".chunk" if streaming and self.chat else "")
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
-    def inferad(self, envelope: wire.Envelope | None) -> dict:
-        out: dict[str, Any] = {"job_id": self.job_id, "verification": "pending: drawn after the job expires"}
+    def inferad(self, index: int, envelope: wire.Envelope | None) -> dict:
+        """The extension field: the job behind a choice, its worker and result hash."""
+        out: dict[str, Any] = {"job_id": self.job_ids[index], "verification": "pending: drawn after the job expires"}
         if envelope is not None:
             out.update(worker=envelope.message.worker, result_hash=envelope.digest, worker_signature_valid=True)
         return out
 
     @staticmethod
-    def _usage(result: wire.JobResult) -> dict:
-        u = result.usage
-        return {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                "total_tokens": u.prompt_tokens + u.completion_tokens}
+    def _usage(results: list[wire.Envelope]) -> dict:
+        prompt = sum(e.message.usage.prompt_tokens for e in results)
+        completion = sum(e.message.usage.completion_tokens for e in results)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
-    def whole(self, envelope: wire.Envelope) -> dict:
-        result: wire.JobResult = envelope.message
-        choice: dict[str, Any] = {"index": 0, "finish_reason": result.finish_reason, "logprobs": None}
-        if self.chat:
-            choice["message"] = {"role": "assistant", "content": result.text}
-        else:
-            choice["text"] = result.text
-        return {**self._base(False), "choices": [choice], "usage": self._usage(result),
-                "inferad": self.inferad(envelope)}
+    def whole(self, results: list[wire.Envelope]) -> dict:
+        choices = []
+        for index, envelope in enumerate(results):
+            result: wire.JobResult = envelope.message
+            choice: dict[str, Any] = {"index": index, "finish_reason": result.finish_reason, "logprobs": None}
+            if self.chat:
+                choice["message"] = {"role": "assistant", "content": result.text}
+            else:
+                choice["text"] = result.text
+            if len(results) > 1:
+                choice["inferad"] = self.inferad(index, envelope)
+            choices.append(choice)
+        return {**self._base(False), "choices": choices, "usage": self._usage(results),
+                "inferad": self.inferad(0, results[0])}
 
-    def chunk(self, delta: dict | str, *, finish: str | None = None, envelope: wire.Envelope | None = None) -> dict:
-        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+    def chunk(self, delta: dict | str, *, index: int = 0, finish: str | None = None,
+              envelope: wire.Envelope | None = None) -> dict:
+        choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": None}
         if self.chat:
             choice["delta"] = delta
         else:
             choice["text"] = delta
         out = {**self._base(True), "choices": [choice]}
         if envelope is not None:
-            out["inferad"] = self.inferad(envelope)
+            out["inferad"] = self.inferad(index, envelope)
         return out
 
-    def usage_chunk(self, envelope: wire.Envelope) -> dict:
-        return {**self._base(True), "choices": [], "usage": self._usage(envelope.message)}
+    def usage_chunk(self, results: list[wire.Envelope]) -> dict:
+        return {**self._base(True), "choices": [], "usage": self._usage(results)}
 
 
 async def serve(api: Api, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

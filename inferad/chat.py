@@ -20,16 +20,31 @@ class ChatTemplateError(Exception):
     """The model has no chat template this engine can apply; send a prompt instead."""
 
 
-def gemma_tokens(tokenize: Tokenize, bos: int, messages: Sequence) -> list[int]:
-    """Gemma's template: user/model turns; a system message is the first user turn's preamble."""
+def gemma_turns(messages: Sequence) -> list[tuple[str, str]]:
+    """The (role, text) turns of Gemma's template for any chat; gemma has no system role.
+
+    The rules (docs/developer.md, "Chat rules"), so that every chat a client can send has
+    one rendering that every worker and verifier derives alike:
+
+    - system (and developer) messages, joined by a blank line, are a preamble of the first
+      user turn (Gemma's published template does this);
+    - a chat of system messages alone is one user turn of their text;
+    - a chat whose first turn is the assistant's starts with an empty user turn (the
+      preamble, if any).
+    """
     system = "\n\n".join(m.content for m in messages if m.role == "system")
-    turns = [m for m in messages if m.role != "system"]
-    if not turns or turns[0].role != "user":
-        raise ChatTemplateError("gemma chats start with a user message (after any system messages)")
+    turns = [("model" if m.role == "assistant" else "user", m.content) for m in messages if m.role != "system"]
+    if not turns or turns[0][0] != "user":
+        turns.insert(0, ("user", system))
+    elif system:
+        turns[0] = ("user", f"{system}\n\n{turns[0][1]}")
+    return turns
+
+
+def gemma_tokens(tokenize: Tokenize, bos: int, messages: Sequence) -> list[int]:
+    """Gemma's template: user/model turns (see :func:`gemma_turns` for chats it does not foresee)."""
     tokens = [bos]
-    for i, m in enumerate(turns):
-        content = f"{system}\n\n{m.content}" if i == 0 and system else m.content
-        role = "model" if m.role == "assistant" else "user"
+    for role, content in gemma_turns(messages):
         tokens += tokenize("<start_of_turn>", True) + tokenize(f"{role}\n{content}", False)
         tokens += tokenize("<end_of_turn>", True) + tokenize("\n", False)
     return tokens + tokenize("<start_of_turn>", True) + tokenize("model\n", False)

@@ -28,11 +28,22 @@ bootstrap = []
 # A peer silent for 3 periods is dropped from the peer table.
 advert_interval = 2
 
+[gossip]
+# IP-colocation (eclipse) protection: when more than this many peers share one
+# IP address, gossip scores them down and the mesh prefers peers on other IPs,
+# so one machine cannot surround a node with identities.  0 turns it off: only
+# for networks whose nodes all run on one machine (`inferad devnet up` and the
+# tests, all on 127.0.0.1), where every peer has the same IP.
+ip_colocation_limit = 10
+
 [engine]
 # Models to serve: catalog names (see `inferad models --catalog`) or GGUF paths.
 models = ["gemma-3-270m"]
-# Context window in tokens; prompt + max_tokens must fit in it.
-n_ctx = 2048
+# Context window in tokens; prompt + max_tokens must fit in it.  0: the
+# model's trained context, capped by what a quarter of the memory left free
+# after the weights (RAM, or VRAM when layers are offloaded) holds of its KV
+# cache; the node logs the choice at start.  Above the trained context: refused.
+n_ctx = 0
 # CPU threads for llama.cpp; 0 means one per core.
 n_threads = 0
 # Layers offloaded to the GPU when llama-cpp-python was built with CUDA
@@ -106,8 +117,9 @@ class Config:
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/4001",)
     bootstrap: tuple[str, ...] = ()
     advert_interval: int = 2
+    ip_colocation_limit: int = 10
     models: tuple[str, ...] = ("gemma-3-270m",)
-    n_ctx: int = 2048
+    n_ctx: int = 0  # 0: chosen at start (inferad.context.choose_n_ctx)
     n_threads: int = 0
     n_gpu_layers: int = -1
     max_tokens: int = 1024
@@ -140,6 +152,7 @@ class Config:
 
 SECTIONS = {
     "node": ("listen", "bootstrap", "advert_interval"),
+    "gossip": ("ip_colocation_limit",),
     "engine": ("models", "n_ctx", "n_threads", "n_gpu_layers", "max_tokens", "queue_size", "stream_batch_ms"),
     "routing": ("connect_timeout", "first_token_timeout", "stall_timeout", "max_attempts", "reputation_floor"),
     "verification": ("verifiers", "quorum", "probability_floor", "verify_timeout", "attestation_window",

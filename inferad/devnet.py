@@ -26,6 +26,10 @@ MARKER = ".inferad-devnet"
 STAKE_ETH = 10
 DEPOSIT_ETH = 1
 ETH = 10**18
+# Every node of a devnet is on 127.0.0.1, one IP: gossip's IP-colocation
+# (eclipse) protection, on by default for the internet, would score them all
+# down.  The context window keeps its default (trained, capped by memory).
+ONE_MACHINE_ARGS = ("--ip-colocation-limit", "0")
 
 
 class DevnetError(Exception):
@@ -110,19 +114,25 @@ class Devnet:
         os.chmod(self.directory / "devnet.json", 0o600)  # holds the API key
         return summary
 
-    def start_node(self, name: str, chain_json: Path, *, first: bool = False, bootstrap: str | None = None) -> dict:
+    def node_args(self, name: str, chain_json: Path, *, first: bool = False, bootstrap: str | None = None) -> list[str]:
+        """The ``inferad start`` arguments (after ``start``) of node ``name``: 127.0.0.1, gossip's
+        IP-colocation protection off (one machine), the default context window."""
         home = self.home(name)
         listen = "/ip4/127.0.0.1/tcp/0"
         try:  # a restart keeps its port, so peers that knew it (bootstrap address included) find it again
             listen = json.loads((home / "node.json").read_text())["addrs"][0].split("/p2p/")[0]
         except (OSError, ValueError, KeyError, IndexError):
             pass
-        args = [sys.executable, "-m", "cli", "start", "--home", str(home), "--listen", listen,
-                "--chain", str(chain_json), "--n-ctx", "1024", "--log-level", "info"]
+        args = ["--home", str(home), "--listen", listen, "--chain", str(chain_json), *ONE_MACHINE_ARGS,
+                "--log-level", "info"]
         if first:
-            args += ["--oracle", "--api-port", "0", "--api-max-price", str(self.api_max_price)]
-        else:
-            args += ["--bootstrap", bootstrap]
+            return args + ["--oracle", "--api-port", "0", "--api-max-price", str(self.api_max_price)]
+        return args + ["--bootstrap", bootstrap]
+
+    def start_node(self, name: str, chain_json: Path, *, first: bool = False, bootstrap: str | None = None) -> dict:
+        home = self.home(name)
+        args = [sys.executable, "-m", "cli", "start",
+                *self.node_args(name, chain_json, first=first, bootstrap=bootstrap)]
         log = open(self.directory / "logs" / f"{name}.log", "a")
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent,
                                 start_new_session=True)  # Ctrl-C reaches devnet, which stops nodes in order

@@ -168,42 +168,67 @@ class OutputStream:
                           decode_ms=int((ended - first) * 1000))
 
 
+def check_vocabulary(tokens: Sequence[int], n_vocab: int) -> list[int]:
+    """``tokens`` as a list, or EngineError naming the first id outside ``[0, n_vocab)``."""
+    for i, tok in enumerate(tokens):
+        if not 0 <= tok < n_vocab:
+            raise EngineError(f"prompt token {i} is {tok}, outside this model's vocabulary of {n_vocab} ids")
+    return list(tokens)
+
+
 class Engine:
     kind = "llama.cpp"
 
-    def __init__(self, model: LocalModel, *, n_ctx: int = 2048, n_threads: int = 0,
+    def __init__(self, model: LocalModel, *, n_ctx: int = 0, n_threads: int = 0,
                  n_gpu_layers: int = -1) -> None:
+        """Load ``model`` with a context of ``n_ctx`` tokens; 0 sizes it from the model's trained
+        context and free memory (:func:`inferad.context.plan`).  Raises EngineError when the file
+        cannot be loaded or ``n_ctx`` exceeds the trained context."""
         import llama_cpp
+
+        from inferad.context import ContextError, plan
 
         _route_llama_logs()
         self.model = model
+        gpu = llama_cpp.llama_supports_gpu_offload() and n_gpu_layers != 0
+        try:
+            self.context = plan(model.path, requested=n_ctx, offload=gpu)
+        except ContextError as exc:
+            raise EngineError(f"{model.name}: {exc}") from None
+        log.info("context for %s: %s", model.name, self.context.describe())
         started = time.perf_counter()
         try:
             self._llm = llama_cpp.Llama(
-                model_path=str(model.path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
+                model_path=str(model.path), n_ctx=self.context.n_ctx, n_threads=n_threads or os.cpu_count(),
                 n_gpu_layers=n_gpu_layers, verbose=False,
             )
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"llama.cpp cannot load {model.path}: {exc}") from None
         self.load_seconds = time.perf_counter() - started
         self._is_eog = lambda tok: llama_cpp.llama_vocab_is_eog(self._llm._model.vocab, tok)
-        gpu = llama_cpp.llama_supports_gpu_offload() and n_gpu_layers != 0
         self.info = wire.EngineInfo(name="llama.cpp", version=f"llama-cpp-python {llama_cpp.__version__}",
                                     backend="gpu" if gpu else "cpu")
         self.ref = wire.ModelRef(sha256=model.sha256, name=model.name)
         log.info("loaded %s (%s) in %.2f s, n_ctx=%d, backend=%s", model.name, model.sha256[:12],
-                 self.load_seconds, n_ctx, self.info.backend)
+                 self.load_seconds, self.n_ctx, self.info.backend)
 
     @property
     def n_ctx(self) -> int:
         return self._llm.n_ctx()
+
+    @property
+    def n_vocab(self) -> int:
+        return self._llm.n_vocab()
 
     def tokenize(self, text: str) -> list[int]:
         """BOS + the text's tokens; special-token syntax in user text stays plain text."""
         return self._llm.tokenize(text.encode(), add_bos=True, special=False)
 
     def prompt_tokens(self, job: wire.JobRequest) -> list[int]:
-        """The token ids the model sees for a job: its prompt, or its messages through the chat template."""
+        """The token ids the model sees for a job: its prompt, its token ids, or its messages through the
+        chat template.  Raises EngineError for ids outside the vocabulary or a chat no template can render."""
+        if job.prompt_tokens is not None:
+            return check_vocabulary(job.prompt_tokens, self.n_vocab)
         if job.prompt is not None:
             return self.tokenize(job.prompt)
         from inferad.chat import ChatTemplateError, chat_tokens

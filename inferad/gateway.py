@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from inferad.admission import JobRejected
@@ -30,8 +30,8 @@ Attempt = Callable[[str, list[int], Relay], Awaitable[tuple[bytes, wire.Envelope
 
 
 # Refusals about the job, not the worker: try the next worker, but do not back off.
-JOB_LEVEL_CODES = frozenset({"max_tokens", "context_overflow", "unsupported", "busy", "replay", "expired",
-                             "not_yet_valid", "ttl_too_long"})
+JOB_LEVEL_CODES = frozenset({"max_tokens", "context_overflow", "invalid_prompt", "busy", "replay", "expired",
+                             "not_yet_valid", "ttl_too_long", "model_mismatch"})
 
 
 class AttemptFailed(Exception):
@@ -40,6 +40,17 @@ class AttemptFailed(Exception):
 
 class ClientGone(Exception):
     """The client stopped listening: stop routing, nobody is waiting."""
+
+
+@dataclass
+class Admitted:
+    """A job a gateway took (recorded, its worst-case charge reserved) and how to route it."""
+
+    envelope: wire.Envelope
+    data: bytes
+    plan: Plan
+    reserved: int  # wei
+    started: float  # perf_counter() at admission
 
 
 @dataclass
@@ -89,15 +100,40 @@ class Router:
         return rank_candidates(shape, candidates, rng=self.rng, backed_off=self.backoff.active(now),
                                reputation_floor=self.reputation_floor)
 
-    async def route(self, job_id: str, plan: Plan, attempt: Attempt, relay: Relay) -> Routed:
+    async def route(self, job_id: str, plan: Plan, attempt: Attempt, relay: Relay, *,
+                    job: wire.JobRequest | None = None) -> Routed:
+        """Try workers in plan order until one returns a valid, signed result for job ``job_id``.
+
+        Every attempt is checked as it goes, since a worker is a peer like any other:
+        its tokens before they are relayed (:func:`check_tokens`), its result before it
+        is accepted (:func:`check_result`).  A worker that breaks a rule is failed over
+        like one that went away, and the next continues after the tokens the client has.
+
+        Args:   job: the client's request, whose model the result must name and whose
+                     ``max_tokens`` no streamed token may reach (the node always passes it;
+                     without it only the job id, signer, prefix and stream are checked).
+                attempt: runs the job on one peer, continuing after ``prefix`` (token ids).
+                relay: forwards tokens to the client; raises ClientGone once it has left.
+        Returns: Routed: the signed result and one record per worker tried.
+        Raises: JobRejected: every worker refused for one reason (that code), else "no_worker".
+                ClientGone: the client left (a remote worker cannot know that: its "cancelled"
+                is a failure).
+        """
+        max_tokens = job.params.max_tokens if job is not None else wire.MAX_TOKENS_LIMIT
         delivered: list[wire.Token] = []
         workers: list[dict] = []
         codes: set[str] = set()
         for peer_id in plan.order[: self.max_attempts]:
             prefix = [t.id for t in delivered]
             from_this: list[wire.Token] = []
+            broken: list[AttemptFailed] = []  # the rule this attempt's stream broke, if it did
 
-            async def forward(tokens: list[wire.Token], from_this=from_this) -> None:
+            async def forward(tokens: list[wire.Token], prefix=prefix, from_this=from_this, broken=broken) -> None:
+                try:
+                    check_tokens(tokens, prefix=len(prefix), streamed=len(from_this), max_tokens=max_tokens)
+                except AttemptFailed as rule:
+                    broken.append(rule)  # the local engine reports a failed relay as "cancelled"
+                    raise
                 from_this.extend(tokens)
                 delivered.extend(tokens)
                 await relay(tokens)
@@ -105,10 +141,15 @@ class Router:
             self.inflight[peer_id] += 1
             try:
                 data, envelope = await attempt(peer_id, prefix, forward)
-                _check_result(envelope, job_id, peer_id, prefix, from_this)
-            except (AttemptFailed, JobRejected) as exc:
+                check_result(envelope, job_id=job_id, model_sha256=job.model.sha256 if job is not None else None,
+                             worker=peer_id, prefix=prefix, streamed=[t.id for t in from_this])
+            except (AttemptFailed, JobRejected) as failure:
+                exc = broken[0] if broken else failure
                 if isinstance(exc, JobRejected) and exc.code == "cancelled":
-                    raise ClientGone() from None
+                    if peer_id == self.self_id:  # our own engine stopped because relaying to the client failed
+                        raise ClientGone() from None
+                    exc = AttemptFailed(f"worker says cancelled, but this gateway's client is still here "
+                                        f"({exc.message})")
                 reason = f"{exc.code}: {exc.message}" if isinstance(exc, JobRejected) else str(exc)
                 code = exc.code if isinstance(exc, JobRejected) else "failed"
                 codes.add(code)
@@ -119,6 +160,8 @@ class Router:
                     delay = self.backoff.failed(peer_id, time.monotonic())
                     log.warning("worker %s failed after %d tokens (%s); backing off %.0f s", peer_id[-8:],
                                 len(from_this), reason, delay)
+                if isinstance(exc, JobRejected) and exc.code == "expired":  # nobody may run it now
+                    raise JobRejected("expired", exc.message) from None
                 continue
             finally:
                 self.inflight[peer_id] -= 1
@@ -131,16 +174,51 @@ class Router:
         raise JobRejected(code, f"no worker could run the job. Tried: {tried}. Excluded: {plan.explain()}")
 
 
-def _check_result(envelope: wire.Envelope, job_id: str, peer_id: str, prefix: list[int],
-                  streamed: list[wire.Token]) -> None:
-    """A worker's result must be for this job, by this worker, extend the prefix
-    it was given and match what it streamed; else it counts as a failure."""
+def check_tokens(tokens: Sequence[wire.Token], *, prefix: int, streamed: int, max_tokens: int) -> None:
+    """Tokens a worker streams must continue the client's stream, checked before they are relayed.
+
+    ``prefix``: tokens delivered before this attempt (the worker was asked to continue after
+    them); ``streamed``: tokens this attempt already relayed.  Indices go up one at a time
+    from ``prefix + streamed`` and stay below ``max_tokens``, so a worker that ignores the
+    prefix (numbers from 0), skips or repeats a token, or runs past the job's limit never
+    puts a token in front of the client that no honest continuation could sign.
+
+    Raises: AttemptFailed, naming the first bad index.
+    """
+    for offset, token in enumerate(tokens):
+        due = prefix + streamed + offset
+        if token.index != due:
+            raise AttemptFailed(f"streamed token {token.index} where {due} was due (after a prefix of {prefix} "
+                                f"and {streamed + offset} streamed)")
+        if token.index >= max_tokens:
+            raise AttemptFailed(f"streamed token {token.index} is beyond the job's max_tokens ({max_tokens})")
+
+
+def check_result(envelope: wire.Envelope, *, job_id: str, model_sha256: str | None, worker: str,
+                 prefix: Sequence[int], streamed: Sequence[int]) -> None:
+    """A worker's answer must be the result of this attempt, or the attempt failed.
+
+    It must be a ``result`` for ``job_id``, signed by ``worker`` (the peer asked) and naming
+    it, for the job's model (``model_sha256``; None: not checked); its output must begin with ``prefix`` (token
+    ids delivered before this attempt) with ``continued_from == len(prefix)``, and the rest
+    must be exactly ``streamed`` (the ids this attempt relayed).  So the client, which checks
+    the same, always gets a result it accepts, and a worker cannot pass off another job's,
+    another key's or another model's output.
+
+    Raises: AttemptFailed, saying which rule the result broke.
+    """
+    if envelope.type != "result":
+        raise AttemptFailed(f"expected a result, got a {envelope.type}")
     result: wire.JobResult = envelope.message
-    if envelope.type != "result" or result.job_id != job_id:
-        raise AttemptFailed("result for another job")
-    if envelope.signer_peer_id != peer_id or result.worker != peer_id:
-        raise AttemptFailed("result not signed by the worker asked")
-    if list(result.output_tokens[: len(prefix)]) != prefix or result.continued_from != len(prefix):
-        raise AttemptFailed("result does not continue the delivered tokens")
-    if list(result.output_tokens[len(prefix):]) != [t.id for t in streamed]:
+    if result.job_id != job_id:
+        raise AttemptFailed(f"result for another job ({result.job_id[:16]}…)")
+    if envelope.signer_peer_id != worker or result.worker != worker:
+        raise AttemptFailed(f"result not signed by the worker asked (signed by {envelope.signer_peer_id}, "
+                            f"naming {result.worker})")
+    if model_sha256 is not None and result.model.sha256 != model_sha256:
+        raise AttemptFailed(f"result names another model ({result.model.sha256[:12]}…, not {model_sha256[:12]}…)")
+    if result.continued_from != len(prefix) or list(result.output_tokens[: len(prefix)]) != list(prefix):
+        raise AttemptFailed(f"result does not continue the prefix of {len(prefix)} delivered tokens "
+                            f"(continued_from {result.continued_from})")
+    if list(result.output_tokens[len(prefix):]) != list(streamed):
         raise AttemptFailed("result differs from the streamed tokens")

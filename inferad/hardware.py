@@ -35,6 +35,41 @@ def _ram_mb() -> int:
         return 0
 
 
+def available_ram_bytes() -> int:
+    """RAM the kernel can hand out now without swapping (Linux MemAvailable: free memory plus
+    reclaimable caches), else the free pages; 0 if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024  # the kernel writes kB, meaning KiB
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+def free_vram_bytes() -> int:
+    """Free memory summed over the NVIDIA GPUs (llama.cpp splits layers across all of them); 0 without NVML."""
+    try:
+        import pynvml
+    except ImportError:
+        return 0
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError:
+        return 0
+    try:
+        return sum(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).free
+                   for i in range(pynvml.nvmlDeviceGetCount()))
+    except pynvml.NVMLError as exc:
+        log.warning("NVML found a driver but could not read free GPU memory: %s", exc)
+        return 0
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def _gpus() -> list[wire.Gpu]:
     """NVIDIA GPUs via NVML; none (not an error) where there is no driver or library."""
     try:

@@ -97,20 +97,35 @@ class Home:
 
     @property
     def eth_address(self) -> str:
-        """The EIP-55 checksummed address of the keystore (read without decrypting it)."""
-        from eth_hash.auto import keccak  # eth_utils would cost a submit 0.15 s of imports
+        """The EIP-55 checksummed address of the keystore (read without decrypting it).
 
+        The checksum needs keccak, whose import costs ``inferad submit`` 0.1 s, so it is
+        computed once and kept in ``<home>/eth.address`` (public, like the address itself);
+        the keystore's own (lowercase) address stays the authority the cache must match.
+        """
         try:
-            address = json.loads(_read_private(self.eth_keystore_path))["address"].lower()
+            address = json.loads(_read_private(self.eth_keystore_path))["address"].lower().removeprefix("0x")
             int(address, 16)
         except (ValueError, KeyError, TypeError, AttributeError):
             raise HomeError(f"{self.eth_keystore_path} is not an Ethereum keystore") from None
+        cache = self.path / "eth.address"
+        try:
+            cached = cache.read_text().strip()
+        except FileNotFoundError:
+            cached = ""
+        if cached[2:].lower() == address:
+            return cached
+        from eth_hash.auto import keccak
+
         digest = keccak(address.encode()).hex()
-        return "0x" + "".join(c.upper() if int(d, 16) >= 8 else c for c, d in zip(address, digest, strict=False))
+        checksummed = "0x" + "".join(c.upper() if int(d, 16) >= 8 else c for c, d in zip(address, digest,
+                                                                                        strict=False))
+        cache.write_text(checksummed + "\n")
+        return checksummed
 
     def eth_account(self):  # -> eth_account.signers.local.LocalAccount
         """Decrypt the Ethereum key with INFERAD_PASSPHRASE (empty on a devnet)."""
-        from eth_account import Account
+        from chain.ethereum import Account
 
         data = json.loads(_read_private(self.eth_keystore_path))
         try:
@@ -123,7 +138,7 @@ class Home:
 
 
 def _new_eth_keystore() -> dict:
-    from eth_account import Account
+    from chain.ethereum import Account
 
     account = Account.create()
     # pbkdf2 with 2^18 rounds: a quarter second, where scrypt's default needs 256 MiB.

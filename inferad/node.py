@@ -1,7 +1,8 @@
 """The daemon: the one place where store, engines, host, mesh and protocols meet.
 
 Roles are not separate programs: every node is a gateway (``/inferad/submit``
-from clients; it routes the job), a worker (``/inferad/exec`` from gateways,
+from clients, or ``submit`` on its control socket from clients on the same
+machine; it routes the job), a worker (``/inferad/exec`` from gateways,
 or its own jobs locally) and a member of the mesh (adverts on gossipsub,
 provider records in the DHT).
 
@@ -15,6 +16,7 @@ one per engine (llama.cpp is single-threaded per context), four for LevelDB.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -22,19 +24,28 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
 
 from inferad import __version__, control
-from inferad.admission import JobRejected, check_context, check_served, check_timing
+from inferad.admission import (
+    JobRejected,
+    check_context,
+    check_delivery,
+    check_model,
+    check_served,
+    check_signing,
+    check_timing,
+)
 from inferad.config import Config
-from inferad.engine import Engine, EngineError
-from inferad.gateway import AttemptFailed, ClientGone, Routed, Router
+from inferad.engine import Engine, EngineError, check_vocabulary
+from inferad.gateway import Admitted, AttemptFailed, ClientGone, Routed, Router
 from inferad.hardware import probe
 from inferad.home import Home
 from inferad.metrics import Metrics
-from inferad.models import ModelError, resolve
+from inferad.models import ModelError, check_label, name_models, naming_note, resolve
 from inferad.sim import SimEngine
 from inferad.speed import tokens_per_second
 from inferad.store import Store
@@ -137,7 +148,7 @@ class Node:
             listen = [_multiaddr(a) for a in self.config.listen]
             try:
                 async with (running(host, listen),
-                            running_mesh(host, GossipSettings(), app_score=self._app_score) as (pubsub, dht)):
+                            running_mesh(host, self._gossip_settings(), app_score=self._app_score) as (pubsub, dht)):
                     self.host, self.pubsub, self.dht = host, pubsub, dht
                     guard_all_handlers(host)
                     self.addrs = _dialable([str(a) for a in host.get_addrs()])
@@ -152,10 +163,17 @@ class Node:
             self.store.close()
             log.info("node stopped")
 
+    def _gossip_settings(self) -> GossipSettings:
+        settings = GossipSettings(ip_colocation_limit=self.config.ip_colocation_limit)
+        if not settings.ip_colocation_protection:
+            log.warning("gossip IP-colocation (eclipse) protection is off (gossip.ip_colocation_limit = 0): "
+                        "right for a network on one machine only; remove the setting for the internet")
+        return settings
+
     async def _serve_mesh(self, task_status) -> None:
         self.pubsub.set_topic_validator(TOPIC_ADVERTS, self._validate_advert, is_async_validator=False)
         adverts = await self.pubsub.subscribe(TOPIC_ADVERTS)
-        self.pubsub.set_topic_validator(TOPIC_ATTESTATIONS, self._validate_attestation, is_async_validator=False)
+        self.pubsub.set_topic_validator(TOPIC_ATTESTATIONS, self._validate_attestation, is_async_validator=True)
         attestations = await self.pubsub.subscribe(TOPIC_ATTESTATIONS)
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
@@ -163,7 +181,8 @@ class Node:
             if self.verification is not None:
                 await self.verification.resume(nursery)
             self.control_commands = self._control_commands()
-            await nursery.start(control.serve, self.home.path / "control.sock", self.control_commands)
+            await nursery.start(partial(control.serve, self.home.path / "control.sock", self.control_commands,
+                                        {"submit": self._control_submit}, max_frame=self.config.max_frame))
             if self.config.api_port >= 0:
                 await self._start_api(nursery)
             nursery.start_soon(self._receive_adverts, adverts)
@@ -201,6 +220,9 @@ class Node:
                     engine = SimEngine(spec, tokens_per_s=self.sim_tokens_per_s, n_ctx=self.config.n_ctx)
                 else:
                     model = await trio.to_thread.run_sync(resolve, spec)
+                    check_label(model.name, model.sha256)  # holds for resolve's labels (models.file_label)
+                    if note := naming_note(model):
+                        log.warning("%s", note)
                     log.info("loading %s with llama.cpp (%s)…", model.name, model.path)
                     engine = await trio.to_thread.run_sync(
                         lambda m=model: Engine(m, n_ctx=self.config.n_ctx, n_threads=self.config.n_threads,
@@ -353,6 +375,7 @@ class Node:
             return 0
         client = job.client_eth
         if client not in self._clients_seen:
+            _check_client_eth(job)
             if not await trio.to_thread.run_sync(self.chain_view.refresh, set(), {client}):
                 raise JobRejected("chain_unavailable", "the chain is unreachable, so this gateway cannot check "
                                                        "your deposit yet; retry later")
@@ -395,12 +418,13 @@ class Node:
         except Exception as exc:  # no peers on the topic yet: the verifier's answer still reached the gateway
             log.debug("attestation not gossiped: %r", exc)
 
-    def _validate_attestation(self, forwarder: Any, msg: Any) -> bool:
+    async def _validate_attestation(self, forwarder: Any, msg: Any) -> bool:
+        """Gossipsub topic validator (asynchronous: the draw check reads the chain, cached per block)."""
         try:
             envelope = wire.decode(msg.data, max_size=GossipSettings.max_message_bytes)
             if self.verification is None:
                 raise wire.WireError("no chain: attestations are not checked here")
-            self.verification.validate(envelope)
+            await trio.to_thread.run_sync(self.verification.validate, envelope)
         except (wire.WireError, ValueError) as exc:
             log.debug("rejected attestation from %s: %s", forwarder, exc)
             return False
@@ -424,11 +448,14 @@ class Node:
             peer_id=self.peer_id, addrs=tuple(self.addrs[:16]), eth=self.eth_address,
             engine="sim" if self.engine_kind == "sim" else "llama.cpp",
             models=tuple(wire.ModelOffer(sha256=sha, name=s.engine.ref.name, tokens_per_s=float(s.tokens_per_s),
-                                         n_ctx=s.engine.n_ctx) for sha, s in self.served.items()),
+                                         n_ctx=s.engine.n_ctx, n_vocab=s.engine.n_vocab)
+                         for sha, s in self.served.items()),
             hardware=self.hardware,
             load=wire.Load(queued=sum(x.queued for x in loads), running=sum(x.running for x in loads),
                            capacity=sum(x.capacity for x in loads)),
             version=__version__, seq=self._advert_seq, ts=_now_ms(), interval=self.config.advert_interval,
+            limits=wire.Limits(max_tokens=self.config.max_tokens, max_ttl_s=self.config.max_job_ttl,
+                               clock_skew_s=self.config.clock_skew, max_frame=self.config.max_frame),
         )
 
     def _load_change(self) -> None:
@@ -464,7 +491,11 @@ class Node:
                 raise wire.WireError("stale advert")
             if advert.ts > now + self.config.clock_skew * 1000:
                 raise wire.WireError("advert from the future")
-        except (wire.WireError, ValueError) as exc:
+            for offer in advert.models:  # a catalog name on other bytes: an impostor (DESIGN §2c)
+                check_label(offer.name, offer.sha256)
+            if advert.eth != _checksummed(advert.eth):  # stakes are read by address; web3 takes EIP-55 only
+                raise wire.WireError(f"advert's eth address {advert.eth} is not in its EIP-55 checksum form")
+        except (wire.WireError, ValueError, ModelError) as exc:
             self.adverts_rejected += 1
             log.debug("rejected advert from %s: %s", forwarder, exc)
             return False
@@ -558,6 +589,11 @@ class Node:
     async def _serve_submit(self, stream: Any) -> None:
         await self._handle_request(stream, "job", self._route_job)
 
+    async def _control_submit(self, framed: FramedStream) -> None:
+        """``submit`` on the control socket: the same conversation as /inferad/submit, for a
+        client on this machine (``inferad submit --node-home``), without a libp2p connection."""
+        await self._handle_framed(framed, "job", self._route_job)
+
     async def _route_job(self, envelope: wire.Envelope, data: bytes, framed: FramedStream) -> None:
         async def relay(tokens: list[wire.Token]) -> None:
             try:
@@ -578,10 +614,21 @@ class Node:
         when the client left.  Returns once the worker-signed result is stored
         (acknowledged); raises JobRejected with a typed code otherwise.
         """
+        return await self.run_admitted(await self.admit(envelope, data), relay)
+
+    async def admit(self, envelope: wire.Envelope, data: bytes) -> Admitted:
+        """Decide whether this gateway takes a job, before any token is promised to its client.
+
+        Clock, model, prompt (tokens in the vocabulary, a chat the template can render),
+        context, worker eligibility, replay and deposit: every refusal a client could fix
+        is raised here as JobRejected.  An admitted job is recorded and its worst-case
+        charge reserved: hand it to :meth:`run_admitted`, or to :meth:`abandon`.
+        """
         job: wire.JobRequest = envelope.message
         started = time.perf_counter()
         job_id = envelope.digest
         self._check_timing(job)
+        check_model(job.model)
         now = time.monotonic()
         local = self._local_candidate(job)
         candidates = self.router.candidates(job.model.sha256, now, local)
@@ -591,9 +638,7 @@ class Node:
         if not candidates:
             raise JobRejected("unknown_model", f"no node in this network serves {job.model.name} "
                                                f"({job.model.sha256[:12]}…)")
-        prompt_tokens = (len(self.served[job.model.sha256].engine.prompt_tokens(job)) if local
-                         else estimate_prompt_tokens(len(job.prompt or "") + sum(len(m.content) for m in
-                                                                                 job.messages or ())))
+        prompt_tokens = self._prompt_size(job, local is not None, [c.peer_id for c in candidates])
         plan = self.router.plan(JobShape(prompt_tokens, job.params.max_tokens), candidates, now)
         if not plan.order:
             raise JobRejected(plan.common_code() if plan.common_code() in ("context_overflow", "busy", "unstaked")
@@ -604,21 +649,44 @@ class Node:
         if not await self.db(self.store.accept_job, job_id, data, role="gateway"):
             self._release_charge(job.client_eth, reserved)
             raise JobRejected("replay", f"job {job_id[:16]}… was already submitted")
+        return Admitted(envelope, data, plan, reserved, started)
+
+    def _prompt_size(self, job: wire.JobRequest, local: bool, candidates: list[str]) -> int:
+        """Prompt tokens of a job: exact with the model at hand or token ids, else an estimate."""
+        if local:
+            try:
+                return len(self.served[job.model.sha256].engine.prompt_tokens(job))
+            except EngineError as exc:
+                raise JobRejected("invalid_prompt", str(exc)) from None
+        if job.prompt_tokens is not None:
+            vocabularies = [offer.n_vocab for entry in map(self.peers.get, candidates) if entry is not None
+                            for offer in [entry.advert.offers(job.model.sha256)] if offer and offer.n_vocab]
+            if vocabularies:
+                try:
+                    check_vocabulary(job.prompt_tokens, min(vocabularies))
+                except EngineError as exc:
+                    raise JobRejected("invalid_prompt", str(exc)) from None
+            return len(job.prompt_tokens)
+        return estimate_prompt_tokens(len(job.prompt or "") + sum(len(m.content) for m in job.messages or ()))
+
+    async def run_admitted(self, admitted: Admitted, relay) -> Routed:
+        """Route an admitted job to its workers until one delivers a signed result (see route_job)."""
+        envelope, data, job_id = admitted.envelope, admitted.data, admitted.envelope.digest
+        job: wire.JobRequest = envelope.message
 
         async def attempt(peer_id: str, prefix: list[int], relay):
             if peer_id == self.peer_id:
-                return await self._execute(envelope, prefix, relay)
-            return await self._attempt_remote(peer_id, data, prefix, relay)
+                signed = await self._execute(envelope, prefix, relay)
+            else:
+                signed = await self._attempt_remote(peer_id, data, prefix, relay)
+            check_delivery(job, signed[1].message, now_ms=_now_ms())  # never deliver after expiry
+            return signed
 
         self.active_jobs += 1
         try:
-            routed = await self.router.route(job_id, plan, attempt, relay)
+            routed = await self.router.route(job_id, admitted.plan, attempt, relay, job=job)
         except (JobRejected, ClientGone) as exc:
-            self._release_charge(job.client_eth, reserved)
-            code = exc.code if isinstance(exc, JobRejected) else "client_gone"
-            await self.db(self.store.fail_job, job_id, code)
-            self._log_job(job_id, job, outcome=code)
-            self.metrics.job_done(code, 0, time.perf_counter() - started)
+            await self.abandon(admitted, exc.code if isinstance(exc, JobRejected) else "client_gone")
             raise
         finally:
             self.active_jobs -= 1
@@ -630,8 +698,17 @@ class Node:
         result: wire.JobResult = routed.envelope.message
         self._log_job(job_id, job, outcome="ok", tokens=len(result.output_tokens),
                       workers=",".join(w["peer"][-8:] for w in routed.workers))
-        self.metrics.job_done("ok", len(result.output_tokens) - result.continued_from, time.perf_counter() - started)
+        self.metrics.job_done("ok", len(result.output_tokens) - result.continued_from,
+                              time.perf_counter() - admitted.started)
         return routed
+
+    async def abandon(self, admitted: Admitted, code: str) -> None:
+        """An admitted job that will not be (or was not) delivered: release its charge, record why."""
+        job: wire.JobRequest = admitted.envelope.message
+        self._release_charge(job.client_eth, admitted.reserved)
+        await self.db(self.store.fail_job, admitted.envelope.digest, code)
+        self._log_job(admitted.envelope.digest, job, outcome=code)
+        self.metrics.job_done(code, 0, time.perf_counter() - admitted.started)
 
     def _local_candidate(self, job: wire.JobRequest) -> Candidate | None:
         served = self.served.get(job.model.sha256)
@@ -709,6 +786,11 @@ class Node:
             raise JobRejected("unexpected", "an exec request must carry a client-signed job")
         job_id = job_envelope.digest
         self._check_timing(job_envelope.message)
+        if len(request.prefix) > job_envelope.message.params.max_tokens:  # no continuation can be that long
+            raise JobRejected("schema", f"exec.prefix holds {len(request.prefix)} tokens, more than the job's "
+                                        f"max_tokens ({job_envelope.message.params.max_tokens})")
+        if self.chain_view is not None:  # it will be settled: its client must have one spelling
+            _check_client_eth(job_envelope.message)
         if not await self.db(self.store.accept_job, job_id, request.job, role="worker",
                               gateway=envelope.signer_peer_id, prefix=len(request.prefix)):
             raise JobRejected("replay", f"job {job_id[:16]}… was already run here")
@@ -732,7 +814,7 @@ class Node:
         try:
             prompt = served.engine.prompt_tokens(job)
         except EngineError as exc:
-            raise JobRejected("unsupported", str(exc)) from None
+            raise JobRejected("invalid_prompt", str(exc)) from None
         check_context(len(prompt), job.params.max_tokens, served.engine.n_ctx)
         self._load_change()
         try:
@@ -744,7 +826,8 @@ class Node:
             text=generation.text, finish_reason=generation.finish_reason,
             usage=wire.Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=len(generation.tokens)),
             timings=wire.Timings(queue_ms=queue_ms, prompt_ms=generation.prompt_ms, decode_ms=generation.decode_ms),
-            engine=served.engine.info, worker=self.peer_id, continued_from=len(prefix),
+            engine=served.engine.info, worker=self.peer_id, signed_at=check_signing(job, now_ms=_now_ms()),
+            continued_from=len(prefix),
         )
         signed = wire.sign(result, self.key)
         log.info("ran job", extra={"fields": {"id": envelope.digest[:16], "model": served.engine.ref.name,
@@ -756,8 +839,11 @@ class Node:
     # ------------------------------------------------------------------ shared request handling
 
     async def _handle_request(self, stream: Any, expect: str | tuple[str, ...], handle) -> None:
+        """Read one signed request of type ``expect`` from a libp2p stream, hand it to ``handle``."""
+        await self._handle_framed(FramedStream(stream, self.config.max_frame), expect, handle)
+
+    async def _handle_framed(self, framed: FramedStream, expect: str | tuple[str, ...], handle) -> None:
         """Read one signed request of type ``expect``, hand it to ``handle``; typed errors for the rest."""
-        framed = FramedStream(stream, self.config.max_frame)
         try:
             with trio.fail_after(self.config.request_timeout):
                 data = await framed.receive()
@@ -818,21 +904,23 @@ class Node:
 
         async def peers() -> list[dict]:
             now = time.monotonic()
-            return [dict(wire.unparse(e.advert), advert_age_s=round(now - e.received_at, 1),
+            return [dict(wire.view(e.advert), advert_age_s=round(now - e.received_at, 1),
                          reputation=round(self.reputation(e.peer_id), 4), self=e.peer_id == self.peer_id)
                     for e in sorted(self.peers.fresh(now), key=lambda e: e.peer_id)]
 
         async def models() -> list[dict]:
-            found: dict[str, dict] = {}
+            """One entry per file (sha256) on offer: its id and label (models.name_models), its providers."""
+            offers: list[tuple[str, str]] = []
+            providers: dict[str, list[dict]] = {}
             for entry in self.peers.fresh(time.monotonic()):
                 for offer in entry.advert.models:
-                    model = found.setdefault(offer.sha256, {"sha256": offer.sha256, "name": offer.name,
-                                                            "providers": []})
-                    model["providers"].append({"peer_id": entry.peer_id, "tokens_per_s": offer.tokens_per_s,
-                                               "n_ctx": offer.n_ctx, "queued": entry.advert.load.queued})
-            for model in found.values():
-                model["providers"].sort(key=lambda p: p["peer_id"])
-            return sorted(found.values(), key=lambda m: m["name"])
+                    offers.append((offer.sha256, offer.name))
+                    providers.setdefault(offer.sha256, []).append({
+                        "peer_id": entry.peer_id, "tokens_per_s": offer.tokens_per_s, "n_ctx": offer.n_ctx,
+                        "queued": entry.advert.load.queued})
+            return [{"id": m.id, "name": m.label, "sha256": m.sha256,
+                     "providers": sorted(providers[m.sha256], key=lambda p: p["peer_id"])}
+                    for m in sorted(name_models(offers).values(), key=lambda m: m.id)]
 
         async def proof(account: str) -> dict:
             from inferad.oracle import fetch_proof
@@ -850,6 +938,23 @@ class Node:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checksummed(address: str) -> str:
+    """An Ethereum address (0x + 40 hex, any case) in its EIP-55 checksum form: the one spelling
+    web3 accepts, and so the one a node may key stakes, deposits and charges by."""
+    from eth_utils import to_checksum_address
+
+    return to_checksum_address(address)
+
+
+def _check_client_eth(job: wire.JobRequest) -> None:
+    """With a chain, a client's address must be in its EIP-55 checksum form: deposits are read
+    and charges reserved and settled per address, and web3 takes no other spelling."""
+    if job.client_eth != (checksummed := _checksummed(job.client_eth)):
+        raise JobRejected("schema", f"client_eth {job.client_eth} is not in its EIP-55 checksum form "
+                                    f"({checksummed}); sign the job with that spelling")
 
 
 def _multiaddr(text: str):

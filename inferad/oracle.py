@@ -25,8 +25,15 @@ from typing import Any
 import trio
 
 from chain.errors import ChainError
-from chain.settlement import BPS, SettlementError, build_settlement, verify_evidence, verify_served_job
-from inferad.verification import DEFERRED
+from chain.settlement import (
+    BPS,
+    SettlementError,
+    build_settlement,
+    verify_evidence,
+    verify_false_accusation,
+    verify_served_job,
+)
+from inferad.verification import DEFERRED, HELD
 from p2p import wire
 from p2p.streams import FramedStream, StreamClosed
 from proofs.draw import draw_value, is_drawn
@@ -62,6 +69,34 @@ def amount_bytes(wei: int) -> bytes:
     return wei.to_bytes(32, "big")
 
 
+class Verdicts:
+    """What one settlement slashes and pays in bounties, and the evidence behind it."""
+
+    def __init__(self) -> None:
+        self.slashes: dict[str, int] = {}  # address -> wei
+        self.bounties: dict[str, int] = {}  # address -> wei
+        self.evidence: dict[str, str] = {}  # job id -> evidence hash
+
+    def slash(self, oracle: Oracle, liar_key: bytes, proven_by: tuple[bytes, ...], job_id: str, evidence_hash: str,
+              *, what: str = "false result") -> None:
+        """Slash the account staked for ``liar_key`` (once per settlement), bounties to ``proven_by``."""
+        view, config = oracle.node.chain_view, oracle.node.config
+        liar = view.address_of_key(liar_key)
+        if liar is None:
+            log.warning("job %s: the liar has no stake left to slash", job_id[:16])
+            return
+        self.evidence[job_id] = evidence_hash
+        if liar in self.slashes:  # one slash per account and settlement, whatever the count of lies
+            return
+        self.slashes[liar] = view.stakes[liar][1] * config.slash_bps // BPS
+        payees = [a for a in map(view.address_of_key, proven_by) if a is not None]
+        for payee in payees:
+            share = self.slashes[liar] * config.bounty_bps // BPS // len(payees)
+            self.bounties[payee] = self.bounties.get(payee, 0) + share
+        log.warning("slashing %s by %d wei for a %s (evidence %s)", liar, self.slashes[liar], what,
+                    evidence_hash[:16])
+
+
 class Oracle:
     """The settlement loop of the node that holds the oracle's Ethereum key."""
 
@@ -69,6 +104,7 @@ class Oracle:
         self.node = node
         self.registry = registry  # sending as the oracle account
         self.limiter = trio.CapacityLimiter(1)  # one sender: nonces in order
+        self._unpunished: set[str] = set()  # false accusations without a second witness, logged once
 
     async def run(self) -> None:
         node = self.node
@@ -111,7 +147,7 @@ class Oracle:
         signers = {wire.decode(result).signer for _, result in entries}
         await trio.to_thread.run_sync(node.chain_view.learn_keys, signers)
         await self.catch_up_attestations([j for j, _ in entries])
-        slashes, bounties, evidence = await self.convictions()
+        slashes, bounties, evidence = await self.convictions({wire.decode(j).digest: (j, r) for j, r in entries})
         jobs, dropped, deferred = [], [], {}
         for job, result in {wire.decode(j).digest: (j, r) for j, r in entries}.values():
             try:
@@ -190,7 +226,7 @@ class Oracle:
                         continue
                     for data in answer.message.items:
                         envelope = wire.decode(data)
-                        verification.validate(envelope)
+                        await trio.to_thread.run_sync(verification.validate, envelope)
                         await verification.record(data, envelope)
                 except Exception as exc:  # that peer's attestations come next time
                     log.debug("no attestations from %s: %s", entry.peer_id, exc)
@@ -205,7 +241,7 @@ class Oracle:
             return DEFER
         if beacon is None:
             return DEFER
-        outcome = verification.outcome(job_env.digest, result_env.digest)
+        outcome = verification.outcome(job_env.digest, result_env.digest, beacon.number)
         if outcome == "invalid":
             return "proven invalid by a quorum of verifiers"
         p = verification.probability(result_env.signer_peer_id)
@@ -215,50 +251,99 @@ class Oracle:
             return DEFER
         return f"drawn for verification (p={p:.2f}) and not attested valid ({outcome})"
 
-    async def convictions(self) -> tuple[dict[str, int], dict[str, int], dict[str, str]]:
-        """Slashes (worker address -> wei), verifier bounties and the evidence (job id -> hash)
-        for every lie proven by a quorum and not slashed yet."""
-        node, config = self.node, self.node.config
-        slashes: dict[str, int] = {}
-        bounties: dict[str, int] = {}
-        evidence: dict[str, str] = {}
+    async def convictions(self, reported: dict[str, tuple[bytes, bytes]]) -> tuple[dict[str, int], dict[str, int],
+                                                                                   dict[str, str]]:
+        """Slashes (address -> wei), verifier bounties and the evidence (job id -> hash) for every
+        lie a quorum of named verifiers proved, and not slashed yet; ``reported`` holds the signed
+        (job, result) pairs being settled, by job id, to build evidence from.
+
+        Before it slashes a worker, the oracle re-scores the result on its own copy of the model
+        when it has one.  If it finds the result valid, nobody is slashed for it: its signed
+        ``valid`` acquits the worker on every node (proofs.reputation.job_outcome) and costs the
+        accusers their reputation; when another named verifier also attested it valid, the
+        accusers are slashed as liars themselves (chain.settlement.verify_false_accusation).
+        Without the model, the oracle slashes on the named verifiers' word alone.
+        """
+        node = self.node
+        verdicts = Verdicts()
         for job_id, result_hash, voters in node.verification.proven_lies():
             if await node.db(node.store.is_slashed, job_id):
                 continue
-            data = await self.evidence(job_id, result_hash, voters)
+            data = await self.evidence(job_id, result_hash, voters, reported.get(job_id))
             if data is None:
                 continue
             try:
-                lie = verify_evidence(data, quorum=config.quorum)
-            except SettlementError as exc:
+                lie = await trio.to_thread.run_sync(lambda d=data: verify_evidence(
+                    d, quorum=node.config.quorum, eligible=node.verification.eligible))
+            except (SettlementError, ChainError) as exc:
                 log.warning("job %s: evidence does not hold: %s", job_id[:16], exc)
                 continue
-            worker = node.chain_view.address_of_key(lie.worker_key)
-            if worker is None:
-                log.warning("job %s: the lying worker has no stake left to slash", job_id[:16])
+            if await self.rescore(data) == "valid":  # acquitted: its accusers are handled below
                 continue
-            evidence[job_id] = wire.decode(data).digest
-            if worker in slashes:  # one slash per worker and settlement, whatever the count of lies
-                continue
-            slashes[worker] = node.chain_view.stakes[worker][1] * config.slash_bps // BPS
-            payees = [a for a in map(node.chain_view.address_of_key, lie.verifier_keys) if a is not None]
-            for payee in payees:
-                share = slashes[worker] * config.bounty_bps // BPS // len(payees)
-                bounties[payee] = bounties.get(payee, 0) + share
-            log.warning("slashing %s by %d wei (evidence %s)", worker, slashes[worker], evidence[job_id][:16])
-        return slashes, bounties, evidence
+            await trio.to_thread.run_sync(node.chain_view.learn_keys, {lie.worker_key, *lie.verifier_keys})
+            verdicts.slash(self, lie.worker_key, lie.verifier_keys, job_id, wire.decode(data).digest)
+        for job_id, result_hash in node.verification.false_accusations():
+            if not await node.db(node.store.is_slashed, job_id):
+                pair = reported.get(job_id) or await node.db(node.store.pair, HELD, job_id)
+                if pair is not None:
+                    await self.punish_accusers(job_id, result_hash, pair, verdicts)
+        return verdicts.slashes, verdicts.bounties, verdicts.evidence
 
-    async def evidence(self, job_id: str, result_hash: str, voters: list[str]) -> bytes | None:
-        """Checked evidence for a proven lie: from our store, else the job and result from a verifier."""
+    async def rescore(self, data: bytes) -> str | None:
+        """The oracle's own verdict on the result inside evidence (signed and gossiped as the
+        arbiter's attestation), or None when it does not serve the model."""
+        node = self.node
+        evidence = wire.decode(data).message
+        job, result = wire.decode(evidence.job), wire.decode(evidence.result)
+        served = node.served.get(job.message.model.sha256)
+        if served is None:
+            log.warning("job %s: the oracle does not serve %s, so it slashes on the verifiers' word alone",
+                        job.digest[:16], job.message.model.name)
+            return None
+        beacon = await node.verification.beacon(job.message)
+        if beacon is None:
+            return None
+        await node.db(node.store.put_pair, HELD, job.digest, evidence.job, evidence.result)
+        signed = await node.verification.attest(served, job, result, beacon)
+        return wire.decode(signed).message.verdict
+
+    async def punish_accusers(self, job_id: str, result_hash: str, pair: tuple[bytes, bytes],
+                              verdicts: Verdicts) -> None:
+        """The oracle found valid a result named verifiers called invalid: slash the accusers if
+        another named verifier agrees with the oracle, else only their reputation pays."""
+        node = self.node
+        accusation = node.verification.evidence_of(job_id, result_hash, *pair, verdicts=("invalid", "valid"))
+        try:
+            false = await trio.to_thread.run_sync(lambda: verify_false_accusation(
+                accusation, arbiter_key=bytes(node.key.verify_key), eligible=node.verification.eligible))
+        except (SettlementError, ChainError) as exc:
+            if job_id not in self._unpunished:  # checked again each settlement: a witness may still come
+                self._unpunished.add(job_id)
+                log.warning("job %s: the oracle re-scored it valid, so nobody is slashed for it; the accusers "
+                            "lose reputation only (%s)", job_id[:16], exc)
+            return
+        await node.db(node.store.put_evidence, wire.decode(accusation).digest, job_id, accusation)
+        await trio.to_thread.run_sync(node.chain_view.learn_keys, {*false.accuser_keys, *false.witness_keys})
+        for accuser in false.accuser_keys:
+            verdicts.slash(self, accuser, tuple(k for k in false.witness_keys if k != bytes(node.key.verify_key)),
+                           job_id, wire.decode(accusation).digest, what="false accusation")
+
+    async def evidence(self, job_id: str, result_hash: str, voters: list[str],
+                       pair: tuple[bytes, bytes] | None = None) -> bytes | None:
+        """Evidence for a proven lie: from our store, else from the reported job and result
+        (``pair``), else with the job and result a verifier holds."""
         node = self.node
         data = await node.db(node.store.evidence, job_id)
+        if data is None and pair is not None and wire.decode(pair[1]).digest == result_hash:
+            data = node.verification.evidence_of(job_id, result_hash, *pair)
         for voter in ([] if data else voters):
             try:
                 with trio.fail_after(30):
                     answer = await node.ask_peer_raw(voter, wire.sign(wire.EvidenceRequest(hash=job_id), node.key))
                 held = wire.decode(answer).message
                 data = node.verification.evidence_of(job_id, result_hash, held.job, held.result)
-                verify_evidence(data, quorum=node.config.quorum)
+                await trio.to_thread.run_sync(lambda d=data: verify_evidence(
+                    d, quorum=node.config.quorum, eligible=node.verification.eligible))
                 break
             except Exception as exc:  # unreachable, no evidence, bad evidence: ask the next voter
                 log.warning("no evidence for job %s from %s: %s", job_id[:16], voter, exc)

@@ -14,11 +14,13 @@ import hashlib
 import time
 from collections.abc import Sequence
 
-from inferad.engine import EngineError, Generation, OnToken, OutputStream
+from inferad.engine import EngineError, Generation, OnToken, OutputStream, check_vocabulary
 from p2p import wire
 
 SIM_PREFIX = "sim"
+SIM_N_CTX = 2048
 EOG = 0
+SIM_VOCAB = 31000  # tokenize() and _token() make ids below this
 
 
 def is_sim_model(name: str) -> bool:
@@ -35,12 +37,14 @@ def sim_model_ref(name: str = SIM_PREFIX) -> wire.ModelRef:
 class SimEngine:
     kind = "sim"
 
-    def __init__(self, name: str = SIM_PREFIX, *, tokens_per_s: float = 50.0, n_ctx: int = 2048) -> None:
+    def __init__(self, name: str = SIM_PREFIX, *, tokens_per_s: float = 50.0, n_ctx: int = 0) -> None:
+        """``n_ctx`` 0: :data:`SIM_N_CTX`, the simulated model's "trained" context (no memory to size)."""
         if tokens_per_s <= 0:
             raise EngineError("the sim engine needs a positive --sim-tokens-per-s")
         self.ref = sim_model_ref(name)
         self.tokens_per_s = tokens_per_s
-        self.n_ctx = n_ctx
+        self.n_ctx = n_ctx or SIM_N_CTX
+        self.n_vocab = SIM_VOCAB
         self.load_seconds = 0.0
         self.info = wire.EngineInfo(name="sim", version=f"{tokens_per_s:g} tok/s", backend="simulated")
 
@@ -50,6 +54,8 @@ class SimEngine:
                       for i in range(0, len(data), 4)]
 
     def prompt_tokens(self, job: wire.JobRequest) -> list[int]:
+        if job.prompt_tokens is not None:
+            return check_vocabulary(job.prompt_tokens, self.n_vocab)
         if job.prompt is not None:
             return self.tokenize(job.prompt)
         return self.tokenize("\n".join(f"{m.role}: {m.content}" for m in job.messages))

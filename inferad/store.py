@@ -50,17 +50,18 @@ class JobRecord:
     meta: dict | None = None  # role (gateway|worker), workers tried, gateway peer…
 
     def to_json(self) -> dict:
-        """A JSON-friendly view with the envelopes decoded (they were verified on the way in)."""
+        """A JSON-friendly view with the envelopes decoded (they were verified on the way in);
+        every field is shown, defaults included, although the signed bodies leave them out."""
         from p2p import wire
 
         view = {"job_id": self.job_id, "status": self.status, "received_at": self.received_at,
-                "job": jsonable(wire.decode(self.job).body)}
+                "job": jsonable(wire.view(wire.decode(self.job).message))}
         if self.error:
             view["error"] = self.error
         view.update(self.meta or {})
         if self.result is not None:
             result = wire.decode(self.result)
-            view["result"] = jsonable(result.body)
+            view["result"] = jsonable(wire.view(result.message))
             view["result_hash"] = result.digest
             view["worker_signature_valid"] = True  # decode() verified it, or it raised
         return view

@@ -24,11 +24,20 @@ import trio
 from chain.beacon import Beacon, BeaconFinder
 from chain.errors import ChainError
 from chain.settlement import SettlementError, verify_evidence
+from chain.view import StakeTable
 from inferad.store import jsonable
 from p2p import wire
 from proofs.check import INCONCLUSIVE, Claim, Thresholds, Verdict, check_claim, judge
-from proofs.draw import SPACE, draw_value, draw_verifiers, is_drawn
-from proofs.reputation import Evidence, Vote, evidence_by_worker, job_outcome, reputation, verify_probability
+from proofs.draw import SPACE, draw_value, is_drawn, named_verifiers
+from proofs.reputation import (
+    Evidence,
+    Vote,
+    evidence_by_worker,
+    false_accusers,
+    job_outcome,
+    reputation,
+    verify_probability,
+)
 
 log = logging.getLogger("inferad.verify")
 HELD, DEFERRED = b"held/", b"deferred/"
@@ -68,6 +77,7 @@ class Verification:
         self.config = node.config
         self.thresholds = thresholds
         self.beacons = BeaconFinder(node.chain_view.registry.w3)
+        self.stakes = StakeTable(node.chain_view.registry, node.chain_info.deployment_block)
         self._votes: dict[tuple[str, str], dict[str, Vote]] = {}  # (job, result hash) -> verifier -> vote
         self._raw: dict[tuple[str, str], dict[str, bytes]] = {}  # the signed attestations behind them
         self._evidence: dict[str, Evidence] | None = {}  # worker -> attested evidence (None: recount)
@@ -99,7 +109,7 @@ class Verification:
     def evidence(self, peer_id: str) -> Evidence:
         if self._evidence is None:
             votes = [v for by in self._votes.values() for v in by.values()]
-            self._evidence = evidence_by_worker(votes, quorum=self.config.quorum)
+            self._evidence = evidence_by_worker(votes, quorum=self.config.quorum, arbiter=self.arbiter)
         attested, local = self._evidence.get(peer_id, Evidence()), self._local.get(peer_id, Evidence())
         return attested.add(failures=local.failures, successes=local.successes)
 
@@ -114,8 +124,17 @@ class Verification:
         below the gossip threshold, so the network layer demotes it too."""
         return 20.0 * (self.reputation(peer.to_base58()) - 0.5)
 
-    def outcome(self, job_id: str, result_hash: str) -> str:
-        return job_outcome(list(self._votes.get((job_id, result_hash), {}).values()), quorum=self.config.quorum)
+    @property
+    def arbiter(self) -> str | None:
+        """The oracle's peer id: its re-score acquits (proofs.reputation.job_outcome)."""
+        key = self.node.chain_view.oracle_key
+        return None if key is None else wire.peer_id_from_public_key(key)
+
+    def outcome(self, job_id: str, result_hash: str, beacon_block: int | None = None) -> str:
+        """The verdict of the attestations held; pass the job's beacon block when the job is
+        known, so that only attestations made at it count."""
+        return job_outcome(list(self._votes.get((job_id, result_hash), {}).values()), quorum=self.config.quorum,
+                           arbiter=self.arbiter, beacon_block=beacon_block)
 
     def summary(self) -> dict:
         return {"attestations": sum(len(v) for v in self._votes.values()), "verified_here": self.verified_here,
@@ -123,6 +142,11 @@ class Verification:
 
     def known_jobs(self) -> set[tuple[str, str]]:
         return set(self._votes)
+
+    def false_accusations(self) -> list[tuple[str, str]]:
+        """(job id, result hash) of every result the oracle re-scored valid that verifiers called invalid."""
+        return [key for key, votes in self._votes.items()
+                if false_accusers(list(votes.values()), arbiter=self.arbiter)]
 
     def proven_lies(self) -> list[tuple[str, str, list[str]]]:
         """(job id, result hash, verifiers who found it invalid) for every result a quorum convicted."""
@@ -135,7 +159,8 @@ class Verification:
         key, verifier = (a.job_id, a.result_hash), envelope.signer_peer_id
         if verifier in self._votes.get(key, {}):
             return False
-        self._votes.setdefault(key, {})[verifier] = Vote(a.job_id, a.result_hash, a.worker, verifier, a.verdict)
+        self._votes.setdefault(key, {})[verifier] = Vote(a.job_id, a.result_hash, a.worker, verifier, a.verdict,
+                                                          a.beacon_block)
         self._raw.setdefault(key, {})[verifier] = data
         self._evidence = None
         return True
@@ -163,18 +188,21 @@ class Verification:
             return
         data = self.evidence_of(job_id, result_hash, *pair)
         try:
-            verify_evidence(data, quorum=self.config.quorum)
-        except SettlementError as exc:
+            await trio.to_thread.run_sync(lambda: verify_evidence(data, quorum=self.config.quorum,
+                                                                  eligible=self.eligible))
+        except (SettlementError, ChainError) as exc:
             log.warning("evidence for job %s not kept: %s", job_id[:16], exc)
             return
         await node.db(node.store.put_evidence, wire.decode(data).digest, job_id, data)
 
-    def evidence_of(self, job_id: str, result_hash: str, job: bytes, result: bytes) -> bytes:
-        """An evidence message from the invalid attestations this node holds."""
+    def evidence_of(self, job_id: str, result_hash: str, job: bytes, result: bytes,
+                    verdicts: tuple[str, ...] = ("invalid",)) -> bytes:
+        """An evidence message from the attestations with ``verdicts`` this node holds (invalid ones
+        prove a lie; invalid and valid ones, the oracle's among them, a false accusation)."""
         votes = self._votes.get((job_id, result_hash), {})
         raw = self._raw.get((job_id, result_hash), {})
-        invalid = tuple(sorted(raw[v] for v, vote in votes.items() if vote.verdict == "invalid"))
-        return wire.encode_unsigned(wire.Evidence(job=job, result=result, attestations=invalid[:16]))
+        chosen = tuple(sorted(raw[v] for v, vote in votes.items() if vote.verdict in verdicts))
+        return wire.encode_unsigned(wire.Evidence(job=job, result=result, attestations=chosen[:16]))
 
     def describe(self, job_id: str, view: dict) -> dict:
         """The verification part of ``inferad jobs <id> --json``."""
@@ -184,7 +212,7 @@ class Verification:
         verification = dict(view.get("verification") or {"status": "not followed by this node"})
         raw = self._raw.get((job_id, result_hash), {})
         verification["attestations"] = [
-            dict(jsonable(wire.unparse(wire.decode(data).message)), verifier=verifier)
+            dict(jsonable(wire.view(wire.decode(data).message)), verifier=verifier)
             for verifier, data in sorted(raw.items())]
         if raw or verification.get("drawn"):
             verification["status"] = self.outcome(job_id, result_hash)
@@ -229,20 +257,13 @@ class Verification:
         record: dict[str, Any] = {"drawn": is_drawn(d, p), "probability": round(p, 4), "draw": round(d / SPACE, 6),
                                   "beacon_block": beacon.number, "status": "not drawn"}
         if record["drawn"]:
-            order = draw_verifiers(d, self.providers(job_env.message.model.sha256), worker=worker,
-                                   gateway=node.peer_id, client=job_env.signer_peer_id)
+            named = await trio.to_thread.run_sync(self.named, job_id, result_env.digest, beacon, worker)
+            order = [p for p in named if p not in (node.peer_id, job_env.signer_peer_id)]
             request = wire.sign(wire.VerifyRequest(job=job, result=result, beacon_block=beacon.number,
                                                    beacon=beacon.hash), node.key)
             record["verifiers"], record["unanswered"] = await self._ask_verifiers(order, request)
             record["status"] = "asked" if record["verifiers"] else "no verifier answered"
         await node.db(node.store.update_meta, job_id, verification=record)
-
-    def providers(self, model_sha256: str) -> list[str]:
-        node = self.node
-        found = [e.peer_id for e in node.peers.providers(model_sha256, time.monotonic())
-                 if node.peer_is_staked(e.peer_id)]
-        local = node.is_staked_self() and model_sha256 in node.served
-        return found + ([node.peer_id] if local else [])
 
     async def _ask_verifiers(self, order: list[str], request: bytes) -> tuple[list[str], list[str]]:
         answered: list[str] = []
@@ -274,7 +295,7 @@ class Verification:
             raise RuntimeError(f"{envelope.message.code}: {envelope.message.message}")
         if envelope.type != "attestation" or envelope.signer_peer_id != peer:
             raise wire.WireError(f"expected {peer}'s attestation, got a {envelope.type}")
-        self.validate(envelope)
+        await trio.to_thread.run_sync(self.validate, envelope)
         await self.record(data, envelope)
 
     # ------------------------------------------------------------------ verifier
@@ -302,31 +323,44 @@ class Verification:
             raise JobRejected("unknown_model", f"this node does not serve {job.model.name}")
         beacon = Beacon(request.beacon_block, request.beacon, 0)
         try:
-            ok = await trio.to_thread.run_sync(self.beacons.is_beacon, beacon, expiry_s(job))
+            if not await trio.to_thread.run_sync(self.beacons.is_beacon, beacon, expiry_s(job)):
+                raise JobRejected("bad_beacon", f"block {request.beacon_block} is not the job's beacon")
+            named = await trio.to_thread.run_sync(self.named, job_env.digest, result_env.digest, beacon,
+                                                  result_env.signer_peer_id)
         except ChainError as exc:
             raise JobRejected("chain_unavailable", f"cannot check the beacon: {exc}") from None
-        if not ok:
-            raise JobRejected("bad_beacon", f"block {request.beacon_block} is not the job's beacon")
+        if node.peer_id not in named:
+            raise JobRejected("not_named", "the draw does not name this node for that job, so its attestation "
+                                           "would not count")
+        signed = await self.attest(served, job_env, result_env, beacon)
+        if wire.decode(signed).message.verdict == "invalid" or node.peer_id == self.arbiter:
+            # evidence to come: of a lie, or (the oracle's) of a false accusation
+            await node.db(node.store.put_pair, HELD, job_env.digest, request.job, request.result)
+        await framed.send(signed)
+
+    async def attest(self, served: Any, job: wire.Envelope, result: wire.Envelope, beacon: Beacon) -> bytes:
+        """Re-score a result on ``served`` (queued with its jobs), sign the attestation at ``beacon``,
+        keep it and gossip it; the signed attestation.  Verifiers and the oracle (as arbiter) use it."""
+        node = self.node
         started = time.perf_counter()
-        verdict = await served.worker.run_exclusive(lambda: rescore(served.engine, job, result, self.thresholds))
+        verdict = await served.worker.run_exclusive(
+            lambda: rescore(served.engine, job.message, result.message, self.thresholds))
         elapsed = int((time.perf_counter() - started) * 1000)
         metrics = verdict.metrics
         attestation = wire.Attestation(
-            job_id=job_env.digest, result_hash=result_env.digest, worker=result_env.signer_peer_id,
+            job_id=job.digest, result_hash=result.digest, worker=result.signer_peer_id,
             model=served.engine.ref.sha256, verdict=verdict.verdict, reason=verdict.reason[:512],
             metrics=wire.VerifyMetrics(positions=int(metrics.get("positions", 0)),
                                        max_gap=_clip(metrics.get("max_gap", 0.0)), z=_clip(metrics.get("z", 0.0)),
                                        first_bad=metrics.get("position"), elapsed_ms=elapsed),
-            beacon_block=request.beacon_block, beacon=request.beacon, ts=int(time.time() * 1000))
+            beacon_block=beacon.number, beacon=beacon.hash, ts=int(time.time() * 1000))
         signed = wire.sign(attestation, node.key)
         self.verified_here += 1
-        log.info("verified", extra={"fields": {"job": job_env.digest[:16], "worker": attestation.worker[-8:],
+        log.info("verified", extra={"fields": {"job": job.digest[:16], "worker": attestation.worker[-8:],
                                                "verdict": verdict.verdict, "ms": elapsed, "reason": verdict.reason}})
-        if verdict.verdict == "invalid":
-            await node.db(node.store.put_pair, HELD, job_env.digest, request.job, request.result)
         await self.record(signed, wire.decode(signed))
-        await framed.send(signed)
         await node.publish_attestation(signed)
+        return signed
 
     async def fetch_and_check(self, key: str) -> dict:
         """Evidence by hash or job id (from this node's store, else the oracle's), checked
@@ -345,13 +379,14 @@ class Verification:
         if envelope.type == "error":
             raise RuntimeError(f"the oracle says: {envelope.message.message}")
         try:
-            lie = verify_evidence(data, quorum=self.config.quorum)
-        except SettlementError as exc:
+            lie = await trio.to_thread.run_sync(lambda: verify_evidence(data, quorum=self.config.quorum,
+                                                                        eligible=self.eligible))
+        except (SettlementError, ChainError) as exc:
             raise RuntimeError(f"evidence {key[:16]}… does not hold: {exc}") from None
         job_env, result_env = wire.decode(envelope.message.job), wire.decode(envelope.message.result)
         view = {"hash": envelope.digest, "job_id": lie.job_id, "worker": result_env.signer_peer_id,
                 "model": job_env.message.model.name, "checked": "signatures and quorum verified by this node",
-                "attestations": [dict(jsonable(wire.unparse(a.message)), verifier=a.signer_peer_id)
+                "attestations": [dict(jsonable(wire.view(a.message)), verifier=a.signer_peer_id)
                                  for a in map(wire.decode, envelope.message.attestations)]}
         served = node.served.get(job_env.message.model.sha256)
         if served is not None:
@@ -362,14 +397,41 @@ class Verification:
 
     # ------------------------------------------------------------------ gossip
 
+    def named(self, job_id: str, result_hash: str, beacon: Beacon, worker: str) -> list[str]:
+        """The verifiers the draw names for a result at ``beacon`` (proofs.draw.named_verifiers over
+        the keys staked at the beacon block); blocking (chain reads, cached per block)."""
+        staked = [wire.peer_id_from_public_key(key) for key in self.stakes.keys_at(beacon.number)]
+        return named_verifiers(draw_value(job_id, result_hash, beacon.hash), staked, worker=worker)
+
     def validate(self, envelope: wire.Envelope) -> None:
-        """Raise WireError unless this is an attestation worth keeping."""
+        """Raise WireError unless this attestation may count, as far as a node without the job can
+        tell: its beacon is a block of the chain, and its signer is the oracle (an arbiter) or a
+        verifier the draw names at that beacon.  Blocking (chain reads, cached)."""
         if envelope.type != "attestation":
             raise wire.WireError("not an attestation")
-        if envelope.signer_peer_id == envelope.message.worker:
+        a: wire.Attestation = envelope.message
+        signer = envelope.signer_peer_id
+        if signer == a.worker:
             raise wire.WireError("a worker cannot attest its own result")
-        if self.node.chain_view is not None and not self.node.peer_is_staked(envelope.signer_peer_id):
-            raise wire.WireError("attestation by a peer that is not staked")
+        try:
+            beacon = self.beacons.block(a.beacon_block)
+            if beacon.hash != a.beacon:
+                raise wire.WireError(f"the beacon is not the hash of block {a.beacon_block}")
+            if signer != self.arbiter and signer not in self.named(a.job_id, a.result_hash, beacon, a.worker):
+                raise wire.WireError(f"{signer} is not among the verifiers the draw names for job {a.job_id[:16]}")
+        except ChainError as exc:
+            raise wire.WireError(f"cannot check the attestation against the chain: {exc}") from None
+
+    def eligible(self, job: wire.Envelope, result: wire.Envelope, attestation: wire.Envelope) -> bool:
+        """The whole rule, for holders of the job: the attestation is at the job's own beacon, and
+        by the oracle or a named verifier (chain.settlement.Eligible).  Blocking."""
+        a: wire.Attestation = attestation.message
+        beacon = Beacon(a.beacon_block, a.beacon, 0)
+        if not self.beacons.is_beacon(beacon, expiry_s(job.message)):
+            return False
+        signer = attestation.signer_peer_id
+        return signer == self.arbiter or signer in self.named(job.digest, result.digest, beacon,
+                                                                result.signer_peer_id)
 
 
 def _clip(value: float) -> float:

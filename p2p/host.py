@@ -168,8 +168,11 @@ def guarded(name: str, handler: Callable[[Any], Awaitable[None]]) -> Callable[[A
         try:
             await handler(stream)
         except Exception as exc:
-            log.warning("%s handler failed (%s); resetting the stream", name, exc)
-            log.debug("handler failure", exc_info=True)
+            if _malformed_by_the_peer(exc):
+                log.warning("%s: the peer sent a malformed message (%s); resetting the stream", name, exc)
+            else:  # a bug here: tests fail on this line (tests/conftest.py BUG_SIGNS)
+                log.warning("%s handler failed (%s); resetting the stream", name, exc)
+                log.debug("handler failure", exc_info=True)
             try:
                 await stream.reset()
             except Exception:
@@ -177,6 +180,14 @@ def guarded(name: str, handler: Callable[[Any], Awaitable[None]]) -> Callable[[A
 
     run._inferad_guarded = True  # type: ignore[attr-defined]
     return run
+
+
+def _malformed_by_the_peer(exc: Exception) -> bool:
+    """py-libp2p's own pubsub handler parses a peer's RPC with protobuf and lets its DecodeError
+    escape: the peer's fault, answered by the reset, not a failure of the handler."""
+    from google.protobuf.message import DecodeError
+
+    return isinstance(exc, DecodeError)
 
 
 def guard_all_handlers(host: Any) -> None:

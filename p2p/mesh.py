@@ -32,10 +32,27 @@ class GossipSettings:
     # (nodes / advert period) with room for bursts.  py-libp2p: 10.
     max_messages_per_topic_per_s: float = 200.0
     max_message_bytes: int = 64 * 1024  # adverts are ~1 KiB
-    # Scores are reputation-driven only (see running_mesh): a peer with
-    # reputation r scores 20 (r - 0.5); one proven lie takes it to about -9.
+    # Scores come from reputation (P6, see running_mesh) and IP colocation
+    # (P7, below): a peer with reputation r scores 20 (r - 0.5); one proven
+    # lie takes it to about -9.
     gossip_threshold: float = -5.0
     publish_threshold: float = -8.0
+    # IP-colocation (eclipse) protection, gossipsub v1.1's P7: when more than
+    # ``ip_colocation_limit`` peers share one IP address, each of them scores
+    # ``ip_colocation_weight * excess**2`` lower, so one machine cannot field
+    # enough identities to surround a node (3 over the limit: -9, under the
+    # publish threshold unless reputation lifts it); py-libp2p's mesh also
+    # prefers peers on other IPs when it grafts and prunes.  10 is py-libp2p's
+    # default and the value Ethereum's consensus clients use.  0 turns both
+    # off: only for networks whose nodes all run on one machine (loopback
+    # devnets and tests), where every peer has the same IP.
+    ip_colocation_limit: int = 10
+    ip_colocation_weight: float = 1.0
+
+    @property
+    def ip_colocation_protection(self) -> bool:
+        """Whether gossip scores down peers that share an IP (off only for one-machine networks)."""
+        return self.ip_colocation_limit > 0
 
 
 def _cache_sender_record_checks() -> None:
@@ -75,6 +92,17 @@ def _cache_sender_record_checks() -> None:
     gossipsub_module.maybe_consume_signed_record = consume
 
 
+def score_params(settings: GossipSettings, app_score: Callable[[Any], float] | None = None) -> Any:
+    """py-libp2p's ``ScoreParams`` for ``settings``: reputation (P6) and IP colocation (P7) only."""
+    from libp2p.pubsub.score import ScoreParams
+
+    colocation = settings.ip_colocation_protection
+    return ScoreParams(app_specific_score_fn=app_score, p6_appl_slack_weight=1.0 if app_score else 0.0,
+                       p7_ip_colocation_weight=settings.ip_colocation_weight if colocation else 0.0,
+                       p7_ip_colocation_threshold=settings.ip_colocation_limit,
+                       gossip_threshold=settings.gossip_threshold, publish_threshold=settings.publish_threshold)
+
+
 @asynccontextmanager
 async def running_mesh(host: Any, settings: GossipSettings,
                        app_score: Callable[[Any], float] | None = None) -> AsyncIterator[tuple[Any, Any]]:
@@ -82,14 +110,14 @@ async def running_mesh(host: Any, settings: GossipSettings,
     DHT on ``host``; yields (pubsub, dht) and stops both on exit.
 
     ``app_score(peer ID)`` is gossipsub's application-specific score (P6): the
-    node's reputation of the peer.  Below ``gossip_threshold`` a peer gets no
+    node's reputation of the peer; peers crowding one IP lose score too (P7,
+    see ``GossipSettings.ip_colocation_limit``).  Below ``gossip_threshold`` a peer gets no
     gossip from us, below ``publish_threshold`` none of our own messages;
     nothing is graylisted, so a demoted peer's adverts are still heard and
     every node keeps seeing (and refusing) it."""
     from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
     from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
     from libp2p.pubsub.pubsub import Pubsub
-    from libp2p.pubsub.score import ScoreParams
     from libp2p.tools.anyio_service import background_trio_service
 
     _cache_sender_record_checks()
@@ -98,15 +126,13 @@ async def running_mesh(host: Any, settings: GossipSettings,
         degree=settings.degree, degree_low=settings.degree_low, degree_high=settings.degree_high,
         heartbeat_interval=settings.heartbeat_s, heartbeat_initial_delay=0.1,
         max_messages_per_topic_per_second=settings.max_messages_per_topic_per_s,
-        # Loopback test networks put every peer on one IP: IP-diversity rules
-        # meant for the internet would keep the mesh from forming there.
-        eclipse_protection_enabled=False,
+        # Off only on one-machine networks (every peer on 127.0.0.1), where
+        # IP-diversity rules would keep the mesh from forming.
+        eclipse_protection_enabled=settings.ip_colocation_protection,
         # Peer exchange: a node that prunes a peer from its mesh tells it of
         # others, so newcomers that only know the bootstrap node spread out.
         do_px=True,
-        score_params=ScoreParams(app_specific_score_fn=app_score, p6_appl_slack_weight=1.0 if app_score else 0.0,
-                                 gossip_threshold=settings.gossip_threshold,
-                                 publish_threshold=settings.publish_threshold),
+        score_params=score_params(settings, app_score),
     )
     pubsub = Pubsub(host, router, strict_signing=True, max_inbound_rpc_size=4 * settings.max_message_bytes)
     dht = KadDHT(host, DHTMode.SERVER, enable_random_walk=False)
@@ -119,9 +145,27 @@ async def running_mesh(host: Any, settings: GossipSettings,
 
 
 async def find_providers(dht: Any, key: str, count: int = 20) -> list[str]:
-    """Peer ids providing ``key``, de-duplicated (py-libp2p returns repeats)."""
-    infos = await dht.find_providers(key, count=count)
+    """Peer ids providing ``key`` (a hex multihash: wire.provider_key), asked of the network
+    every time and joined with this node's own records, de-duplicated (py-libp2p returns repeats).
+
+    py-libp2p 0.8.1 answers a lookup from its local provider records alone whenever it holds
+    any for the key, and keeps every provider a lookup finds as a local record.  So a node that
+    had learned of one provider (its first lookup, or a peer's ADD_PROVIDER, which lands on the
+    nodes close to the key) never asked the network again, and a gateway joining that answer
+    with the adverts skipped every other provider: a worker that re-provided at the right moment
+    became a gateway's only candidate (found by tests/test_worker_adversaries.py).  The local
+    records are set aside while the network is asked, then merged back.
+    """
+    store, raw = dht.provider_store, bytes.fromhex(key)
+    local = store.providers.pop(raw, None)
+    try:
+        infos = list(await dht.find_providers(key, count=count))
+    finally:
+        if local:
+            kept = store.providers.setdefault(raw, {})
+            for peer, record in local.items():
+                kept.setdefault(peer, record)
     seen: dict[str, None] = {}
-    for info in infos:
+    for info in [*infos, *store.get_providers(raw)]:
         seen.setdefault(info.peer_id.to_base58())
-    return list(seen)
+    return list(seen)[:count]

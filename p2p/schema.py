@@ -4,8 +4,13 @@ Every field of every message says its type and bounds next to its name, so a
 reader sees the whole contract of a message in one place and the decoder can
 reject anything else before the rest of the node touches it.  Messages are
 frozen dataclasses whose fields carry a *check*: a function ``(value, path) ->
-value`` that returns the validated (possibly normalised) value or raises
+value`` that returns the validated value (lists become tuples) or raises
 :class:`SchemaError`.
+
+Every value has exactly one wire form, so a message has one encoding and one
+id: a float field holds a float64 (never an integer), a field with nothing to
+say is absent (never nil), and a field equal to its default is absent too.
+:func:`parse` refuses anything else and :func:`unparse` writes only that form.
 """
 
 from __future__ import annotations
@@ -50,17 +55,26 @@ def integer(lo: int, hi: int) -> Check:
 
 
 def number(lo: float, hi: float) -> Check:
-    """A finite real number; integers are accepted and normalised to float."""
+    """A finite float64.  An integer is refused (``0``, not ``0.0``), and so is ``-0.0``:
+    each value has one encoding.  Senders need not care: :func:`unparse` writes every
+    number field as a float64 whatever the dataclass holds."""
 
     def check(value: Any, path: str) -> float:
-        if type(value) not in (int, float):
-            raise SchemaError(f"{path}: expected a number, got {type(value).__name__}")
-        value = float(value)
+        if type(value) is not float:
+            hint = f" (write {value}.0)" if type(value) is int else ""
+            raise SchemaError(f"{path}: expected a float64, got {type(value).__name__}{hint}")
         if not math.isfinite(value) or not lo <= value <= hi:
             raise SchemaError(f"{path}: {value} is outside [{lo}, {hi}]")
+        if value == 0.0 and math.copysign(1.0, value) < 0:
+            raise SchemaError(f"{path}: -0.0 is not allowed (write 0.0)")
         return value
 
+    check.encode = _float64  # type: ignore[attr-defined]
     return check
+
+
+def _float64(value: Any) -> float:
+    return float(value) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 def text(max_len: int, min_len: int = 0) -> Check:
@@ -124,11 +138,16 @@ def sequence(item: Check, max_len: int) -> Check:
 
 
 def optional(inner: Check) -> Check:
-    """A field that may be absent (or nil); absent fields are not encoded."""
+    """A field that may be absent.  Absent is the only way to say "none": nil is refused,
+    so a message without the field has one encoding, not two."""
 
     def check(value: Any, path: str) -> Any:
-        return None if value is None else inner(value, path)
+        if value is None:
+            raise SchemaError(f"{path}: nil is not allowed; leave the field out")
+        return inner(value, path)
 
+    if hasattr(inner, "encode"):
+        check.encode = inner.encode  # type: ignore[attr-defined]
     return check
 
 
@@ -156,7 +175,10 @@ def parse(cls: type[M], value: Any, path: str = "body") -> M:
     kwargs = {}
     for spec in specs:
         if spec.name in value:
-            kwargs[spec.name] = spec.metadata["check"](value[spec.name], f"{path}.{spec.name}")
+            parsed = spec.metadata["check"](value[spec.name], f"{path}.{spec.name}")
+            if spec.default is not dataclasses.MISSING and parsed == spec.default:
+                raise SchemaError(f"{path}.{spec.name}: {parsed!r} is the default; leave the field out")
+            kwargs[spec.name] = parsed
         elif spec.default is dataclasses.MISSING:
             raise SchemaError(f"{path}: missing field {spec.name}")
     try:
@@ -166,13 +188,41 @@ def parse(cls: type[M], value: Any, path: str = "body") -> M:
 
 
 def unparse(message: Any) -> Any:
-    """The plain map form of a message, ready for canonical encoding."""
+    """The plain map form of a message, ready for canonical encoding: its one wire form.
+
+    A field that is None or equal to its default is left out, and number fields are
+    written as float64, whatever the dataclass holds (``temperature=0`` and ``-0.0``
+    go out as no field at all, ``tokens_per_s=12`` as ``12.0``).  So
+    ``unparse(parse(cls, body)) == body`` for every body :func:`parse` accepts.
+    """
     if dataclasses.is_dataclass(message):
-        return {
-            f.name: unparse(getattr(message, f.name))
-            for f in dataclasses.fields(message)
-            if getattr(message, f.name) is not None
-        }
+        out = {}
+        for f in dataclasses.fields(message):
+            value = getattr(message, f.name)
+            if value is None or _is_default(value, f.default):
+                continue
+            encode = getattr(f.metadata.get("check"), "encode", None)
+            out[f.name] = encode(value) if encode is not None else unparse(value)
+        return out
     if isinstance(message, (tuple, list)):
         return [unparse(v) for v in message]
     return message
+
+
+def view(message: Any) -> Any:
+    """The plain map form of a message with every field, defaults included: for people and
+    JSON views (``inferad jobs --json``), never for the wire (that is :func:`unparse`)."""
+    if dataclasses.is_dataclass(message):
+        return {f.name: view(getattr(message, f.name)) for f in dataclasses.fields(message)
+                if getattr(message, f.name) is not None}
+    if isinstance(message, (tuple, list)):
+        return [view(v) for v in message]
+    return message
+
+
+def _is_default(value: Any, default: Any) -> bool:
+    if default is dataclasses.MISSING:
+        return False
+    if type(value) is list:  # a sequence field built from a list: defaults are tuples
+        value = tuple(value)
+    return bool(value == default)

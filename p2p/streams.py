@@ -1,7 +1,11 @@
-"""Length-prefixed msgpack frames over a libp2p stream.
+"""Length-prefixed msgpack frames over a libp2p stream, or a trio stream.
 
 The sans-I/O :class:`~p2p.wire.FrameDecoder` does the parsing; this module
 only moves bytes, so all the rules about sizes live in one tested place.
+:class:`FramedStream` carries frames over a libp2p stream;
+:class:`SocketFramedStream` carries the same frames over a trio stream (the
+node's local control socket) and never imports libp2p, so a CLI that talks
+to a node on its own machine does not pay a second of imports for it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ class StreamClosed(Exception):
 
 
 class FramedStream:
+    """Frames over a libp2p stream; every transport failure surfaces as :class:`StreamClosed`."""
+
     def __init__(self, stream: Any, max_frame: int = wire.DEFAULT_MAX_FRAME) -> None:
         self.stream = stream
         self._decoder = wire.FrameDecoder(max_frame)
@@ -32,17 +38,20 @@ class FramedStream:
 
     async def receive(self) -> bytes:
         """The next frame; FrameTooLarge as soon as a length prefix is too big."""
-        from libp2p.network.stream.exceptions import StreamError
-
         while (frame := self._decoder.next_frame()) is None:
-            try:
-                chunk = await self.stream.read(READ_CHUNK)
-            except StreamError as exc:
-                raise StreamClosed(str(exc) or type(exc).__name__) from None
+            chunk = await self._read(READ_CHUNK)
             if not chunk:
                 raise StreamClosed("end of stream")
             self._decoder.feed(chunk)
         return frame
+
+    async def _read(self, max_bytes: int) -> bytes:
+        from libp2p.network.stream.exceptions import StreamError
+
+        try:
+            return await self.stream.read(max_bytes)
+        except StreamError as exc:
+            raise StreamClosed(str(exc) or type(exc).__name__) from None
 
     def buffered_frames(self) -> list[bytes]:
         """Complete frames that already arrived with the last read (no I/O)."""
@@ -85,3 +94,25 @@ class FramedStream:
             await self.stream.reset()
         except Exception:
             pass
+
+
+class SocketFramedStream(FramedStream):
+    """The same frames over a trio stream (a Unix socket): no libp2p involved."""
+
+    async def _read(self, max_bytes: int) -> bytes:
+        try:
+            return await self.stream.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise StreamClosed(str(exc) or type(exc).__name__) from None
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise StreamClosed(str(exc) or type(exc).__name__) from None
+
+    async def close(self) -> None:
+        await trio.aclose_forcefully(self.stream)  # nothing to flush: every write was awaited whole
+
+    async def reset(self) -> None:
+        await trio.aclose_forcefully(self.stream)

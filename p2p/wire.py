@@ -8,9 +8,20 @@ signature made for one message type from being replayed as another.
 Decoding is strict on purpose: sizes are bounded before allocation, the bytes
 must be the canonical encoding of what they decode to (so no two byte strings
 carry the same signed content), unknown keys are rejected and every field is
-range-checked.  Anything wrong raises a :class:`WireError` whose ``code`` goes
-back to the peer in an ``error`` frame.  This module imports no libp2p: it is
-tested without sockets, like h11.
+range-checked.  Canonical holds at two levels: the msgpack (keys sorted by
+their UTF-8 bytes, every header and integer in its shortest form, floats as
+float64) and the schema (a float field holds a float64, an absent field is
+never nil, a field equal to its default is left out), so a body is accepted
+only if it is exactly ``canonical(unparse(parse(body)))``.
+
+The checks run in a fixed order, and the first that fails names the error:
+size (``frame_too_large``), msgpack and envelope (``malformed``), signature
+(``bad_signature``, also for a signed type without ``pk``/``sig``), then the
+body against the schema of its declared type (``schema``).  Whether the type
+is one the protocol takes (``unexpected``) is the caller's check, after these.
+Anything wrong raises a :class:`WireError` whose ``code`` goes back to the peer
+in an ``error`` frame.  This module imports no libp2p: it is tested without
+sockets, like h11.
 """
 
 from __future__ import annotations
@@ -42,15 +53,16 @@ from p2p.schema import (
     sequence,
     text,
     unparse,
+    view,
 )
 
 __all__ = [
     "WireError", "SchemaError", "MalformedMessage", "BadSignature", "FrameTooLarge",
     "ModelRef", "ChatMessage", "SamplingParams", "JobRequest", "JobResult", "Usage",
     "Timings", "EngineInfo", "Token", "ErrorFrame", "Envelope", "ExecRequest", "Advert", "ModelOffer",
-    "Hardware", "Gpu", "Load", "provider_key", "VerifyRequest", "VerifyMetrics", "Attestation",
+    "Hardware", "Gpu", "Load", "Limits", "provider_key", "VerifyRequest", "VerifyMetrics", "Attestation",
     "EvidenceRequest", "Evidence", "AttestationsRequest", "AttestationSet",
-    "canonical", "digest", "sign", "sign_body", "encode_unsigned", "decode", "encode_frame",
+    "canonical", "digest", "sign", "sign_body", "encode_unsigned", "decode", "encode_frame", "unparse", "view",
     "FrameDecoder", "peer_id_from_public_key", "DEFAULT_MAX_FRAME",
 ]
 
@@ -59,6 +71,7 @@ DEFAULT_MAX_FRAME = 1 << 20
 MAX_NESTING = 16
 MAX_TOKENS_LIMIT = 32768
 MAX_PROMPT_CHARS = 512 * 1024
+MAX_PROMPT_TOKENS = 1 << 17
 
 
 class MalformedMessage(WireError):
@@ -118,10 +131,14 @@ class JobRequest:
     expires_at: int = field(UINT64)
     prompt: str | None = field(optional(text(MAX_PROMPT_CHARS)), None)
     messages: tuple | None = field(optional(sequence(nested(ChatMessage), 256)), None)
+    # Token ids the model sees as they are (no BOS added): OpenAI's token-array prompts.
+    prompt_tokens: tuple | None = field(optional(sequence(integer(0, 2**31 - 1), MAX_PROMPT_TOKENS)), None)
 
     def __post_init__(self) -> None:
-        if (self.prompt is None) == (self.messages is None):
-            raise ValueError("exactly one of prompt and messages is required")
+        if sum(x is not None for x in (self.prompt, self.messages, self.prompt_tokens)) != 1:
+            raise ValueError("exactly one of prompt, messages and prompt_tokens is required")
+        if self.prompt_tokens is not None and not self.prompt_tokens:
+            raise ValueError("prompt_tokens must not be empty")
         if self.expires_at <= self.created_at:
             raise ValueError("expires_at must be after created_at")
 
@@ -164,6 +181,9 @@ class JobResult:
     timings: Timings = field(nested(Timings))
     engine: EngineInfo = field(nested(EngineInfo))
     worker: str = field(PEER_ID)
+    # Unix ms when the worker signed, by its clock: before the job's expires_at, so the
+    # worker could not know the job's verification beacon (the first block after expiry).
+    signed_at: int = field(UINT64)
     # A continuation after another worker failed: the first ``continued_from``
     # output tokens were given to this worker, which generated the rest.
     continued_from: int = field(integer(0, MAX_TOKENS_LIMIT), 0)
@@ -197,6 +217,7 @@ class ModelOffer:
     name: str = field(text(128, 1))
     tokens_per_s: float = field(number(0.0, 1e6))  # measured at start on this hardware
     n_ctx: int = field(integer(1, 1 << 24))
+    n_vocab: int = field(integer(0, 1 << 24), 0)  # token ids are below this (0: not said)
 
 
 @dataclass(frozen=True)
@@ -222,6 +243,22 @@ class Load:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What a node takes, so a client need not learn it from refusals.
+
+    ``max_tokens``: the largest ``params.max_tokens`` it runs or routes;
+    ``max_ttl_s``: the longest job lifetime (``expires_at - created_at``), seconds;
+    ``clock_skew_s``: how far in the future ``created_at`` may be, seconds;
+    ``max_frame``: the largest frame it reads, bytes.
+    """
+
+    max_tokens: int = field(integer(1, MAX_TOKENS_LIMIT))
+    max_ttl_s: int = field(integer(1, 2**32 - 1))
+    clock_skew_s: int = field(integer(0, 2**32 - 1))
+    max_frame: int = field(integer(1, 2**32 - 1))
+
+
+@dataclass(frozen=True)
 class Advert:
     """What a node offers, gossiped every few seconds and on change.
 
@@ -243,6 +280,8 @@ class Advert:
     seq: int = field(UINT64)
     ts: int = field(UINT64)  # unix ms
     interval: int = field(integer(1, 3600))  # seconds until the next advert; 3 missed = gone
+    # Absent only in adverts of nodes older than this field: assume the defaults of docs/protocol.md.
+    limits: Limits | None = field(optional(nested(Limits)), None)
 
     def offers(self, sha256: str) -> ModelOffer | None:
         return next((m for m in self.models if m.sha256 == sha256), None)
@@ -422,22 +461,27 @@ MESSAGE_TYPES: dict[str, type] = {
 # --------------------------------------------------------------------------- codec
 
 
+def _key_bytes(key: Any) -> bytes:
+    if type(key) is not str:
+        raise MalformedMessage("map keys must all be strings")
+    # UTF-8 bytes order equals code point order, but not UTF-16 order (JavaScript's
+    # default sort puts U+1F600 before U+FFFD); sorting the bytes says which is meant.
+    return key.encode("utf-8", "surrogatepass")
+
+
 def _sorted(obj: Any, depth: int = 0) -> Any:
     if depth > MAX_NESTING:
         raise MalformedMessage(f"nesting deeper than {MAX_NESTING}")
     if type(obj) is dict:
-        try:
-            keys = sorted(obj)
-        except TypeError:
-            raise MalformedMessage("map keys must all be strings") from None
-        return {k: _sorted(obj[k], depth + 1) for k in keys}
+        return {k: _sorted(obj[k], depth + 1) for k in sorted(obj, key=_key_bytes)}
     if type(obj) is list:
         return [_sorted(v, depth + 1) for v in obj]
     return obj
 
 
 def canonical(obj: Any) -> bytes:
-    """Canonical msgpack: maps with sorted keys, shortest integer forms, float64."""
+    """Canonical msgpack: map keys sorted by their UTF-8 bytes, every header (int, str,
+    bin, array, map) in its shortest form, floats as float64, str and bin kept apart."""
     return msgpack.packb(_sorted(obj), use_bin_type=True)
 
 
@@ -447,7 +491,11 @@ def digest(body: Any) -> str:
 
 
 def _signing_input(msg_type: str, body: Any) -> bytes:
-    return b"inferad/%d/" % VERSION + msg_type.encode() + b"\0" + canonical(body)
+    return _signing_prefix(msg_type) + canonical(body)
+
+
+def _signing_prefix(msg_type: str) -> bytes:
+    return b"inferad/%d/" % VERSION + msg_type.encode() + b"\0"
 
 
 def sign(message: Any, key: SigningKey) -> bytes:
@@ -499,7 +547,16 @@ def _reject_ext(code: int, data: bytes) -> Any:
 
 
 def decode(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Envelope:
-    """Decode and verify one message; raises a WireError subclass on anything wrong."""
+    """Decode and verify one message; raises a WireError subclass on anything wrong.
+
+    In this order (the first failure is the error): FrameTooLarge over ``max_size``;
+    MalformedMessage for bytes that are not one canonical msgpack map, a version
+    other than 1, an unknown type, an envelope key other than ``v, t, body`` (and
+    ``pk, sig`` for signed types), or no ``body``; BadSignature for a signed type
+    whose ``pk``/``sig`` are missing, malformed or do not verify; SchemaError for a
+    body that is not a valid body of its type ``t``, in its one encoding.  Nothing
+    beyond the envelope is parsed before the signature verifies.
+    """
     if type(data) is not bytes:
         raise MalformedMessage("expected bytes")
     if len(data) > max_size:
@@ -508,7 +565,7 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Envelope:
         obj = msgpack.unpackb(
             data, raw=False, strict_map_key=True, ext_hook=_reject_ext,
             max_str_len=max_size, max_bin_len=max_size,
-            max_array_len=MAX_TOKENS_LIMIT + 1, max_map_len=64,
+            max_array_len=max(MAX_TOKENS_LIMIT, MAX_PROMPT_TOKENS) + 1, max_map_len=64,
         )
     except WireError:
         raise
@@ -524,20 +581,23 @@ def decode(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME) -> Envelope:
     cls = MESSAGE_TYPES.get(msg_type) if type(msg_type) is str else None
     if cls is None:
         raise MalformedMessage(f"unknown message type {msg_type!r}")
-    expected_keys = {"v", "t", "body", "pk", "sig"} if cls.signed else {"v", "t", "body"}
-    if set(obj) != expected_keys:
-        raise MalformedMessage(f"a {msg_type} envelope has exactly the keys {sorted(expected_keys)}")
+    allowed_keys = {"v", "t", "body", "pk", "sig"} if cls.signed else {"v", "t", "body"}
+    if not set(obj) <= allowed_keys or "body" not in obj:
+        raise MalformedMessage(f"a {msg_type} envelope has exactly the keys {sorted(allowed_keys)}")
+    body_bytes = canonical(obj["body"])
     signer = None
     if cls.signed:
-        pk, sig = obj["pk"], obj["sig"]
+        pk, sig = obj.get("pk"), obj.get("sig")
         if type(pk) is not bytes or len(pk) != 32 or type(sig) is not bytes or len(sig) != 64:
-            raise BadSignature("pk must be 32 bytes and sig 64 bytes")
+            raise BadSignature(f"a {msg_type} needs pk (32 bytes) and sig (64 bytes)")
         try:
-            VerifyKey(pk).verify(_signing_input(msg_type, obj["body"]), sig)
+            VerifyKey(pk).verify(_signing_prefix(msg_type) + body_bytes, sig)
         except (BadSignatureError, ValueError):
             raise BadSignature(f"{msg_type} signature does not verify") from None
         signer = pk
     message = parse(cls, obj["body"], f"{msg_type}.body")
+    if canonical(unparse(message)) != body_bytes:  # parse refuses every other form; this is the backstop
+        raise SchemaError(f"{msg_type}.body is not in its one canonical form")
     return Envelope(type=msg_type, body=obj["body"], message=message, signer=signer)
 
 

@@ -1,14 +1,18 @@
 """Which finished jobs are verified, and by whom (DESIGN §7), as pure functions.
 
 ``d = sha256("verify" | job_id | result_hash | beacon)`` where the beacon is a
-value the worker cannot know when it signs its result (the hash of a chain
-block after the result was stored).  A job is verified iff
-``d < p(worker) * 2**256``, and its verifiers are the first ``k`` peers in the
-rendezvous order of ``d`` over the staked providers of the model, excluding
-the worker, the gateway and the client.  Anyone holding the job, the result
-and the block hash recomputes the same draw, so nobody can choose it: the
-worker would have to change its result after seeing the beacon, which
-changes ``d``.
+value the worker cannot know when it signs its result (the hash of the first
+chain block at or after the job's expiry).  A job is verified iff
+``d < p(worker) * 2**256``.  Its *named* verifiers are the first
+``VERIFIERS + REPLACEMENTS`` keys of the rendezvous order of ``d`` over the
+keys staked on chain at the beacon block, the worker excluded: the gateway
+asks them in that order until ``VERIFIERS`` have answered (one that is the
+gateway or the client, lacks the model or times out is skipped, which is what
+the replacements are for).  Only a named verifier's attestation counts.
+Anyone holding the job id, the result hash, the worker's key and the chain
+recomputes the same list, so nobody can choose it: the worker would have to
+change its result after seeing the beacon, which changes ``d``, and a staked
+node outside the list cannot make its verdict count.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import hashlib
 from collections.abc import Iterable
 
 SPACE = 1 << 256
+VERIFIERS = 2  # k: attestations a drawn job needs
+REPLACEMENTS = 3  # named verifiers beyond k, for those that cannot answer
 
 
 def draw_value(job_id: str, result_hash: str, beacon: bytes) -> int:
@@ -38,7 +44,7 @@ def rendezvous_order(d: int, peers: Iterable[str]) -> list[str]:
     return sorted(set(peers), key=lambda peer: hashlib.sha256(key + peer.encode()).digest())
 
 
-def draw_verifiers(d: int, providers: Iterable[str], *, worker: str, gateway: str, client: str) -> list[str]:
-    """All eligible verifiers in rendezvous order: the first k are asked, the next
-    replace any that does not answer in time.  The parties to the job never verify it."""
-    return [p for p in rendezvous_order(d, providers) if p not in {worker, gateway, client}]
+def named_verifiers(d: int, staked: Iterable[str], *, worker: str) -> list[str]:
+    """The verifiers the draw names (the first ``VERIFIERS + REPLACEMENTS`` of the rendezvous
+    order over the staked peers, the worker excluded): only their attestations count."""
+    return [p for p in rendezvous_order(d, staked) if p != worker][:VERIFIERS + REPLACEMENTS]

@@ -51,20 +51,35 @@ def verify_probability(e: Evidence, *, floor: float = 0.05, ramp: float = 10.0) 
 
 @dataclass(frozen=True)
 class Vote:
-    """One signed attestation, reduced to what counting needs."""
+    """One signed attestation that passed the draw check, reduced to what counting needs."""
 
     job_id: str
     result_hash: str
     worker: str
     verifier: str
     verdict: str  # "valid" | "invalid" | "inconclusive"
+    beacon_block: int = 0
 
 
-def job_outcome(votes: list[Vote], *, quorum: int = 2) -> str:
+def _counted(votes: list[Vote], beacon_block: int | None) -> dict[str, str]:
+    """verifier -> verdict, for votes at the job's beacon when it is known (holders of the job know it)."""
+    return {v.verifier: v.verdict for v in votes
+            if v.verifier != v.worker and (beacon_block is None or v.beacon_block == beacon_block)}
+
+
+def job_outcome(votes: list[Vote], *, quorum: int = 2, arbiter: str | None = None,
+                beacon_block: int | None = None) -> str:
     """``invalid`` once ``quorum`` distinct verifiers say so (one verifier cannot
     condemn a worker), ``valid`` when verifiers agree it is, ``disputed`` when
-    they disagree short of a quorum, ``pending`` without a decisive vote."""
-    verdicts = {v.verifier: v.verdict for v in votes if v.verifier != v.worker}
+    they disagree short of a quorum, ``pending`` without a decisive vote.
+
+    ``arbiter`` is the oracle's peer id: its ``valid`` (a re-score on its own copy of the
+    model) acquits whatever the others said, so colluding verifiers cannot convict an
+    honest worker.  It cannot convict alone: its ``invalid`` counts as one vote.
+    """
+    verdicts = _counted(votes, beacon_block)
+    if arbiter is not None and verdicts.get(arbiter) == "valid":
+        return "valid"
     invalid = sum(1 for x in verdicts.values() if x == "invalid")
     valid = sum(1 for x in verdicts.values() if x == "valid")
     if invalid >= quorum:
@@ -74,15 +89,26 @@ def job_outcome(votes: list[Vote], *, quorum: int = 2) -> str:
     return "valid" if valid else "pending"
 
 
-def evidence_by_worker(votes: list[Vote], *, quorum: int = 2) -> dict[str, Evidence]:
-    """Per worker: jobs attested valid and jobs proven invalid, from every vote seen."""
+def false_accusers(votes: list[Vote], *, arbiter: str | None, beacon_block: int | None = None) -> list[str]:
+    """Verifiers who said ``invalid`` about a result the arbiter re-scored ``valid``."""
+    verdicts = _counted(votes, beacon_block)
+    if arbiter is None or verdicts.get(arbiter) != "valid":
+        return []
+    return sorted(v for v, verdict in verdicts.items() if verdict == "invalid")
+
+
+def evidence_by_worker(votes: list[Vote], *, quorum: int = 2, arbiter: str | None = None) -> dict[str, Evidence]:
+    """Per peer: jobs attested valid and jobs proven invalid, from every vote seen; a false
+    accusation (an ``invalid`` the arbiter overturned) counts against its verifier like a lie."""
     by_job: dict[tuple[str, str], list[Vote]] = {}
     for vote in votes:
         by_job.setdefault((vote.job_id, vote.result_hash), []).append(vote)
     found: dict[str, Evidence] = {}
     for job_votes in by_job.values():
-        outcome = job_outcome(job_votes, quorum=quorum)
+        outcome = job_outcome(job_votes, quorum=quorum, arbiter=arbiter)
         worker = job_votes[0].worker
         if outcome in ("valid", "invalid"):
             found[worker] = found.get(worker, Evidence()).add(**{outcome: 1})
+        for accuser in false_accusers(job_votes, arbiter=arbiter):
+            found[accuser] = found.get(accuser, Evidence()).add(invalid=1)
     return found

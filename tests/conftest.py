@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -25,15 +26,76 @@ def run_cli(*args: str, home: Path | None = None, timeout: float = 120, check: b
     return proc
 
 
+# Run `inferad ARGS`, then write the heavy packages it imported (top-level names) to $MODULES_OUT.
+IMPORT_PROBE = """
+import atexit, json, os, sys
+HEAVY = {"libp2p", "web3", "eth_account", "llama_cpp"}
+def report():
+    with open(os.environ["MODULES_OUT"], "w") as f:
+        json.dump(sorted(HEAVY & {name.split(".")[0] for name in sys.modules}), f)
+atexit.register(report)
+sys.argv[0] = "inferad"
+from cli import main
+main()
+"""
+
+
+def run_cli_reporting_imports(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """``inferad ARGS`` in a subprocess, and which of libp2p, web3, eth_account, llama_cpp it imported."""
+    out = tmp_path / "modules.json"
+    proc = subprocess.run([sys.executable, "-c", IMPORT_PROBE, *args], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT, env=dict(os.environ, MODULES_OUT=str(out)))
+    return proc, json.loads(out.read_text())
+
+
+# Log lines that show a bug in a node, whatever a test asserts: an exception that escaped (its
+# traceback), a stream handler that raised (p2p.host.guarded logs that at WARNING, with no
+# traceback), a crash of the interpreter or of llama.cpp (faulthandler's report; see the end).
+BUG_SIGNS = ("Traceback", "handler failed", "Fatal Python error", "Segmentation fault")
+
+
+def bug_lines(log: str) -> list[str]:
+    """Each line of ``log`` that shows a bug (``BUG_SIGNS``), a traceback with the lines that follow it."""
+    lines = log.splitlines()
+    found = []
+    for i, line in enumerate(lines):
+        if any(sign in line for sign in BUG_SIGNS):
+            found.append("\n".join(lines[i:i + 25]) if "Traceback" in line or "Fatal" in line else line)
+    return found
+
+
+def devnet_bug_lines(directory: Path) -> dict[str, list[str]]:
+    """``bug_lines`` of each node log of the devnet in ``directory`` (inferad.devnet keeps them in logs/)."""
+    found = {path.stem: bug_lines(path.read_text(errors="replace"))
+             for path in sorted((directory / "logs").glob("*.log"))}
+    return {name: lines for name, lines in found.items() if lines}
+
+
 class NodeProcess:
+    """``inferad start`` on 127.0.0.1, as a devnet starts it: every test node shares one IP, so gossip's
+    IP-colocation protection is off (``devnet.ONE_MACHINE_ARGS``).
+
+    Every node's log is checked for signs of a bug (``BUG_SIGNS``) after each test it lived through
+    and after the module that started it (the autouse fixture ``node_logs_show_no_bug``), so no
+    test has to remember to: a handler that raised fails the test it raised in.
+    """
+
+    watched: ClassVar[list[NodeProcess]] = []  # started, and not yet checked since they stopped
+
     def __init__(self, home: Path, *extra: str, command: tuple[str, ...] = tuple(INFERAD)) -> None:
+        from inferad.devnet import ONE_MACHINE_ARGS
+
         self.home = home
-        self.log_path = home.parent / f"{home.name}.log"
-        self._log = open(self.log_path, "w")
+        self.log_path = home.parent / f"{home.name}.log"  # a restart of the same home appends to it
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._log = open(self.log_path, "a")
+        self._reported = 0  # bug lines already reported by assert_clean
         self.proc = subprocess.Popen(
-            [*command, "start", "--home", str(home), "--listen", "/ip4/127.0.0.1/tcp/0", *extra],
+            [*command, "start", "--home", str(home), "--listen", "/ip4/127.0.0.1/tcp/0", *ONE_MACHINE_ARGS,
+             *extra],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
+        NodeProcess.watched.append(self)
         self.info = self._wait_ready()
 
     def _wait_ready(self, timeout: float = 60) -> dict:
@@ -54,7 +116,23 @@ class NodeProcess:
         return self.info["addrs"][0]
 
     def log(self) -> str:
-        return self.log_path.read_text()
+        """What this process has logged (not an earlier process of the same home)."""
+        return self.log_path.read_bytes()[self._log_start:].decode(errors="replace")
+
+    def problems(self) -> list[str]:
+        """The lines of this node's log that show a bug (``bug_lines``), from its start."""
+        return bug_lines(self.log())
+
+    def assert_clean(self) -> None:
+        """Fail if this node's log shows a bug not reported yet (each is reported once, by the
+        first check that sees it, so a shared node's bug fails one test, not every later one)."""
+        new = self.problems()[self._reported:]
+        self._reported += len(new)
+        assert not new, f"{self.home.name}'s log ({self.log_path}) shows a bug:\n" + "\n".join(new)
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         if self.proc.poll() is None:
@@ -73,14 +151,41 @@ def start_node(tmp_path):
     """Start ``inferad start`` processes; every one is stopped at teardown."""
     nodes: list[NodeProcess] = []
 
-    def start(name: str = "node", *extra: str) -> NodeProcess:
-        node = NodeProcess(tmp_path / name, *extra)
+    def start(name: str = "node", *extra: str, command: tuple[str, ...] = tuple(INFERAD)) -> NodeProcess:
+        node = NodeProcess(tmp_path / name, *extra, command=command)
         nodes.append(node)
         return node
 
     yield start
     for node in nodes:
         node.stop()
+
+
+def check_node_logs() -> None:
+    """``assert_clean`` every watched node; forget those that have stopped (checked for the last time)."""
+    nodes = NodeProcess.watched
+    NodeProcess.watched = [node for node in nodes if node.running]
+    failures = []
+    for node in nodes:
+        try:
+            node.assert_clean()
+        except AssertionError as exc:
+            failures.append(str(exc))
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.fixture(autouse=True)
+def node_logs_show_no_bug():
+    """After every test: the nodes it started or used show no bug in their logs."""
+    yield
+    check_node_logs()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def module_node_logs_show_no_bug():
+    """After every module: the same for the nodes of its fixtures, which stop after its last test."""
+    yield
+    check_node_logs()
 
 
 @pytest.fixture(scope="session")
@@ -98,4 +203,47 @@ def node(tmp_path_factory):
     node.stop()
 
 
+def start_devnet(directory, nodes=3):
+    (directory / "devnet.json").unlink(missing_ok=True)
+    proc = subprocess.Popen([*INFERAD, "devnet", "up", "--nodes", str(nodes), "--dir", str(directory)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while not (directory / "devnet.json").exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "devnet did not start in 180 s"
+        time.sleep(0.2)
+    return proc, json.loads((directory / "devnet.json").read_text())
+
+
+def stop_devnet(proc):
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=90)
+    return proc.returncode, out
+
+
+def leftover_processes(directory) -> list[str]:
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in ps.splitlines() if str(directory) in line and "devnet up" not in line]
+
+
+@pytest.fixture(scope="session")
+def devnet(tmp_path_factory):
+    """A devnet started, stopped and started again in the same directory (the second one is used)."""
+    directory = tmp_path_factory.mktemp("devnet")
+    first, _ = start_devnet(directory)
+    code, out = stop_devnet(first)
+    restarts = {"first_exit": code, "first_output": out, "leftovers_after_first": leftover_processes(directory)}
+    first_bugs = devnet_bug_lines(directory)  # the second `devnet up` wipes the first one's logs
+    proc, net = start_devnet(directory)
+    yield dict(net, **restarts)
+    code, out = stop_devnet(proc)
+    assert code == 0 and "no process of this devnet is left" in out, out
+    assert leftover_processes(directory) == []
+    assert not first_bugs, f"the first devnet's node logs show a bug: {first_bugs}"
+    assert not devnet_bug_lines(directory), f"the devnet's node logs show a bug: {devnet_bug_lines(directory)}"
+
+
 os.environ.setdefault("INFERAD_PASSPHRASE", "")
+# Every process a test starts (nodes, devnets and theirs) reports a crash (a segfault in llama.cpp…)
+# in its log as "Fatal Python error", one of BUG_SIGNS.
+os.environ.setdefault("PYTHONFAULTHANDLER", "1")

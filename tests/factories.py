@@ -24,7 +24,7 @@ def make_job(prompt="Hello", *, max_tokens=8, ttl_s=60, age_s=0, model=GEMMA, **
     )
 
 
-def make_result(job_id="00" * 32, tokens=(1, 2, 3)) -> wire.JobResult:
+def make_result(job_id="00" * 32, tokens=(1, 2, 3), signed_at=None) -> wire.JobResult:
     return wire.JobResult(
         job_id=job_id,
         model=GEMMA,
@@ -35,4 +35,5 @@ def make_result(job_id="00" * 32, tokens=(1, 2, 3)) -> wire.JobResult:
         timings=wire.Timings(queue_ms=0, prompt_ms=1, decode_ms=2),
         engine=wire.EngineInfo(name="llama.cpp", version="test", backend="cpu"),
         worker=WORKER,
+        signed_at=int(time.time() * 1000) if signed_at is None else signed_at,
     )

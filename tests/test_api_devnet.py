@@ -1,55 +1,12 @@
 """`inferad devnet up` and the OpenAI-compatible API, with the official openai package."""
 
-import json
-import signal
-import subprocess
-import time
-
 import httpx
 import pytest
 
 from chain.devnet import ANVIL
-from tests.conftest import INFERAD, ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.model,
               pytest.mark.skipif(not ANVIL.exists(), reason="needs contracts/node_modules (make install)")]
-
-
-def start_devnet(directory, nodes=3):
-    (directory / "devnet.json").unlink(missing_ok=True)
-    proc = subprocess.Popen([*INFERAD, "devnet", "up", "--nodes", str(nodes), "--dir", str(directory)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 180
-    while not (directory / "devnet.json").exists():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, "devnet did not start in 180 s"
-        time.sleep(0.2)
-    return proc, json.loads((directory / "devnet.json").read_text())
-
-
-def stop_devnet(proc):
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=90)
-    return proc.returncode, out
-
-
-def leftover_processes(directory) -> list[str]:
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in ps.splitlines() if str(directory) in line and "devnet up" not in line]
-
-
-@pytest.fixture(scope="module")
-def devnet(tmp_path_factory):
-    """A devnet started, stopped and started again in the same directory (the second one is used)."""
-    directory = tmp_path_factory.mktemp("devnet")
-    first, _ = start_devnet(directory)
-    code, out = stop_devnet(first)
-    restarts = {"first_exit": code, "first_output": out, "leftovers_after_first": leftover_processes(directory)}
-    proc, net = start_devnet(directory)
-    yield dict(net, **restarts)
-    code, out = stop_devnet(proc)
-    assert code == 0 and "no process of this devnet is left" in out, out
-    assert leftover_processes(directory) == []
 
 
 def test_devnet_up_starts_and_stops_cleanly_twice_in_a_row(devnet):
@@ -109,7 +66,7 @@ def test_completion_with_a_stop_sequence_is_cut_there(openai_client):
                                          max_tokens=0), 400, None),
     (lambda c: c.chat.completions.create(model="gemma-3-270m", messages=[{"role": "user", "content": "x"}],
                                          temperature=5), 400, None),
-    (lambda c: c.completions.create(model="gemma-3-270m", prompt="word " * 3000, max_tokens=8), 400,
+    (lambda c: c.completions.create(model="gemma-3-270m", prompt="word " * 40_000, max_tokens=8), 400,
      "context_overflow"),
 ])
 def test_errors_come_in_openais_shape_with_the_right_status(openai_client, call, status, code):
@@ -138,3 +95,87 @@ def test_health_is_open_and_metrics_count_jobs(devnet, openai_client):
     metrics = httpx.get(f"{root}/metrics", headers={"Authorization": f"Bearer {devnet['api_key']}"},
                         timeout=10).text
     assert 'inferad_jobs_total{outcome="ok"}' in metrics and "inferad_peers 3.0" in metrics
+
+
+# --------------------------------------------------------------------------- client mistakes and what clients send
+
+def raw_post(devnet, path: str, body: dict) -> httpx.Response:
+    return httpx.post(devnet["api"] + path, json=body, headers={"Authorization": f"Bearer {devnet['api_key']}"},
+                      timeout=120)
+
+
+CHAT = {"model": "gemma-3-270m", "max_tokens": 4, "temperature": 0}
+USER = [{"role": "user", "content": "Hi"}]
+MISTAKES = {
+    "empty_content_parts": ({**CHAT, "messages": [{"role": "user", "content": []}]}, "messages[0].content"),
+    "n_above_one": ({**CHAT, "messages": USER, "n": 2}, "n"),
+    "logprobs": ({**CHAT, "messages": USER, "logprobs": True}, "logprobs"),
+    "unknown_response_format": ({**CHAT, "messages": USER, "response_format": {"type": "yaml"}}, "response_format"),
+    "json_mode_not_yet": ({**CHAT, "messages": USER, "response_format": {"type": "json_object"}}, "response_format"),
+    "stream_options_without_stream": ({**CHAT, "messages": USER, "stream_options": {"include_usage": True}},
+                                      "stream_options"),
+    "tool_role": ({**CHAT, "messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISTAKES))
+def test_client_mistakes_are_400_with_openais_whole_error_object(devnet, case):
+    body, param = MISTAKES[case]
+    reply = raw_post(devnet, "/chat/completions", body)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert error["message"] and error["code"]
+
+
+@pytest.mark.parametrize("messages", [
+    [{"role": "system", "content": "You answer in French."}],
+    [{"role": "assistant", "content": "Bonjour !"}, {"role": "user", "content": "Hi"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "assistant", "content": "Yes?"}],
+], ids=["system_only", "assistant_first", "system_then_assistant"])
+def test_chats_gemma_does_not_foresee_are_served_by_the_documented_rule(devnet, messages):
+    reply = raw_post(devnet, "/chat/completions", {**CHAT, "messages": messages})
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["usage"]["completion_tokens"] == 4
+
+
+def test_a_streamed_prompt_longer_than_the_context_is_refused_before_the_stream_opens(devnet):
+    body = {"model": "gemma-3-270m", "prompt": "word " * 40_000, "max_tokens": 8, "stream": True}
+    with httpx.stream("POST", devnet["api"] + "/completions", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {devnet['api_key']}"}) as reply:
+        reply.read()
+    assert reply.status_code == 400 and reply.headers["content-type"].startswith("application/json")
+    assert reply.json()["error"]["code"] == "context_overflow"
+
+
+def test_a_list_of_prompts_gives_one_signed_job_and_choice_per_prompt_in_order(devnet):
+    reply = raw_post(devnet, "/completions", {"model": "gemma-3-270m", "prompt": ["1, 2, 3,", "a, b, c,"],
+                                              "max_tokens": 3, "temperature": 0})
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert [c["index"] for c in body["choices"]] == [0, 1]
+    jobs = [c["inferad"]["job_id"] for c in body["choices"]]
+    assert len(set(jobs)) == 2 and body["usage"]["completion_tokens"] == 6
+    alone = raw_post(devnet, "/completions", {"model": "gemma-3-270m", "prompt": "a, b, c,", "max_tokens": 3,
+                                              "temperature": 0}).json()
+    assert body["choices"][1]["text"] == alone["choices"][0]["text"]
+
+
+def test_a_streamed_list_of_prompts_tags_each_chunk_with_its_choice(openai_client):
+    chunks = list(openai_client.completions.create(model="gemma-3-270m", prompt=["Hello", "Bye"], max_tokens=3,
+                                                   temperature=0, stream=True))
+    finished = sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason)
+    assert finished == [0, 1]
+
+
+def test_token_id_prompts_are_served_and_ids_outside_the_vocabulary_are_400(devnet):
+    text = raw_post(devnet, "/completions", {"model": "gemma-3-270m", "prompt": "1, 2, 3,", "max_tokens": 3,
+                                             "temperature": 0}).json()
+    ids = raw_post(devnet, "/completions", {"model": "gemma-3-270m", "prompt": [2, 236770, 236764, 236743, 236778],
+                                            "max_tokens": 3, "temperature": 0})
+    assert ids.status_code == 200, ids.text
+    assert ids.json()["usage"]["prompt_tokens"] == 5 and text["usage"]["prompt_tokens"] >= 5
+    for prompt in ([5, 10_000_000], [[5, 6], [262_144]]):
+        bad = raw_post(devnet, "/completions", {"model": "gemma-3-270m", "prompt": prompt, "max_tokens": 3})
+        assert bad.status_code == 400, bad.text
+        assert bad.json()["error"]["param"] == "prompt" and "vocabulary" in bad.json()["error"]["message"]

@@ -84,6 +84,15 @@ CASES = {
     "prompt_longer_than_context": (lambda node: signed(make_job("word " * 600, model=served_model(node))),
                                    "context_overflow"),
     "result_instead_of_job": (lambda node: wire.encode_frame(wire.sign(make_result(), CLIENT)), "unexpected"),
+    # docs/protocol.md, "The order of checks" and "One encoding per value"
+    "signed_job_without_sig": (lambda node: resign(wire.sign(make_job(model=served_model(node)), CLIENT),
+                                                   lambda e: e.pop("sig")), "bad_signature"),
+    "job_body_sent_as_a_result": (
+        lambda node: wire.encode_frame(wire.sign_body("result", job_body(node), CLIENT)), "schema"),
+    "integer_temperature": (lambda node: wire.encode_frame(wire.sign_body(
+        "job", job_body(node, params={"max_tokens": 2, "temperature": 1}), CLIENT)), "schema"),
+    "default_written_out": (lambda node: wire.encode_frame(wire.sign_body(
+        "job", job_body(node, params={"max_tokens": 2, "top_p": 1.0}), CLIENT)), "schema"),
 }
 
 

@@ -8,7 +8,9 @@ from chain.beacon import Beacon, BeaconFinder
 @pytest.fixture
 def chain():
     from eth_tester import EthereumTester
-    from web3 import EthereumTesterProvider, Web3
+    from web3 import EthereumTesterProvider
+
+    from chain.ethereum import Web3
 
     tester = EthereumTester()
     w3 = Web3(EthereumTesterProvider(tester))

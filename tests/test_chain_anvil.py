@@ -6,11 +6,11 @@ import subprocess
 import time
 
 import pytest
-from eth_account import Account
 
 from chain.contract import Registry
 from chain.devnet import ANVIL, DEV_KEY, Anvil, ChainInfo, deploy, fund_account
 from chain.errors import ChainError, ContractRevert
+from chain.ethereum import Account
 from chain.merkle import build_tree
 from tests.conftest import INFERAD, ROOT, run_cli
 

@@ -5,10 +5,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from chain.settlement import SettlementError, verify_evidence
+from chain.settlement import SettlementError, verify_evidence, verify_false_accusation
 from p2p import wire
 from proofs.check import INVALID, VALID, Claim, Position, check_claim, judge
-from proofs.reputation import Vote, evidence_by_worker, job_outcome
+from proofs.reputation import Vote, evidence_by_worker, false_accusers, job_outcome
 from tests.factories import make_job, make_result
 
 
@@ -91,8 +91,9 @@ def test_an_honest_claim_has_no_structural_fault():
     assert check_claim(honest_claim()) is None
 
 
-def vote(verifier, verdict, worker="w", job="j"):
-    return Vote(job_id=job, result_hash="r", worker=worker, verifier=verifier, verdict=verdict)
+def vote(verifier, verdict, worker="w", job="j", beacon_block=1):
+    return Vote(job_id=job, result_hash="r", worker=worker, verifier=verifier, verdict=verdict,
+                beacon_block=beacon_block)
 
 
 def test_one_verifier_cannot_condemn_a_worker():
@@ -105,10 +106,39 @@ def test_a_worker_cannot_vouch_for_itself():
     assert job_outcome([vote("w", "valid")]) == "pending"
 
 
+def test_the_oracles_valid_rescore_acquits_whatever_a_quorum_said():
+    accused = [vote("a", "invalid"), vote("b", "invalid")]
+    assert job_outcome(accused) == "invalid"
+    assert job_outcome([*accused, vote("oracle", "valid")], arbiter="oracle") == "valid"
+    assert false_accusers([*accused, vote("oracle", "valid")], arbiter="oracle") == ["a", "b"]
+
+
+def test_the_oracle_cannot_convict_alone():
+    assert job_outcome([vote("oracle", "invalid"), vote("a", "valid")], arbiter="oracle") == "disputed"
+    assert job_outcome([vote("oracle", "invalid"), vote("a", "invalid")], arbiter="oracle") == "invalid"
+
+
+def test_holders_of_the_job_count_only_attestations_at_its_beacon():
+    votes = [vote("a", "invalid", beacon_block=7), vote("b", "invalid", beacon_block=8)]
+    assert job_outcome(votes) == "invalid"
+    assert job_outcome(votes, beacon_block=7) == "disputed"
+
+
+def test_a_false_accusation_costs_the_accuser_like_a_lie():
+    votes = [vote("a", "invalid"), vote("b", "invalid"), vote("oracle", "valid"), vote("c", "valid")]
+    found = evidence_by_worker(votes, arbiter="oracle")
+    assert found["w"].valid == 1 and found["a"].invalid == 1 and found["b"].invalid == 1
+    assert "c" not in found or found["c"].invalid == 0
+
+
 def test_evidence_counts_jobs_not_votes():
     votes = [vote("a", "valid", job="1"), vote("b", "valid", job="1"), vote("a", "invalid", job="2"),
              vote("b", "invalid", job="2")]
     assert evidence_by_worker(votes)["w"].valid == 1 and evidence_by_worker(votes)["w"].invalid == 1
+
+
+def anyone(job, result, attestation):
+    return True
 
 
 def evidence(verdicts, *, signers=None):
@@ -128,17 +158,37 @@ def evidence(verdicts, *, signers=None):
 
 
 def test_evidence_with_a_quorum_of_invalid_attestations_holds():
-    lie = verify_evidence(evidence(["invalid", "invalid"]), quorum=2)
+    lie = verify_evidence(evidence(["invalid", "invalid"]), quorum=2, eligible=anyone)
     assert len(lie.verifier_keys) == 2
+
+
+def test_invalid_attestations_by_verifiers_the_draw_does_not_name_prove_nothing():
+    named = SigningKey.generate()
+    data = evidence(["invalid", "invalid"], signers=[named, SigningKey.generate()])
+    with pytest.raises(SettlementError, match="named"):
+        verify_evidence(data, quorum=2, eligible=lambda job, result, att: att.signer == bytes(named.verify_key))
+
+
+def test_a_false_accusation_needs_the_oracle_and_another_named_verifier():
+    oracle, witness, a, b = (SigningKey.generate() for _ in range(4))
+    data = evidence(["invalid", "invalid", "valid", "valid"], signers=[a, b, oracle, witness])
+    false = verify_false_accusation(data, arbiter_key=bytes(oracle.verify_key), eligible=anyone)
+    assert set(false.accuser_keys) == {bytes(a.verify_key), bytes(b.verify_key)}
+    alone = evidence(["invalid", "invalid", "valid"], signers=[a, b, oracle])
+    with pytest.raises(SettlementError, match="besides the oracle"):
+        verify_false_accusation(alone, arbiter_key=bytes(oracle.verify_key), eligible=anyone)
+    without_oracle = evidence(["invalid", "invalid", "valid"], signers=[a, b, witness])
+    with pytest.raises(SettlementError, match="oracle"):
+        verify_false_accusation(without_oracle, arbiter_key=bytes(oracle.verify_key), eligible=anyone)
 
 
 @pytest.mark.parametrize("verdicts", [["invalid"], ["invalid", "valid"], ["invalid", "inconclusive"]])
 def test_evidence_short_of_a_quorum_does_not_hold(verdicts):
     with pytest.raises(SettlementError):
-        verify_evidence(evidence(verdicts), quorum=2)
+        verify_evidence(evidence(verdicts), quorum=2, eligible=anyone)
 
 
 def test_one_verifier_signing_twice_is_not_a_quorum():
     key = SigningKey.generate()
     with pytest.raises(SettlementError):
-        verify_evidence(evidence(["invalid", "invalid"], signers=[key, key]), quorum=2)
+        verify_evidence(evidence(["invalid", "invalid"], signers=[key, key]), quorum=2, eligible=anyone)

@@ -4,12 +4,12 @@ import shutil
 import subprocess
 
 import pytest
-from eth_account import Account
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chain.contract import Registry
 from chain.errors import ContractRevert
+from chain.ethereum import Account
 from chain.merkle import build_tree, verify
 from tests.conftest import ROOT
 
@@ -20,7 +20,9 @@ KEY_A, KEY_B = b"\x0a" * 32, b"\x0b" * 32
 class Chain:
     def __init__(self):
         from eth_tester import EthereumTester
-        from web3 import EthereumTesterProvider, Web3
+        from web3 import EthereumTesterProvider
+
+        from chain.ethereum import Web3
 
         self.tester = EthereumTester()
         self.w3 = Web3(EthereumTesterProvider(self.tester))
@@ -83,6 +85,21 @@ def test_register_stake_and_key_binding(chain):
     with reverts("ZeroAmount"):
         node.add_stake(0)
     assert [e["edKey"] for e in chain.registry.events("Registered")] == [KEY_A]
+
+
+def test_the_stake_table_at_a_block_is_what_the_chain_said_then(chain):
+    from chain.view import StakeTable
+
+    table = StakeTable(chain.registry)
+    empty = chain.w3.eth.block_number
+    chain.as_(chain.nodes[0]).register(KEY_A, 2 * ETH)
+    one = chain.w3.eth.block_number
+    chain.as_(chain.nodes[1]).register(KEY_B, 2 * ETH)
+    chain.as_(chain.nodes[0]).request_unstake(int(1.5 * ETH))  # below minStake from here on
+    latest = chain.w3.eth.block_number
+    assert table.keys_at(latest) == {KEY_B}
+    assert table.keys_at(one) == {KEY_A}  # asked after a later block: still what the chain said then
+    assert table.keys_at(empty) == frozenset()
 
 
 def test_unstake_waits_for_the_unbonding_delay(chain):
@@ -172,6 +189,37 @@ def test_settlement_rules(chain):
     with reverts("LengthMismatch"):
         oracle._send(oracle.contract.functions.settle(2, b"\0" * 32, 0, [client.address], [], [], [],
                                                       b"\0" * 32))
+
+
+def test_a_client_withdrawing_its_deposit_is_charged_from_it_until_it_has_withdrawn(chain):
+    """The oracle counts deposit + withdrawing as what a client can pay (chain.view.ChainView), so a
+    client cannot escape the charges of jobs it already ran by asking for its deposit back."""
+    from chain.view import ChainView
+
+    client = chain.clients[0]
+    chain.as_(client).deposit(1000)
+    chain.as_(client).request_withdraw_deposit(700)
+
+    def books():
+        record = chain.registry.client(client.address)
+        return record.deposit, record.withdrawing
+
+    assert books() == (300, 700)
+    view = ChainView(chain.registry)
+    assert view.refresh(set(), {client.address}) and view.deposits[client.address] == 1000
+    oracle = chain.as_(chain.oracle)
+    oracle.settle(1, b"\0" * 32, 0, {client.address: 200}, {})
+    assert books() == (100, 700)  # within the deposit: what is being withdrawn is left alone
+    oracle.settle(2, b"\0" * 32, 0, {client.address: 400}, {})
+    assert books() == (0, 400)  # the deposit first, then the rest from what is being withdrawn
+    with reverts("ChargeExceedsDeposit"):
+        oracle.settle(3, b"\0" * 32, 0, {client.address: 401}, {})
+    oracle.settle(3, b"\0" * 32, 0, {client.address: 150}, {})
+    assert books() == (0, 250) and chain.registry.value("totalDeposits") == 250
+    assert [e["amount"] for e in chain.registry.events("Charged")] == [200, 400, 150]
+    chain.travel(51)
+    chain.as_(client).withdraw_deposit()  # what is left of it
+    assert books() == (0, 0) and [e["amount"] for e in chain.registry.events("DepositWithdrawn")] == [250]
 
 
 def test_slash_reaches_unbonding_stake(chain):

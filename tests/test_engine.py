@@ -93,14 +93,29 @@ def test_generation_stops_when_the_consumer_goes_away(engine):
     assert len(seen) == 3
 
 
+class HeldEngine:
+    """``engine``, each generation held (owning the engine) until ``release`` is set: a test of
+    the queue then does not race the model's speed."""
+
+    def __init__(self, engine, release):
+        self.engine, self.release = engine, release
+
+    def generate(self, *args, **kwargs):
+        assert self.release.wait(30), "the test never released the engine"
+        return self.engine.generate(*args, **kwargs)
+
+
 @pytest.mark.model
 def test_worker_refuses_jobs_beyond_its_queue(engine):
+    import threading
+
     import trio
 
     from inferad.admission import JobRejected
     from inferad.worker import Worker
 
-    worker = Worker(engine, queue_size=1)
+    release = threading.Event()
+    worker = Worker(HeldEngine(engine, release), queue_size=1)
     outcomes = []
 
     async def job(name):
@@ -112,11 +127,23 @@ def test_worker_refuses_jobs_beyond_its_queue(engine):
         except JobRejected as exc:
             outcomes.append((name, exc.code))
 
+    async def until(condition):
+        with trio.fail_after(10):
+            while not condition():
+                await trio.sleep(0.01)
+
     async def main():
         async with trio.open_nursery() as nursery:
-            for name in ("running", "queued", "refused"):
-                nursery.start_soon(job, name)
-                await trio.sleep(0.01)
+            try:
+                nursery.start_soon(job, "running")
+                await until(lambda: worker.load.running == 1)  # it owns the engine, held
+                nursery.start_soon(job, "queued")
+                await until(lambda: worker.load.queued == 1)
+                nursery.start_soon(job, "refused")
+                await until(lambda: outcomes)
+                assert outcomes == [("refused", "busy")]  # at once, while the other two wait
+            finally:
+                release.set()
 
     trio.run(main)
     assert sorted(outcomes) == [("queued", "ok"), ("refused", "busy"), ("running", "ok")]

@@ -8,11 +8,16 @@ import time
 
 import pytest
 
+from inferad.client import LocalNode, model_ref, new_job
+from inferad.home import Home
+from scheduler.peers import BACKOFF_BASE_S
+from tests.adversaries.held_engine import Gate
 from tests.conftest import ROOT, NodeProcess, run_cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
 MODEL_ARGS = ("--n-ctx", "512", "--max-tokens", "128")
+HELD_ENGINE = (sys.executable, "-m", "tests.adversaries.held_engine")  # + a gate directory
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -35,14 +40,21 @@ def status(node) -> dict:
 
 
 @pytest.fixture(scope="module")
-def mesh(tmp_path_factory):
+def gate(tmp_path_factory) -> Gate:
+    """Holds the engines of n1, n3 and n4 when a test asks (tests/adversaries/held_engine.py)."""
+    return Gate(tmp_path_factory.mktemp("gate"))
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory, gate):
     """n1 bootstraps; n2 is a gateway without a model; n3 and n4 serve the model."""
     root = tmp_path_factory.mktemp("mesh")
-    nodes = {"n1": NodeProcess(root / "n1", *MODEL_ARGS)}
+    held = (*HELD_ENGINE, str(gate.directory))
+    nodes = {"n1": NodeProcess(root / "n1", *MODEL_ARGS, command=held)}
     boot = nodes["n1"].addr
     nodes["n2"] = NodeProcess(root / "n2", "--bootstrap", boot, "--no-model")
-    nodes["n3"] = NodeProcess(root / "n3", "--bootstrap", boot, *MODEL_ARGS)
-    nodes["n4"] = NodeProcess(root / "n4", "--bootstrap", boot, *MODEL_ARGS)
+    nodes["n3"] = NodeProcess(root / "n3", "--bootstrap", boot, *MODEL_ARGS, command=held)
+    nodes["n4"] = NodeProcess(root / "n4", "--bootstrap", boot, *MODEL_ARGS, command=held)
     everyone = {n.info["peer_id"] for n in nodes.values()}
     try:
         for node in nodes.values():
@@ -79,71 +91,91 @@ def test_job_at_a_modelless_gateway_is_served_by_another_node(mesh, tmp_path):
     assert record["workers"] == [{"peer": worker, "tokens": 8, "outcome": "ok"}]
 
 
-def test_bad_adverts_are_rejected_and_never_routed_to(mesh, tmp_path):
-    rejected_before = status(mesh["n1"])["adverts_rejected"]
-    fakes = [subprocess.Popen([sys.executable, "-m", "tests.adversaries.fake_peer", mesh["n1"].addr, mode, "8"],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-             for mode in ("bad_signature", "stale", "oversized", "wrong_schema")]
+BAD_ADVERTS = ("bad_signature", "stale", "oversized", "wrong_schema", "future", "not_an_advert", "relayed")
+
+
+def test_bad_adverts_are_rejected_counted_and_never_routed_to(mesh, tmp_path):
+    """Each kind of bad advert (tests/adversaries/fake_peer.py) is published alone, so n1's
+    count of rejections can be checked to grow for every one of them."""
+    fakes = {mode: subprocess.Popen([sys.executable, "-m", "tests.adversaries.fake_peer", mesh["n1"].addr, mode, "120",
+                                     "gated"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True)
+             for mode in BAD_ADVERTS}
     try:
-        fake_ids = {fake.stdout.readline().split()[1] for fake in fakes}
-        time.sleep(5)
+        fake_ids = {peer for fake in fakes.values() for peer in fake.stdout.readline().split()[1:]}
+        for mode, fake in fakes.items():
+            rejected_before = status(mesh["n1"])["adverts_rejected"]
+            fake.stdin.write("go\n")
+            fake.stdin.flush()
+            # n1, whom it dialled, rejects its messages (so never forwards them to the others).
+            wait_for(lambda before=rejected_before: status(mesh["n1"])["adverts_rejected"] > before, 20,
+                     f"n1 to reject and count the {mode} adverts")
+            fake.kill()
+            fake.wait(30)
         for node in mesh.values():
             assert not peer_ids(node) & fake_ids
-        # n1, whom they dialled, rejected them (so never forwarded them to the others).
-        assert status(mesh["n1"])["adverts_rejected"] >= rejected_before + 4
         run_cli("submit", "--node-home", str(mesh["n2"].home), "Hi", "--max-tokens", "2",
                 home=tmp_path / "client", check=True)
     finally:
-        for fake in fakes:
+        for fake in fakes.values():
+            fake.kill()
             fake.wait(30)
-    assert all(fake.stdout.read().count("EXEC") == 0 for fake in fakes)
+    assert all(fake.stdout.read().count("EXEC") == 0 for fake in fakes.values())
 
 
-def test_a_peer_advertising_a_model_it_does_not_serve_is_backed_off(mesh, tmp_path):
+def test_a_peer_advertising_a_model_it_does_not_serve_is_tried_once_then_backed_off(mesh, tmp_path):
+    asked = tmp_path / "fake.out"  # the fake peer prints READY, then EXEC for every job it is asked to run
     fake = subprocess.Popen([sys.executable, "-m", "tests.adversaries.fake_peer", mesh["n1"].addr, "false_model",
-                             "40"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                             "60"], cwd=ROOT, stdout=asked.open("w"), stderr=subprocess.DEVNULL)
+    gateway, client = mesh["n2"], Home(tmp_path / "client")
+    client.ensure()
+    local = LocalNode(gateway.home / "control.sock", client.client_key)
+    jobs, tried_in, tried_at = [], None, 0.0  # every job submitted; which one the liar was tried for, when
     try:
-        fake_id = fake.stdout.readline().split()[1]
-        wait_for(lambda: fake_id in peer_ids(mesh["n2"]), 20, "the liar's advert")
-        outcomes = []
-        for _ in range(10):
-            out = run_cli("submit", "--node-home", str(mesh["n2"].home), "Hi", "--max-tokens", "2", "--json",
-                          home=tmp_path / "client", check=True)
-            completion = json.loads(out.stdout)
-            assert completion["result"]["worker"] != fake_id
-            (record,) = json.loads(run_cli("jobs", completion["job_id"], "--json", home=mesh["n2"].home).stdout)
-            outcomes += [w["outcome"] for w in record["workers"] if w["peer"] == fake_id]
+        fake_id = wait_for(lambda: (asked.read_text().split() + ["", ""])[1], 20, "the fake peer's READY line")
+        wait_for(lambda: fake_id in peer_ids(gateway), 20, "the liar's advert")
+        # Its claim is the fastest, so power-of-two-choices picks it about every other job until it
+        # fails; then it is backed off for BACKOFF_BASE_S, and the jobs in that time go elsewhere.
+        while len(jobs) < 40 and (tried_in is None or time.monotonic() < tried_at + BACKOFF_BASE_S - 1):
+            started = time.monotonic()
+            done = local.submit(new_job(model_ref("gemma-3-270m"), client.eth_address, prompt="Hi", max_tokens=2))
+            assert done.result.worker != fake_id
+            jobs.append(done.job_id)
+            if tried_in is None and "EXEC" in asked.read_text():
+                tried_in, tried_at = len(jobs) - 1, started
     finally:
         fake.kill()
         fake.wait()
-    # Tried at most once (its claim is the fastest, so p2c picks it half the time), then backed off.
-    assert len(outcomes) <= 1 and all(o.startswith("unknown_model") for o in outcomes)
+    assert tried_in is not None, f"the gateway never tried the liar in {len(jobs)} jobs"
+    assert asked.read_text().count("EXEC") == 1
+    assert len(jobs) - tried_in - 1 >= 3, "too few jobs within the backoff to tell"
+    records = {j["job_id"]: j for j in json.loads(run_cli("jobs", "--json", home=gateway.home, check=True).stdout)}
+    attempts = [(i, w["outcome"]) for i, job_id in enumerate(jobs) for w in records[job_id]["workers"]
+                if w["peer"] == fake_id]
+    assert len(attempts) == 1 and attempts[0][0] == tried_in and attempts[0][1].startswith("unknown_model")
 
 
-def test_worker_killed_midstream_is_continued_by_another(mesh, tmp_path):
+def test_worker_killed_midstream_is_continued_by_another(mesh, gate, tmp_path):
     gateway = mesh["n2"]
+    gate.hold(after_tokens=5)
     client = subprocess.Popen(
         [sys.executable, "-m", "cli", "submit", "--node-home", str(gateway.home), "--home", str(tmp_path / "c"),
          "Write a long story about a dragon.", "--max-tokens", "100", "--json"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def running_worker():
-        for name in ("n1", "n3", "n4"):
-            jobs = json.loads(run_cli("jobs", "--json", home=mesh[name].home).stdout or "[]")
-            if any(j["status"] == "accepted" and j["role"] == "worker" for j in jobs):
-                return name
-        return None
-
-    victim = wait_for(running_worker, 30, "a worker to start the job")
-    time.sleep(0.5)  # a few tokens
-    mesh[victim].stop(signal.SIGKILL)
+    try:
+        held_in = gate.wait_held(60)
+        victim = next(name for name in ("n1", "n3", "n4") if mesh[name].proc.pid == held_in)
+        time.sleep(1)  # its 5 tokens reach the gateway (loopback: milliseconds, whatever the model's speed)
+        mesh[victim].stop(signal.SIGKILL)
+    finally:
+        gate.release()  # the worker that continues goes on
     out, err = client.communicate(timeout=120)
     assert client.returncode == 0, err
     completion = json.loads(out)
     result = completion["result"]
     victim_id = mesh[victim].info["peer_id"]
     assert result["worker"] != victim_id
-    assert 0 < result["continued_from"] < 100 and len(result["output_tokens"]) == 100
+    assert result["continued_from"] == 5 and len(result["output_tokens"]) == 100
     (record,) = json.loads(run_cli("jobs", completion["job_id"], "--json", home=gateway.home, check=True).stdout)
     first, last = record["workers"][0], record["workers"][-1]
     assert first["peer"] == victim_id and first["tokens"] == result["continued_from"]

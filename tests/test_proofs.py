@@ -5,7 +5,7 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proofs.draw import SPACE, draw_value, draw_verifiers, is_drawn, rendezvous_order
+from proofs.draw import REPLACEMENTS, SPACE, VERIFIERS, draw_value, is_drawn, named_verifiers, rendezvous_order
 from proofs.reputation import Evidence, reputation, verify_probability
 
 hexes = st.binary(min_size=32, max_size=32).map(bytes.hex)
@@ -26,11 +26,19 @@ def test_the_beacon_decides_the_draw_too(job_id, result, beacon, other):
 
 @settings(max_examples=300)
 @given(st.integers(0, SPACE - 1), peers)
-def test_worker_gateway_and_client_are_never_drawn(d, providers):
-    parties = providers[:3] if len(providers) >= 3 else ["w", "g", "c"]
-    drawn = draw_verifiers(d, providers, worker=parties[0], gateway=parties[1], client=parties[2])
-    assert not set(drawn) & set(parties)
-    assert set(drawn) == set(providers) - set(parties)
+def test_the_draw_names_a_bounded_list_of_staked_peers_and_never_the_worker(d, staked):
+    worker = staked[0] if staked else "w"
+    named = named_verifiers(d, staked, worker=worker)
+    assert worker not in named and set(named) <= set(staked)
+    assert len(named) == min(VERIFIERS + REPLACEMENTS, len(set(staked) - {worker}))
+    assert named == [p for p in rendezvous_order(d, staked) if p != worker][:len(named)]
+
+
+@given(st.integers(0, SPACE - 1), peers, st.text("xyz", min_size=1, max_size=3))
+def test_staking_one_more_key_can_only_push_others_out_of_the_named_list(d, staked, newcomer):
+    before = named_verifiers(d, staked, worker="w")
+    after = named_verifiers(d, [*staked, newcomer], worker="w")
+    assert [p for p in after if p != newcomer] == before[:len([p for p in after if p != newcomer])]
 
 
 @given(st.integers(0, SPACE - 1), peers, st.text("xyz", min_size=1, max_size=3))

@@ -74,3 +74,17 @@ def test_settlement_never_overcharges_and_rewards_add_up(served, deposit, fee_bp
         if total:
             assert verify(s.tree.root, account, total, s.tree.proofs[account])
     assert s.tree.root == build_tree(s.cumulative).root
+
+
+def test_a_result_signed_after_its_job_expired_is_not_paid():
+    """The job's beacon is the first block after expiry: a worker signing later could have seen it."""
+    job = make_job(max_tokens=8)
+    job_bytes = wire.sign(job, CLIENT)
+    result = dataclasses.replace(make_result(job_id=wire.decode(job_bytes).digest), worker=WORKER_PEER)
+    for signed_at, paid in ((job.expires_at - 1, True), (job.expires_at, False), (job.expires_at + 1000, False)):
+        result_bytes = wire.sign(dataclasses.replace(result, signed_at=signed_at), WORKER)
+        if paid:
+            assert verify_served_job(job_bytes, result_bytes, staked).tokens == 3
+        else:
+            with pytest.raises(SettlementError, match="signed after the job expired"):
+                verify_served_job(job_bytes, result_bytes, staked)

@@ -89,8 +89,12 @@ def test_unsigned_types_cannot_carry_signatures_and_vice_versa():
         wire.sign(wire.Token(index=0, id=1, text="a"), KEY)
     obj = msgpack.unpackb(wire.sign(make_job(), KEY))
     del obj["sig"]
-    with pytest.raises(wire.MalformedMessage):
+    with pytest.raises(wire.BadSignature):  # a signed type without its signature: bad_signature
         wire.decode(wire.canonical(obj))
+    token = msgpack.unpackb(wire.encode_unsigned(wire.Token(index=0, id=1, text="a")))
+    token.update(pk=bytes(32), sig=bytes(64))
+    with pytest.raises(wire.MalformedMessage):
+        wire.decode(wire.canonical(token))
 
 
 def test_non_canonical_encoding_is_rejected():

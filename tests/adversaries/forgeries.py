@@ -9,6 +9,7 @@ verifier has to catch the lie in the tokens themselves.
 from __future__ import annotations
 
 import random
+import time
 
 from inferad.engine import Engine, replay_output
 from p2p import wire
@@ -66,4 +67,5 @@ def forged_result(engine: Engine, job_id: str, job: wire.JobRequest, prompt: lis
         job_id=job_id, model=job.model, output_tokens=tuple(kept), text=replay.text,
         finish_reason=replay.finish_reason or "stop",
         usage=wire.Usage(prompt_tokens=len(prompt), completion_tokens=len(kept)),
-        timings=wire.Timings(queue_ms=0, prompt_ms=1, decode_ms=1), engine=engine.info, worker=worker)
+        timings=wire.Timings(queue_ms=0, prompt_ms=1, decode_ms=1), engine=engine.info, worker=worker,
+        signed_at=time.time_ns() // 1_000_000)

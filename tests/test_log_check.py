@@ -1,0 +1,45 @@
+"""The check every integration test makes of its nodes' logs (tests/conftest.py) sees what it exists for."""
+
+import logging
+
+import trio
+from google.protobuf.message import DecodeError
+
+from p2p.host import guarded
+from tests.conftest import bug_lines
+
+
+class Stream:
+    reset_called = False
+
+    async def reset(self):
+        self.reset_called = True
+
+
+def run_guarded(exc: Exception, caplog) -> tuple[list[str], Stream]:
+    async def handler(stream):
+        raise exc
+
+    stream = Stream()
+    with caplog.at_level(logging.WARNING, logger="inferad.p2p"):
+        trio.run(guarded("/inferad/exec/1.0.0", handler), stream)
+    return [record.getMessage() for record in caplog.records], stream
+
+
+def test_a_handler_that_raises_leaves_a_line_the_log_check_reports(caplog):
+    lines, stream = run_guarded(KeyError("model"), caplog)
+    assert stream.reset_called
+    assert bug_lines("\n".join(lines)) == ["/inferad/exec/1.0.0 handler failed ('model'); resetting the stream"]
+
+
+def test_a_peers_malformed_rpc_is_the_peers_fault_not_a_bug_here(caplog):
+    """py-libp2p's pubsub handler lets protobuf's DecodeError out on a malformed RPC from a peer."""
+    lines, stream = run_guarded(DecodeError("Error parsing message with type 'pubsub.pb.RPC'"), caplog)
+    assert stream.reset_called and lines and bug_lines("\n".join(lines)) == []
+
+
+def test_tracebacks_and_crashes_are_reported_with_what_follows():
+    log = "ok\nTraceback (most recent call last):\n  File x\nValueError: y\nFatal Python error: Segmentation fault\n"
+    found = bug_lines(log)
+    assert len(found) == 2 and found[0].startswith("Traceback") and "ValueError: y" in found[0]
+    assert found[1].startswith("Fatal Python error: Segmentation fault")
