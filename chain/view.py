@@ -42,7 +42,7 @@ class ChainView:
                 record = self.registry.client(address)
                 deposits[address] = record.deposit + record.withdrawing
             last_epoch = self.registry.value("lastEpoch")
-        except ChainError as exc:
+        except (ChainError, ValueError) as exc:  # ValueError: web3 refusing an address (InvalidAddress)
             log.warning("chain view not refreshed (%s); using the one from %.0f s ago", exc,
                         time.monotonic() - self.refreshed_at)
             return False

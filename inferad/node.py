@@ -72,6 +72,7 @@ REPROVIDE_S = 60
 MEMBERSHIP_S = 3
 MAX_DIALED_PEERS = 8
 DHT_CACHE_S = 10
+DHT_LOOKUP_S = 15
 
 
 class NodeError(Exception):
@@ -115,6 +116,7 @@ class Node:
         self._advert_seq = 0
         self._load_changed = trio.Event()
         self._dht_cache: dict[str, tuple[float, list[str]]] = {}
+        self._dht_lookups: set[str] = set()  # models whose provider lookup is running
         self.adverts_rejected = 0
         self.started_at = time.time()
         self.metrics = Metrics(self)
@@ -571,18 +573,31 @@ class Node:
             await trio.sleep(REPROVIDE_S if self.host.get_connected_peers() else MEMBERSHIP_S)
 
     async def _dht_providers(self, sha: str) -> list[str] | None:
-        """Providers of a model from the DHT (cached briefly); None if the lookup failed."""
+        """Providers of a model as the DHT last answered; None while it has not (adverts alone).
+
+        Never waits for the DHT: py-libp2p 0.8.1's network lookup can take 10 s and more while
+        dead peers linger in the routing table (measured), so a lookup runs in the background
+        whenever the last answer is older than DHT_CACHE_S, and jobs meanwhile use that answer.
+        """
         cached = self._dht_cache.get(sha)
-        if cached and time.monotonic() - cached[0] < DHT_CACHE_S:
-            return cached[1]
+        stale = cached is None or time.monotonic() - cached[0] >= DHT_CACHE_S
+        if stale and sha not in self._dht_lookups and self.nursery is not None:
+            self._dht_lookups.add(sha)
+            self.nursery.start_soon(self._look_up_providers, sha)
+        return cached[1] if cached else None
+
+    async def _look_up_providers(self, sha: str) -> None:
+        """One DHT lookup for ``_dht_providers``; a failed one forgets the last answer (adverts
+        alone until one succeeds), so a stale answer never keeps newer providers out."""
         try:
-            with trio.fail_after(2):
+            with trio.fail_after(DHT_LOOKUP_S):
                 found = await find_providers(self.dht, wire.provider_key(sha))
+            self._dht_cache[sha] = (time.monotonic(), found)
         except Exception as exc:
             log.debug("DHT lookup for %s failed: %r", sha[:12], exc)
-            return None
-        self._dht_cache[sha] = (time.monotonic(), found)
-        return found
+            self._dht_cache.pop(sha, None)
+        finally:
+            self._dht_lookups.discard(sha)
 
     # ------------------------------------------------------------------ gateway: /inferad/submit
 

@@ -42,6 +42,7 @@ log = logging.getLogger("inferad.oracle")
 REPORT_PAGE_BYTES = 512 * 1024
 GRACE_S = 3  # after an epoch ends, wait for jobs finishing right at its edge
 PAY, DEFER = "pay", "defer"
+PEERS_AT_START = 5  # advert periods the oracle waits, after it starts, for the peers it knew
 
 
 def _evidence_root(hashes: list[str]) -> bytes:
@@ -120,6 +121,7 @@ class Oracle:
                       self.registry.account.address, oracle)
             return
         length = node.chain_info.epoch_seconds
+        await self._hear_known_peers()
         log.info("oracle: settling every %d s epoch", length)
         while True:
             ended = int(time.time()) // length - 1  # the last epoch that is over
@@ -132,6 +134,17 @@ class Oracle:
             except Exception:  # a bug: say so loudly, keep the node serving, try again next epoch
                 log.exception("settlement of epochs up to %d failed", ended)
             await trio.sleep(max(wait, 1))
+
+    async def _hear_known_peers(self) -> None:
+        """Wait (at most ``PEERS_AT_START`` advert periods) until the peers this node knew before
+        it started advertise again.  Reports come from the peers the oracle sees, and an epoch is
+        asked for once: settled before its workers are heard again (right after a restart), their
+        jobs in it would never be charged nor paid."""
+        node = self.node
+        known = set(await node.db(node.store.remembered_peers)) - {node.peer_id}
+        with trio.move_on_after(PEERS_AT_START * node.config.advert_interval):
+            while known - {entry.peer_id for entry in node.peers.fresh(time.monotonic())}:
+                await trio.sleep(0.5)
 
     async def settle_through(self, epoch: int) -> None:
         node = self.node
