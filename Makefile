@@ -31,7 +31,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@touch $@
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not long"
 
 demo: install
 	bash scripts/demo.sh
@@ -45,10 +45,12 @@ bench: install
 	$(PY) benchmarks/settlement_gas.py
 
 # The long form of the reliability suite (CI runs a short one inside `make test`):
-# 200 jobs under SIGKILLs of a worker, a gateway and the oracle; 40 fuzz cases per target.
+# 200 jobs under SIGKILLs of a worker, a gateway and the oracle; 40 fuzz cases per target;
+# and the tests marked long (the oracle killed on either side of sending a settlement).
 reliability: install
 	INFERAD_RELIABILITY_JOBS=200 INFERAD_FUZZ_EXAMPLES=40 timeout 600 \
 		$(PY) -m pytest -q tests/test_reliability.py tests/test_fuzz.py
+	timeout 900 $(PY) -m pytest -q -m long
 
 lint: install
 	$(PY) -m ruff check .

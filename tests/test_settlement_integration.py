@@ -134,6 +134,7 @@ CRASHING_ORACLE = (sys.executable, "-m", "tests.adversaries.crashing_oracle")  #
 CRASH_EPOCH_S = 15
 
 
+@pytest.mark.long
 def test_an_oracle_killed_on_either_side_of_sending_a_settlement_charges_every_job_once(tmp_path):
     """The oracle dies (like kill -9) twice while settling the same jobs: after recording the
     settlement but before sending it (the restart must forget that record: the chain never booked

@@ -92,16 +92,16 @@ async def main(bootstrap: str, mode: str, seconds: float, gated: bool = False) -
     async with running(host, [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]), \
             running_mesh(host, GossipSettings()) as (pubsub, dht):
         await host.connect(peer_info(bootstrap))
-        subscription = await pubsub.subscribe(TOPIC_ADVERTS)
+        # Not subscribed: gossipsub then publishes to the topic's subscribers it knows (fanout), so
+        # every message reaches the bootstrap node; a subscriber publishes to its mesh only, which a
+        # node crowded with peers may have pruned it from.
+        with trio.move_on_after(10):
+            while not pubsub.peer_topics.get(TOPIC_ADVERTS):
+                await trio.sleep(0.1)
         addrs = [str(a) for a in host.get_addrs()]
         print("READY", peer_id, described_peer(mode, peer_id), flush=True)
         with trio.move_on_after(seconds):
             async with trio.open_nursery() as nursery:
-                async def drain():  # from the start: a full subscription queue stalls py-libp2p's reader
-                    while True:
-                        await subscription.get()
-
-                nursery.start_soon(drain)
                 if gated:
                     await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
                 if mode == "false_model":  # the DHT too says it serves the model, as a real node's would
