@@ -187,6 +187,7 @@ def test_a_slow_loris_http_client_does_not_block_others(target):
         assert reply.status_code == 200
 
 
+@pytest.mark.long
 def test_a_node_accepts_more_connections_in_its_life_than_py_libp2ps_inbound_cap(target):
     """py-libp2p 0.8.1 held an inbound slot until its swarm stopped: 250 connections, then none."""
     node, _ = target

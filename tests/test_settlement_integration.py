@@ -81,6 +81,7 @@ def test_an_epoch_settles_to_the_wei_and_workers_claim_exactly_their_reward(tmp_
         devnet.wait(30)
 
 
+@pytest.mark.long
 def test_jobs_run_through_a_chain_outage_and_settle_once_when_it_returns(tmp_path):
     homes = {name: tmp_path / name for name in ("oracle", "w1", "w2", "client")}
     for home in homes.values():

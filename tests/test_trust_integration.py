@@ -27,11 +27,19 @@ COLLUDERS = ("c1", "c2")
 BYSTANDERS = tuple(f"x{i}" for i in range(6))
 
 
+def together(commands) -> None:
+    """Run ``inferad`` commands side by side (each for its own home and account); all must succeed."""
+    procs = [subprocess.Popen([*INFERAD, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for args in commands]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, f"{' '.join(proc.args)} exited {proc.returncode}:\n{out}"
+
+
 class Network:
     def __init__(self, tmp_path):
         self.homes = {name: tmp_path / name for name in (*NODES, *COLLUDERS, *BYSTANDERS, "client")}
-        for home in self.homes.values():
-            run_cli("init", home=home, check=True)
+        together(["init", "--home", str(home)] for home in self.homes.values())
         self.devnet = subprocess.Popen(
             [*INFERAD, "devnet", "chain", "--dir", str(tmp_path / "dev"), "--epoch-seconds", "10", "--oracle",
              str(self.homes["oracle"]), *sum((["--fund", str(h)] for h in self.homes.values()), [])],
@@ -44,8 +52,7 @@ class Network:
         return json.loads(run_cli(*args, "--json", home=self.homes[home], check=True).stdout)
 
     def stake(self, *names):
-        for name in names:
-            run_cli("chain", "stake", "2", *self.chain, home=self.homes[name], check=True)
+        together(["chain", "stake", "2", *self.chain, "--home", str(self.homes[name])] for name in names)
 
     def peer(self, name) -> str:
         return wire.peer_id_from_public_key(bytes(Home(self.homes[name]).node_key.verify_key))
@@ -107,7 +114,8 @@ def network(tmp_path_factory):
 def test_colluders_cannot_get_an_honest_worker_slashed_and_pay_for_trying(network):
     net = network
     job = net.submit("The capital of France is")
-    wait_for(lambda: net.verification(job["job_id"]).get("status") == "valid", 90,
+    wait_for(lambda: net.verification(job["job_id"]).get("status") == "valid"
+             and "beacon_block" in net.verification(job["job_id"]), 90,
              "the named verifiers (oracle and witness) to attest the honest result valid")
     beacon_block = net.verification(job["job_id"])["beacon_block"]
 

@@ -80,6 +80,11 @@ async def provide(dht, sha256: str) -> None:
         await trio.sleep(3)
 
 
+async def drain(subscription) -> None:
+    while True:
+        await subscription.get()
+
+
 async def main(bootstrap: str, mode: str, seconds: float, gated: bool = False) -> None:
     from libp2p.custom_types import TProtocol
 
@@ -92,9 +97,12 @@ async def main(bootstrap: str, mode: str, seconds: float, gated: bool = False) -
     async with running(host, [multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]), \
             running_mesh(host, GossipSettings()) as (pubsub, dht):
         await host.connect(peer_info(bootstrap))
-        # Not subscribed: gossipsub then publishes to the topic's subscribers it knows (fanout), so
-        # every message reaches the bootstrap node; a subscriber publishes to its mesh only, which a
-        # node crowded with peers may have pruned it from.
+        # A bad advert's sender stays unsubscribed: gossipsub then publishes to the topic's subscribers
+        # it knows (fanout), so every message reaches the bootstrap node, whereas a subscriber publishes
+        # to its mesh only, which a node crowded with peers may have pruned it from.  The false_model
+        # peer subscribes like a real node, so its valid adverts travel the mesh like one's.
+        if mode == "false_model":
+            subscription = await pubsub.subscribe(TOPIC_ADVERTS)
         with trio.move_on_after(10):
             while not pubsub.peer_topics.get(TOPIC_ADVERTS):
                 await trio.sleep(0.1)
@@ -102,6 +110,8 @@ async def main(bootstrap: str, mode: str, seconds: float, gated: bool = False) -
         print("READY", peer_id, described_peer(mode, peer_id), flush=True)
         with trio.move_on_after(seconds):
             async with trio.open_nursery() as nursery:
+                if mode == "false_model":
+                    nursery.start_soon(drain, subscription)  # a full subscription queue stalls py-libp2p's reader
                 if gated:
                     await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
                 if mode == "false_model":  # the DHT too says it serves the model, as a real node's would
