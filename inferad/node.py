@@ -59,7 +59,6 @@ from p2p.mesh import (
     TOPIC_ADVERTS,
     TOPIC_ATTESTATIONS,
     GossipSettings,
-    find_providers,
     running_mesh,
 )
 from p2p.streams import FramedStream, StreamClosed
@@ -71,8 +70,6 @@ SHUTDOWN_GRACE_S = 10
 REPROVIDE_S = 60
 MEMBERSHIP_S = 3
 MAX_DIALED_PEERS = 8
-DHT_CACHE_S = 10
-DHT_LOOKUP_S = 15
 
 
 class NodeError(Exception):
@@ -115,9 +112,6 @@ class Node:
         self.nursery: trio.Nursery | None = None  # the node's own, for tasks that outlive a request
         self._advert_seq = 0
         self._load_changed = trio.Event()
-        self._dht_cache: dict[str, tuple[float, list[str]]] = {}
-        self._dht_lookups: set[str] = set()  # models whose provider lookup is running
-        self._joined_at: dict[str, float] = {}  # peer -> monotonic time its first advert arrived
         self.adverts_rejected = 0
         self.started_at = time.time()
         self.metrics = Metrics(self)
@@ -516,7 +510,6 @@ class Node:
                 known = self.peers.get(advert.peer_id) is not None
                 if self.peers.update(advert, time.monotonic()) and not known and advert.peer_id != self.peer_id:
                     log.info("peer %s joined", advert.peer_id)
-                    self._joined_at[advert.peer_id] = time.monotonic()
                     self._load_change()  # advertise soon, so the newcomer learns of us within seconds
                     await self.db(self.store.remember_peer, advert.peer_id, list(advert.addrs))
 
@@ -574,33 +567,6 @@ class Node:
                     log.debug("provide %s failed: %r", sha[:12], exc)
             await trio.sleep(REPROVIDE_S if self.host.get_connected_peers() else MEMBERSHIP_S)
 
-    def _dht_providers(self, sha: str) -> tuple[float, list[str]] | None:
-        """(when, providers) of a model as the DHT last answered; None while it has not (adverts alone).
-
-        Never waits for the DHT: py-libp2p 0.8.1's network lookup can take 10 s and more while
-        dead peers linger in the routing table (measured), so a lookup runs in the background
-        whenever the last answer is older than DHT_CACHE_S, and jobs meanwhile use that answer.
-        """
-        cached = self._dht_cache.get(sha)
-        stale = cached is None or time.monotonic() - cached[0] >= DHT_CACHE_S
-        if stale and sha not in self._dht_lookups and self.nursery is not None:
-            self._dht_lookups.add(sha)
-            self.nursery.start_soon(self._look_up_providers, sha)
-        return cached
-
-    async def _look_up_providers(self, sha: str) -> None:
-        """One DHT lookup for ``_dht_providers``; a failed one forgets the last answer (adverts
-        alone until one succeeds), so a stale answer never keeps newer providers out."""
-        try:
-            with trio.fail_after(DHT_LOOKUP_S):
-                found = await find_providers(self.dht, wire.provider_key(sha))
-            self._dht_cache[sha] = (time.monotonic(), found)
-        except Exception as exc:
-            log.debug("DHT lookup for %s failed: %r", sha[:12], exc)
-            self._dht_cache.pop(sha, None)
-        finally:
-            self._dht_lookups.discard(sha)
-
     # ------------------------------------------------------------------ gateway: /inferad/submit
 
     async def _serve_submit(self, stream: Any) -> None:
@@ -649,11 +615,6 @@ class Node:
         now = time.monotonic()
         local = self._local_candidate(job)
         candidates = self.router.candidates(job.model.sha256, now, local)
-        answer = self._dht_providers(job.model.sha256)
-        if answer and answer[1]:  # join: the DHT says who serves the model, adverts who is alive and how loaded;
-            answered_at, providers = answer  # a peer that joined after that answer is not held out by it
-            candidates = [c for c in candidates if c.peer_id in providers or c.peer_id == self.peer_id
-                          or self._joined_at.get(c.peer_id, 0.0) > answered_at] or candidates
         if not candidates:
             raise JobRejected("unknown_model", f"no node in this network serves {job.model.name} "
                                                f"({job.model.sha256[:12]}…)")
