@@ -19,16 +19,25 @@ PRICE = 1000  # wei per token
 JOBS = 20
 
 
-def test_an_epoch_settles_to_the_wei_and_workers_claim_exactly_their_reward(tmp_path):
+def chain_of_four(tmp_path, epoch_seconds: int) -> tuple[dict, tuple, list[str]]:
+    """Homes oracle, w1, w2 and client, initialised and funded: (homes, the ``--chain`` arguments,
+    the ``inferad devnet chain`` command that starts the chain, again after a stop)."""
     homes = {name: tmp_path / name for name in ("oracle", "w1", "w2", "client")}
     for home in homes.values():
         run_cli("init", home=home, check=True)
-    devnet = subprocess.Popen([*INFERAD, "devnet", "chain", "--dir", str(tmp_path / "dev"), "--epoch-seconds", "8",
-                               "--oracle", str(homes["oracle"]),
-                               *sum((["--fund", str(h)] for h in homes.values()), [])],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = [*INFERAD, "devnet", "chain", "--dir", str(tmp_path / "dev"), "--epoch-seconds", str(epoch_seconds),
+               "--oracle", str(homes["oracle"]), *sum((["--fund", str(h)] for h in homes.values()), [])]
+    return homes, ("--chain", str(tmp_path / "dev" / "chain.json")), command
+
+
+def start_chain(command: list[str]) -> subprocess.Popen:
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_an_epoch_settles_to_the_wei_and_workers_claim_exactly_their_reward(tmp_path):
+    homes, chain, command = chain_of_four(tmp_path, 8)
+    devnet = start_chain(command)
     chain_json = tmp_path / "dev" / "chain.json"
-    chain = ("--chain", str(chain_json))
     nodes = []
 
     def status(name):
@@ -83,14 +92,9 @@ def test_an_epoch_settles_to_the_wei_and_workers_claim_exactly_their_reward(tmp_
 
 @pytest.mark.long
 def test_jobs_run_through_a_chain_outage_and_settle_once_when_it_returns(tmp_path):
-    homes = {name: tmp_path / name for name in ("oracle", "w1", "w2", "client")}
-    for home in homes.values():
-        run_cli("init", home=home, check=True)
-    devnet_args = [*INFERAD, "devnet", "chain", "--dir", str(tmp_path / "dev"), "--epoch-seconds", "6",
-                   "--oracle", str(homes["oracle"]), *sum((["--fund", str(h)] for h in homes.values()), [])]
-    devnet = subprocess.Popen(devnet_args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    homes, chain, command = chain_of_four(tmp_path, 6)
+    devnet = start_chain(command)
     chain_json = tmp_path / "dev" / "chain.json"
-    chain = ("--chain", str(chain_json))
     nodes = []
     try:
         wait_for(chain_json.exists, 60, "the devnet")
@@ -116,7 +120,7 @@ def test_jobs_run_through_a_chain_outage_and_settle_once_when_it_returns(tmp_pat
         for i in range(1, 4):  # …and jobs are still served
             tokens += submit(i)
         wait_for(lambda: "postponed" in oracle.log(), 30, "the oracle to find the chain gone at an epoch end")
-        devnet = subprocess.Popen(devnet_args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        devnet = start_chain(command)
 
         def client_deposit():
             proc = run_cli("chain", "status", "--json", *chain, home=homes["client"])
@@ -143,15 +147,9 @@ def test_an_oracle_killed_on_either_side_of_sending_a_settlement_charges_every_j
     must keep it: the chain booked it).  The jobs run early in an epoch, so they are verified when
     it is settled: the oracle learns of them from the workers' reports, not from its own store.
     In the end every job is charged exactly once and each worker claims exactly what it earned."""
-    homes = {name: tmp_path / name for name in ("oracle", "w1", "w2", "client")}
-    for home in homes.values():
-        run_cli("init", home=home, check=True)
-    devnet = subprocess.Popen([*INFERAD, "devnet", "chain", "--dir", str(tmp_path / "dev"), "--epoch-seconds",
-                               str(CRASH_EPOCH_S), "--oracle", str(homes["oracle"]),
-                               *sum((["--fund", str(h)] for h in homes.values()), [])],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    homes, chain, command = chain_of_four(tmp_path, CRASH_EPOCH_S)
+    devnet = start_chain(command)
     chain_json = tmp_path / "dev" / "chain.json"
-    chain = ("--chain", str(chain_json))
     nodes = []
 
     def status(name):
