@@ -10,6 +10,8 @@ and a gateway never delivers a result signed or arrived after it
 
 from __future__ import annotations
 
+import functools
+
 from inferad.models import ModelMismatch, check_label
 from p2p import wire
 
@@ -98,3 +100,20 @@ def check_context(prompt_tokens: int, max_tokens: int, n_ctx: int) -> None:
             f"prompt ({prompt_tokens} tokens) + max_tokens ({max_tokens}) exceeds the "
             f"context window of {n_ctx} tokens",
         )
+
+
+@functools.lru_cache(maxsize=4096)
+def checksummed(address: str) -> str:
+    """An Ethereum address (0x + 40 hex, any case) in its EIP-55 checksum form: the one spelling
+    web3 accepts, and so the one a node may key stakes, deposits and charges by."""
+    from eth_utils import to_checksum_address
+
+    return to_checksum_address(address)
+
+
+def check_client_eth(job: wire.JobRequest) -> None:
+    """With a chain, a client's address must be in its EIP-55 checksum form: deposits are read
+    and charges reserved and settled per address, and web3 takes no other spelling."""
+    if job.client_eth != (spelled := checksummed(job.client_eth)):
+        raise JobRejected("schema", f"client_eth {job.client_eth} is not in its EIP-55 checksum form "
+                                    f"({spelled}); sign the job with that spelling")

@@ -25,7 +25,11 @@ from starlette.routing import Route
 from inferad.admission import JobRejected
 from inferad.apikeys import ApiKeyError, ApiKeys
 from inferad.client import new_job
-from inferad.gateway import Admitted, ClientGone
+from inferad.config import Config
+from inferad.control import Commands
+from inferad.gateway import Admitted, ClientGone, Gateway
+from inferad.home import Home
+from inferad.metrics import Metrics
 from inferad.models import AmbiguousModel, ModelMismatch, UnknownModel, resolve_name
 from inferad.openai_request import (
     MAX_BODY,
@@ -75,16 +79,33 @@ async def json_body(request: Request) -> dict:
 
 
 class Api:
-    def __init__(self, node: Any, *, max_price: int = 0) -> None:
-        self.node = node
-        self.keys = ApiKeys(node.home.path / "apikeys.json")
+    """The ASGI app. Requests become jobs signed with ``home``'s client key and run by ``gateway``.
+
+    Args:   home: the client key, Ethereum address and API keys (``apikeys.json``) of this home.
+            config: max_tokens (the default for a request) and the job TTL bound.
+            gateway: admits and routes the jobs.
+            commands: the node's ``models``, ``jobs`` and ``status`` views.
+            metrics: request counts and time to first token.
+            spawn: starts a task in the node's nursery (a streamed job outlives the request handler).
+            max_price: wei per token the jobs offer (``--api-max-price``).
+    """
+
+    def __init__(self, *, home: Home, config: Config, gateway: Gateway, commands: Commands, metrics: Metrics,
+                 spawn: Any, max_price: int = 0) -> None:
+        self.home = home
+        self.config = config
+        self.gateway = gateway
+        self.commands = commands
+        self.metrics = metrics
+        self.spawn = spawn
+        self.keys = ApiKeys(home.path / "apikeys.json")
         self.max_price = max_price
         self.app = Starlette(routes=[
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/jobs/{job_id}", self.job, methods=["GET"]),
-            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/metrics", self.scrape, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
         ])
         self.app.add_exception_handler(ApiError, lambda request, exc: error_response(exc))
@@ -102,7 +123,7 @@ class Api:
 
         async def counted(message) -> None:
             if message["type"] == "http.response.start":
-                self.node.metrics.api_requests.labels(path, str(message["status"])).inc()
+                self.metrics.api_requests.labels(path, str(message["status"])).inc()
             await send(message)
 
         if scope["path"] != "/health" and not self._authorized(scope):
@@ -129,17 +150,14 @@ class Api:
     # ------------------------------------------------------------------ endpoints
 
     async def health(self, request: Request) -> JSONResponse:
-        node = self.node
-        return JSONResponse({"status": "draining" if node.draining else "ok", "peer_id": node.peer_id,
-                             "peers": len(node.peers.fresh(time.monotonic())),
-                             "models": [s.engine.ref.name for s in node.served.values()]})
+        return JSONResponse(self.commands.health())
 
-    async def metrics(self, request: Request) -> Response:
-        return Response(self.node.metrics.exposition(), media_type="text/plain; version=0.0.4")
+    async def scrape(self, request: Request) -> Response:
+        return Response(self.metrics.exposition(), media_type="text/plain; version=0.0.4")
 
     async def models(self, request: Request) -> JSONResponse:
         """One entry per file (sha256) on offer; its ``id`` is what to send as ``model`` (models.name_models)."""
-        found = await self.node.control_commands["models"]()
+        found = await self.commands.models()
         return JSONResponse({"object": "list", "data": [
             {"id": m["id"], "object": "model", "created": 0, "owned_by": "inferad",
              "inferad": {"sha256": m["sha256"], "label": m["name"], "providers": len(m["providers"])}}
@@ -149,29 +167,29 @@ class Api:
         job_id = request.path_params["job_id"]
         if len(job_id) != 64 or any(c not in "0123456789abcdef" for c in job_id):
             raise ApiError(400, "a job id is 64 lowercase hex digits", param="job_id")
-        records = await self.node.control_commands["jobs"](job_id)
+        records = await self.commands.jobs(job_id)
         if not records:
             raise ApiError(404, f"job {job_id} is not known to this node", code="job_not_found")
         record = records[0]
-        settled = await self.node.db(self.node.store.is_settled, job_id)
+        settled = await self.commands.is_settled(job_id)
         record["settlement"] = "settled" if settled else "not settled by this node (the oracle settles)"
         return JSONResponse(record)
 
     async def chat_completions(self, request: Request) -> Response:
         body = await json_body(request)
-        return await self._complete(chat_request(body, self.node.config.max_tokens))
+        return await self._complete(chat_request(body, self.config.max_tokens))
 
     async def completions(self, request: Request) -> Response:
         body = await json_body(request)
-        return await self._complete(completion_request(body, self.node.config.max_tokens))
+        return await self._complete(completion_request(body, self.config.max_tokens))
 
     # ------------------------------------------------------------------ running a job
 
     def _sign(self, ref: wire.ModelRef, request: CompletionRequest, job_input: dict) -> tuple[bytes, wire.Envelope]:
         """One choice's job, signed with the home's client key: (its bytes, its envelope)."""
-        home = self.node.home
+        home = self.home
         try:
-            job = new_job(ref, home.eth_address, max_price=self.max_price, ttl_s=min(120, self.node.config.max_job_ttl),
+            job = new_job(ref, home.eth_address, max_price=self.max_price, ttl_s=min(120, self.config.max_job_ttl),
                           **job_input, **request.params.__dict__)
         except (ValueError, wire.WireError) as exc:
             raise ApiError(400, str(exc)) from None
@@ -187,11 +205,8 @@ class Api:
         ``ambiguous_model`` (the message lists each ``label@sha256``) or 400
         ``model_mismatch`` (a catalog name with another sha256).
         """
-        offers = [(offer.sha256, offer.name) for entry in self.node.peers.fresh(time.monotonic())
-                  for offer in entry.advert.models]
-        offers += [(sha, served.engine.ref.name) for sha, served in self.node.served.items()]
         try:
-            named = resolve_name(name, offers)
+            named = resolve_name(name, self.commands.offers())
         except UnknownModel as exc:
             raise ApiError(404, str(exc), code="model_not_found", param="model") from None
         except AmbiguousModel as exc:
@@ -210,10 +225,10 @@ class Api:
         admitted: list[Admitted] = []
         try:
             for data, envelope in jobs:
-                admitted.append(await self.node.admit(envelope, data))
+                admitted.append(await self.gateway.admit(envelope, data))
         except JobRejected as exc:
             for job in admitted:
-                await self.node.abandon(job, "abandoned")
+                await self.gateway.abandon(job, "abandoned")
             raise rejected(exc) from None
         shape = Shape(chat=request.chat, job_ids=[envelope.digest for _, envelope in jobs], model=ref.name)
         if not request.stream:
@@ -221,7 +236,7 @@ class Api:
         send, receive = trio.open_memory_channel(math.inf)
         async with send:
             for index, job in enumerate(admitted):
-                self.node.nursery.start_soon(self._stream_job, job, index, send.clone())
+                self.spawn(self._stream_job, job, index, send.clone())
         return StreamingResponse(self._sse(shape, receive, request.include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Inferad-Job": shape.job_ids[0]})
 
@@ -232,7 +247,7 @@ class Api:
 
         async def run(index: int, job: Admitted) -> None:
             try:
-                results[index] = (await self.node.run_admitted(job, _ignore_tokens)).envelope
+                results[index] = (await self.gateway.run_admitted(job, _ignore_tokens)).envelope
             except JobRejected as exc:
                 refusals.append(exc)
 
@@ -253,7 +268,7 @@ class Api:
 
         async with send:
             try:
-                routed = await self.node.run_admitted(admitted, relay)
+                routed = await self.gateway.run_admitted(admitted, relay)
                 send.send_nowait(("result", index, routed.envelope))
             except JobRejected as exc:
                 _send_quietly(send, ("error", index, rejected(exc)))
@@ -276,7 +291,7 @@ class Api:
                 if kind == "tokens":
                     text = "".join(t.text for t in item)
                     if first:
-                        self.node.metrics.first_token.observe(time.perf_counter() - started)
+                        self.metrics.first_token.observe(time.perf_counter() - started)
                         first = False
                     if text:
                         yield _event(shape.chunk({"content": text} if shape.chat else text, index=index))

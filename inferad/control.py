@@ -18,7 +18,7 @@ client opens a connection and sends one request frame
   the only one: the conversation is exactly the ``/inferad/submit/1.0.0``
   libp2p stream (docs/protocol.md).  The client sends the client-signed job
   (a ``job`` envelope); the node routes it like a job from the network
-  (``Node.route_job``) and answers with ``token`` frames (unsigned), then
+  (``Gateway.route_job``) and answers with ``token`` frames (unsigned), then
   either the worker-signed ``result`` envelope or an ``error`` frame
   ``{t: "error", code, message}`` with the job's error code (``max_tokens``,
   ``busy``, ``expired``, …), and closes.
@@ -30,6 +30,8 @@ The request frame must arrive within :data:`REQUEST_TIMEOUT_S`.
 The server and :func:`ask` run under trio; :func:`connect` is blocking and
 this module imports trio only inside the functions that need it, so
 ``inferad submit --node-home`` starts without trio's import (~0.2 s here).
+:class:`Commands` are the plain commands a node answers, handed the roles
+they read.
 """
 
 from __future__ import annotations
@@ -37,16 +39,24 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from inferad import __version__
 from p2p import wire
 
 if TYPE_CHECKING:
+    from inferad.billing import Billing
+    from inferad.membership import Membership
+    from inferad.service import Activity
+    from inferad.store import AsyncStore
+    from inferad.verification import Verification
     from p2p.streams import FramedStream
+    from scheduler.peers import PeerTable
 
 log = logging.getLogger("inferad.control")
 MAX_REPLY = 64 << 20
@@ -57,6 +67,112 @@ StreamCommand = Callable[["FramedStream"], Awaitable[None]]  # owns the connecti
 
 class ControlError(Exception):
     """The node could not be asked, or answered with an error."""
+
+
+class Commands:
+    """What ``inferad jobs``, ``status``, ``peers``, ``models``, ``proof`` and ``evidence`` answer.
+
+    Args:   store: the job records.
+            peers: the advert table.
+            served: the engines, by model sha256 (their load and speed).
+            activity: jobs running now.
+            membership: this node's identity, addresses and rejected adverts.
+            billing: stake and earnings (with a chain).
+            verification: verification records, reputation and evidence (None without a chain).
+            engine: ``llama`` or ``sim``.
+            proof: fetches an account's reward proof (inferad.oracle.fetch_proof).
+    ``api_url`` is set once the HTTP API listens.
+    """
+
+    def __init__(self, *, store: AsyncStore, peers: PeerTable, served: dict[str, Any], activity: Activity,
+                 membership: Membership, billing: Billing, verification: Verification | None, engine: str,
+                 proof: Callable[[str], Awaitable[dict]]) -> None:
+        self.store = store
+        self.peers = peers
+        self.served = served
+        self.activity = activity
+        self.membership = membership
+        self.billing = billing
+        self.verification = verification
+        self.engine = engine
+        self.proof = proof
+        self.started_at = time.time()
+        self.api_url: str | None = None
+
+    def table(self) -> dict[str, Command]:
+        """The commands by name, for :func:`serve`."""
+        return {"jobs": self.jobs, "status": self.status, "peers": self.peer_list, "models": self.models,
+                "proof": self.proof, "evidence": self.evidence}
+
+    def reputation(self, peer_id: str) -> float:
+        return 0.5 if self.verification is None else self.verification.reputation(peer_id)
+
+    async def jobs(self, job_id: str | None = None) -> list[dict]:
+        """One job's record (or every job's), with its verification when there is a chain."""
+        if job_id:
+            record = await self.store.job(job_id)
+            records = [record] if record else []
+        else:
+            records = await self.store.run(lambda: list(self.store.sync.jobs()))
+        views = [r.to_json() for r in records]
+        return views if self.verification is None else [self.verification.describe(v["job_id"], v) for v in views]
+
+    async def status(self) -> dict:
+        me = self.membership
+        return {
+            "peer_id": me.peer_id, "addrs": me.addrs, "version": __version__, "engine": self.engine,
+            "uptime_s": int(time.time() - self.started_at), "active_jobs": self.activity.running,
+            "peers": len(self.peers.fresh(time.monotonic())), "adverts_rejected": me.adverts_rejected,
+            "models": [{"name": s.engine.ref.name, "sha256": sha, "tokens_per_s": s.tokens_per_s,
+                        "queued": s.worker.load.queued, "running": s.worker.load.running}
+                       for sha, s in self.served.items()],
+            "reputation": round(self.reputation(me.peer_id), 4),
+            "verification": None if self.verification is None else self.verification.summary(),
+            "chain": None if self.billing.view is None else await self.billing.status(),
+            "api": self.api_url,
+        }
+
+    async def peer_list(self) -> list[dict]:
+        now = time.monotonic()
+        return [dict(wire.view(e.advert), advert_age_s=round(now - e.received_at, 1),
+                     reputation=round(self.reputation(e.peer_id), 4), self=e.peer_id == self.membership.peer_id)
+                for e in sorted(self.peers.fresh(now), key=lambda e: e.peer_id)]
+
+    async def models(self) -> list[dict]:
+        """One entry per file (sha256) on offer: its id and label (models.name_models), its providers."""
+        from inferad.models import name_models
+
+        offers: list[tuple[str, str]] = []
+        providers: dict[str, list[dict]] = {}
+        for entry in self.peers.fresh(time.monotonic()):
+            for offer in entry.advert.models:
+                offers.append((offer.sha256, offer.name))
+                providers.setdefault(offer.sha256, []).append({
+                    "peer_id": entry.peer_id, "tokens_per_s": offer.tokens_per_s, "n_ctx": offer.n_ctx,
+                    "queued": entry.advert.load.queued})
+        return [{"id": m.id, "name": m.label, "sha256": m.sha256,
+                 "providers": sorted(providers[m.sha256], key=lambda p: p["peer_id"])}
+                for m in sorted(name_models(offers).values(), key=lambda m: m.id)]
+
+    def health(self) -> dict:
+        """``GET /health``: serving or draining, with peers and models."""
+        return {"status": "draining" if self.activity.draining else "ok", "peer_id": self.membership.peer_id,
+                "peers": len(self.peers.fresh(time.monotonic())),
+                "models": [s.engine.ref.name for s in self.served.values()]}
+
+    def offers(self) -> list[tuple[str, str]]:
+        """(sha256, name) of every model on offer: the peers' adverts', then this node's."""
+        offers = [(offer.sha256, offer.name) for entry in self.peers.fresh(time.monotonic())
+                  for offer in entry.advert.models]
+        return offers + [(sha, served.engine.ref.name) for sha, served in self.served.items()]
+
+    async def is_settled(self, job_id: str) -> bool:
+        return await self.store.is_settled(job_id)
+
+    async def evidence(self, key: str) -> dict:
+        if self.verification is None:
+            raise ControlError("evidence needs a chain (start the node with --chain)")
+        return await self.verification.fetch_and_check(key)
 
 
 def request(cmd: str, **args: Any) -> bytes:

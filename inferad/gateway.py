@@ -1,11 +1,18 @@
-"""The gateway role: run a client's job on the best worker, fail over, keep one stream.
+"""The gateway role: admit a client's job, run it on the best worker, fail over, keep one stream.
 
-The scheduler (pure) says who to try; this module tries them in order.  A
+:class:`Gateway` serves ``/inferad/submit`` (and ``submit`` on the control
+socket, and the HTTP API's jobs): it admits a job (:meth:`Gateway.admit`:
+clock, model, prompt, context, eligible workers, replay, deposit), routes it
+(:meth:`Gateway.run_admitted`), stores the worker-signed result before it
+answers, and hands the delivered result to verification.
+
+The scheduler (pure) says who to try; :class:`Router` tries them in order.  A
 worker that fails before its first token is replaced silently; one that dies
 mid-stream is replaced by a worker that continues from the tokens already
 delivered (prompt + those tokens), so the client sees one coherent stream and
-the signed result covers all of it.  How an attempt reaches a worker (locally,
-or over ``/inferad/exec``) is the node's business: it passes ``attempt``.
+the signed result covers all of it.  An attempt runs on this node's own
+engine (:class:`inferad.worker.ExecService`) or over ``/inferad/exec``
+(:meth:`Gateway.attempt_remote`).
 """
 
 from __future__ import annotations
@@ -16,17 +23,32 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from inferad.admission import JobRejected
+import trio
+
+from inferad.admission import JobRejected, check_delivery, check_model
+from inferad.billing import Billing
+from inferad.config import Config
+from inferad.engine import EngineError, check_vocabulary
+from inferad.membership import Dialer
+from inferad.metrics import Metrics
+from inferad.service import Activity
+from inferad.store import AsyncStore
+from inferad.worker import ExecService, check_timing_now
 from p2p import wire
+from p2p.mesh import PROTOCOL_EXEC
+from p2p.streams import FramedStream, StreamClosed
 from scheduler.peers import Backoff, PeerTable
-from scheduler.ranking import Candidate, JobShape, Plan, rank_candidates
+from scheduler.ranking import Candidate, JobShape, Plan, estimate_prompt_tokens, rank_candidates
 
 log = logging.getLogger("inferad.gateway")
 
 Relay = Callable[[list[wire.Token]], Awaitable[None]]
 # (peer id, prefix token ids, relay) -> (signed result bytes, its envelope)
 Attempt = Callable[[str, list[int], Relay], Awaitable[tuple[bytes, wire.Envelope]]]
+# (job id, signed job, signed result): what happens to a delivered result (verification's draw)
+Follow = Callable[[str, bytes, bytes], Awaitable[None]]
 
 
 # Refusals about the job, not the worker: try the next worker, but do not back off.
@@ -222,3 +244,226 @@ def check_result(envelope: wire.Envelope, *, job_id: str, model_sha256: str | No
                             f"(continued_from {result.continued_from})")
     if list(result.output_tokens[len(prefix):]) != list(streamed):
         raise AttemptFailed("result differs from the streamed tokens")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Gateway:
+    """Takes client-signed jobs and sees each through to a stored, worker-signed result.
+
+    Args:   key: this node's signing key (exec requests are signed with it).
+            config: limits and timeouts (connect, first token, stall).
+            peers: the advert table.
+            router: orders and tries the workers.
+            store: the job records (replays refused, results stored before they are answered).
+            billing: deposits reserved and released, stakes, the epoch index of served jobs.
+            local: this node's own engines (None-like when it serves nothing: ``served`` empty).
+            dialer: streams to remote workers.
+            activity: counts running jobs, for a draining node.
+            metrics: job outcomes, tokens and latency.
+            follow: started for every delivered result (verification's draw), or None.
+            spawn: starts a task in the node's nursery (``follow`` outlives the request).
+    """
+
+    def __init__(self, *, key: Any, config: Config, peers: PeerTable, router: Router, store: AsyncStore,
+                 billing: Billing, local: ExecService, dialer: Dialer, activity: Activity, metrics: Metrics,
+                 follow: Follow | None, spawn: Callable[..., None]) -> None:
+        self.key = key
+        self.peer_id = wire.peer_id_from_public_key(bytes(key.verify_key))
+        self.config = config
+        self.peers = peers
+        self.router = router
+        self.store = store
+        self.billing = billing
+        self.local = local
+        self.dialer = dialer
+        self.activity = activity
+        self.metrics = metrics
+        self.follow = follow
+        self.spawn = spawn
+
+    async def serve(self, envelope: wire.Envelope, data: bytes, framed: FramedStream) -> None:
+        """Answer one client-signed ``job`` (``/inferad/submit``, or ``submit`` on the control socket):
+        token frames as they come, then the worker-signed result."""
+        async def relay(tokens: list[wire.Token]) -> None:
+            try:
+                await framed.send_tokens(tokens)
+            except StreamClosed:
+                raise ClientGone() from None
+
+        try:
+            routed = await self.route_job(envelope, data, relay)
+        except ClientGone:
+            return
+        await framed.send(routed.data)
+
+    async def route_job(self, envelope: wire.Envelope, data: bytes, relay: Relay) -> Routed:
+        """As the job's gateway: admit, route and record a client-signed job.
+
+        ``relay(tokens)`` gets the tokens as they come and raises ClientGone
+        when the client left.  Returns once the worker-signed result is stored
+        (acknowledged); raises JobRejected with a typed code otherwise.
+        """
+        return await self.run_admitted(await self.admit(envelope, data), relay)
+
+    async def admit(self, envelope: wire.Envelope, data: bytes) -> Admitted:
+        """Decide whether this gateway takes a job, before any token is promised to its client.
+
+        Clock, model, prompt (tokens in the vocabulary, a chat the template can render),
+        context, worker eligibility, replay and deposit: every refusal a client could fix
+        is raised here as JobRejected.  An admitted job is recorded and its worst-case
+        charge reserved: hand it to :meth:`run_admitted`, or to :meth:`abandon`.
+        """
+        job: wire.JobRequest = envelope.message
+        started = time.perf_counter()
+        job_id = envelope.digest
+        check_timing_now(job, self.config)
+        check_model(job.model)
+        now = time.monotonic()
+        local = self._local_candidate(job)
+        candidates = self.router.candidates(job.model.sha256, now, local)
+        if not candidates:
+            raise JobRejected("unknown_model", f"no node in this network serves {job.model.name} "
+                                               f"({job.model.sha256[:12]}…)")
+        prompt_tokens = self._prompt_size(job, local is not None, [c.peer_id for c in candidates])
+        plan = self.router.plan(JobShape(prompt_tokens, job.params.max_tokens), candidates, now)
+        if not plan.order:
+            raise JobRejected(plan.common_code() if plan.common_code() in ("context_overflow", "busy", "unstaked")
+                              else "no_worker", f"no eligible worker for {job.model.name}: {plan.explain()}")
+        if await self.store.has_job(job_id):
+            raise JobRejected("replay", f"job {job_id[:16]}… was already submitted")
+        reserved = await self.billing.reserve(job)
+        if not await self.store.accept_job(job_id, data, role="gateway"):
+            self.billing.release(job.client_eth, reserved)
+            raise JobRejected("replay", f"job {job_id[:16]}… was already submitted")
+        return Admitted(envelope, data, plan, reserved, started)
+
+    def _local_candidate(self, job: wire.JobRequest) -> Candidate | None:
+        served = self.local.served.get(job.model.sha256)
+        if served is None:
+            return None
+        load = served.worker.load
+        return Candidate(peer_id=self.peer_id, tokens_per_s=served.tokens_per_s, n_ctx=served.engine.n_ctx,
+                         queued=load.queued, running=load.running, capacity=load.capacity, rtt_s=0.0,
+                         staked=self.billing.is_staked_self(), reputation=self.router.reputation_of(self.peer_id))
+
+    def _prompt_size(self, job: wire.JobRequest, local: bool, candidates: list[str]) -> int:
+        """Prompt tokens of a job: exact with the model at hand or token ids, else an estimate."""
+        if local:
+            return len(self.local.prompt_tokens(job))
+        if job.prompt_tokens is not None:
+            vocabularies = [offer.n_vocab for entry in map(self.peers.get, candidates) if entry is not None
+                            for offer in [entry.advert.offers(job.model.sha256)] if offer and offer.n_vocab]
+            if vocabularies:
+                try:
+                    check_vocabulary(job.prompt_tokens, min(vocabularies))
+                except EngineError as exc:
+                    raise JobRejected("invalid_prompt", str(exc)) from None
+            return len(job.prompt_tokens)
+        return estimate_prompt_tokens(len(job.prompt or "") + sum(len(m.content) for m in job.messages or ()))
+
+    async def run_admitted(self, admitted: Admitted, relay: Relay) -> Routed:
+        """Route an admitted job to its workers until one delivers a signed result (see route_job)."""
+        envelope, data, job_id = admitted.envelope, admitted.data, admitted.envelope.digest
+        job: wire.JobRequest = envelope.message
+
+        async def attempt(peer_id: str, prefix: list[int], relay: Relay) -> tuple[bytes, wire.Envelope]:
+            if peer_id == self.peer_id:
+                signed = await self.local.execute(envelope, prefix, relay)
+            else:
+                signed = await self.attempt_remote(peer_id, data, prefix, relay)
+            check_delivery(job, signed[1].message, now_ms=_now_ms())  # never deliver after expiry
+            return signed
+
+        with self.activity.job():
+            try:
+                routed = await self.router.route(job_id, admitted.plan, attempt, relay, job=job)
+            except (JobRejected, ClientGone) as exc:
+                await self.abandon(admitted, exc.code if isinstance(exc, JobRejected) else "client_gone")
+                raise
+        await self.store.finish_job(job_id, routed.data, workers=routed.workers)
+        if routed.workers[-1]["peer"] == self.peer_id:  # this node ran (the end of) the job itself
+            await self.billing.record_served(job_id)
+        if self.follow is not None:
+            self.spawn(self.follow, job_id, data, routed.data)
+        result: wire.JobResult = routed.envelope.message
+        _log_job(job_id, job, outcome="ok", tokens=len(result.output_tokens),
+                 workers=",".join(w["peer"][-8:] for w in routed.workers))
+        self.metrics.job_done("ok", len(result.output_tokens) - result.continued_from,
+                              time.perf_counter() - admitted.started)
+        return routed
+
+    async def abandon(self, admitted: Admitted, code: str) -> None:
+        """An admitted job that will not be (or was not) delivered: release its charge, record why."""
+        job: wire.JobRequest = admitted.envelope.message
+        self.billing.release(job.client_eth, admitted.reserved)
+        await self.store.fail_job(admitted.envelope.digest, code)
+        _log_job(admitted.envelope.digest, job, outcome=code)
+        self.metrics.job_done(code, 0, time.perf_counter() - admitted.started)
+
+    async def attempt_remote(self, peer_id: str, job: bytes, prefix: list[int], relay: Relay) \
+            -> tuple[bytes, wire.Envelope]:
+        """One attempt over ``/inferad/exec``: the signed job (continuing after ``prefix``) to
+        ``peer_id``, its tokens relayed in the batches the worker sent; its result.
+
+        Raises: AttemptFailed (unreachable, stalled, gone, an invalid or unexpected frame),
+        JobRejected (the worker's typed refusal), ClientGone (from ``relay``).
+        """
+        stream = await self._open_exec(peer_id)
+        framed = FramedStream(stream, self.config.max_frame)
+        try:
+            await framed.send(wire.sign(wire.ExecRequest(job=job, prefix=tuple(prefix)), self.key))
+            got_token = False
+            while True:
+                limit = self.config.stall_timeout if got_token else self.config.first_token_timeout
+                with trio.fail_after(limit):
+                    first = await framed.receive()
+                tokens: list[wire.Token] = []
+                for data in [first, *framed.buffered_frames()]:  # a worker's batch: relay it in one write
+                    envelope = wire.decode(data, max_size=self.config.max_frame)
+                    if envelope.type == "token":
+                        tokens.append(envelope.message)
+                        continue
+                    if tokens:
+                        await relay(tokens)
+                        tokens = []
+                    if envelope.type == "error":
+                        raise JobRejected(envelope.message.code, envelope.message.message)
+                    if envelope.type == "result":
+                        return data, envelope
+                    raise AttemptFailed(f"worker sent an unexpected {envelope.type}")
+                if tokens:
+                    got_token = True
+                    await relay(tokens)
+        except trio.TooSlowError:
+            raise AttemptFailed("worker stalled") from None
+        except StreamClosed as exc:
+            raise AttemptFailed(f"worker went away: {exc}") from None
+        except wire.WireError as exc:
+            raise AttemptFailed(f"worker sent an invalid frame: {exc}") from None
+        finally:
+            await framed.close()
+
+    async def _open_exec(self, peer_id: str) -> Any:
+        """An ``/inferad/exec`` stream to ``peer_id``, retried for ``connect_timeout`` s (a dial
+        racing the peer's own dial to us can lose both connections); the RTT goes to the router."""
+        error = None
+        with trio.move_on_after(self.config.connect_timeout):
+            for retry in range(3):
+                try:
+                    await self.dialer.connect(peer_id)
+                    started = time.perf_counter()
+                    stream = await self.dialer.new_stream(peer_id, PROTOCOL_EXEC)
+                    self.router.record_rtt(peer_id, time.perf_counter() - started)
+                    return stream
+                except Exception as exc:
+                    error = exc
+                    await trio.sleep(0.1 * (retry + 1))
+        reason = f"{type(error).__name__}: {error}" if error else f"timed out after {self.config.connect_timeout} s"
+        raise AttemptFailed(f"cannot reach worker ({reason})")
+
+
+def _log_job(job_id: str, job: wire.JobRequest, **fields: Any) -> None:
+    log.info("job", extra={"fields": {"id": job_id[:16], "model": job.model.name, **fields}})

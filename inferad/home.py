@@ -44,6 +44,12 @@ class Home:
     db_path = property(lambda self: self.path / "db")
     node_info_path = property(lambda self: self.path / "node.json")
 
+    def write_node_info(self, info: dict) -> None:
+        """Write ``node.json`` (how CLI commands find the running node) atomically."""
+        tmp = self.node_info_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, self.node_info_path)
+
     def __repr__(self) -> str:
         return f"Home({str(self.path)!r})"
 

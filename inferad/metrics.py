@@ -6,8 +6,7 @@ live state (peers, queue) are read when scraped, so they are never stale.
 
 from __future__ import annotations
 
-import time
-from typing import Any
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -15,7 +14,12 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120)
 
 
 class Metrics:
-    def __init__(self, node: Any) -> None:
+    """The node's counters and histograms, and gauges read from the callables given:
+    ``peers()`` (peers with a fresh advert), ``active_jobs()`` (routing or running),
+    ``queued_jobs()`` (waiting for an engine)."""
+
+    def __init__(self, *, peers: Callable[[], int], active_jobs: Callable[[], int],
+                 queued_jobs: Callable[[], int]) -> None:
         self.registry = registry = CollectorRegistry()
         self.jobs = Counter("inferad_jobs", "Jobs this node routed as gateway, by outcome (ok or error code)",
                             ["outcome"], registry=registry)
@@ -29,12 +33,10 @@ class Metrics:
                                     ["verdict"], registry=registry)
         self.api_requests = Counter("inferad_api_requests", "HTTP API requests, by path and status",
                                     ["path", "status"], registry=registry)
-        Gauge("inferad_peers", "Peers with a fresh advert", registry=registry).set_function(
-            lambda: len(node.peers.fresh(time.monotonic())))
-        Gauge("inferad_active_jobs", "Jobs this node is routing or running", registry=registry).set_function(
-            lambda: node.active_jobs)
-        Gauge("inferad_queued_jobs", "Jobs waiting for this node's engines", registry=registry).set_function(
-            lambda: sum(s.worker.load.queued for s in node.served.values()))
+        for name, text, read in (("inferad_peers", "Peers with a fresh advert", peers),
+                                 ("inferad_active_jobs", "Jobs this node is routing or running", active_jobs),
+                                 ("inferad_queued_jobs", "Jobs waiting for this node's engines", queued_jobs)):
+            Gauge(name, text, registry=registry).set_function(read)
 
     def job_done(self, outcome: str, tokens: int, seconds: float) -> None:
         self.jobs.labels(outcome).inc()

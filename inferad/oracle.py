@@ -13,6 +13,9 @@ the proofs.  If the chain is down it retries, and the next settlement covers
 every epoch since the last one that landed, so nothing is lost and no epoch
 is settled twice (the contract refuses, and the oracle reads ``lastEpoch``
 first).
+
+:class:`Reports` answers the settlement protocol on every node;
+:class:`Oracle` runs only on the oracle's node.  Both are handed what they use.
 """
 
 from __future__ import annotations
@@ -33,16 +36,24 @@ from chain.settlement import (
     verify_false_accusation,
     verify_served_job,
 )
-from inferad.verification import DEFERRED, HELD
+from chain.view import ChainView
+from inferad.admission import JobRejected
+from inferad.billing import Billing
+from inferad.config import Config
+from inferad.membership import Dialer
+from inferad.store import AsyncStore
+from inferad.verification import HELD, Verification
 from p2p import wire
 from p2p.streams import FramedStream, StreamClosed
 from proofs.draw import draw_value, is_drawn
+from scheduler.peers import PeerTable
 
 log = logging.getLogger("inferad.oracle")
 REPORT_PAGE_BYTES = 512 * 1024
 GRACE_S = 3  # after an epoch ends, wait for jobs finishing right at its edge
 PAY, DEFER = "pay", "defer"
 PEERS_AT_START = 5  # advert periods the oracle waits, after it starts, for the peers it knew
+DEFERRED = b"deferred/"  # store pairs: jobs whose draw or attestations may still come
 
 
 def _evidence_root(hashes: list[str]) -> bytes:
@@ -81,7 +92,7 @@ class Verdicts:
     def slash(self, oracle: Oracle, liar_key: bytes, proven_by: tuple[bytes, ...], job_id: str, evidence_hash: str,
               *, what: str = "false result") -> None:
         """Slash the account staked for ``liar_key`` (once per settlement), bounties to ``proven_by``."""
-        view, config = oracle.node.chain_view, oracle.node.config
+        view, config = oracle.billing.view, oracle.config
         liar = view.address_of_key(liar_key)
         if liar is None:
             log.warning("job %s: the liar has no stake left to slash", job_id[:16])
@@ -99,16 +110,37 @@ class Verdicts:
 
 
 class Oracle:
-    """The settlement loop of the node that holds the oracle's Ethereum key."""
+    """The settlement loop of the node that holds the oracle's Ethereum key.
 
-    def __init__(self, node: Any, registry: Any) -> None:
-        self.node = node
+    Args:   key: this node's signing key (the oracle's registered node key).
+            config: quorum, slash and bounty shares, the attestation window, the advert interval.
+            registry: the contract, sending as the oracle account.
+            billing: the chain view, its refresh, the epoch length.
+            verification: attestations, outcomes, evidence, and re-scoring as the arbiter.
+            store: settlements, deferred jobs, slashes and evidence are kept here.
+            peers: the advert table (whom to ask for reports).
+            served: the engines the oracle re-scores on, by model sha256.
+            dialer: requests to peers.
+    """
+
+    def __init__(self, *, key: Any, config: Config, registry: Any, billing: Billing, verification: Verification,
+                 store: AsyncStore, peers: PeerTable, served: dict[str, Any], dialer: Dialer) -> None:
+        self.key = key
+        self.peer_id = wire.peer_id_from_public_key(bytes(key.verify_key))
+        self.config = config
         self.registry = registry  # sending as the oracle account
+        self.billing = billing
+        self.verification = verification
+        self.store = store
+        self.peers = peers
+        self.served = served
+        self.dialer = dialer
         self.limiter = trio.CapacityLimiter(1)  # one sender: nonces in order
         self._unpunished: set[str] = set()  # false accusations without a second witness, logged once
 
     async def run(self) -> None:
-        node = self.node
+        """Settle every epoch that ended, until cancelled; chain outages and bugs are logged
+        and retried (at the latest the next epoch), so the node keeps serving."""
         while True:
             try:
                 oracle = await trio.to_thread.run_sync(self.registry.value, "oracle")
@@ -120,7 +152,7 @@ class Oracle:
             log.error("this node's account %s is not the contract's oracle (%s): not settling",
                       self.registry.account.address, oracle)
             return
-        length = node.chain_info.epoch_seconds
+        length = self.billing.chain.epoch_seconds
         await self._hear_known_peers()
         log.info("oracle: settling every %d s epoch", length)
         while True:
@@ -140,35 +172,36 @@ class Oracle:
         it started advertise again.  Reports come from the peers the oracle sees, and an epoch is
         asked for once: settled before its workers are heard again (right after a restart), their
         jobs in it would never be charged nor paid."""
-        node = self.node
-        known = set(await node.db(node.store.remembered_peers)) - {node.peer_id}
-        with trio.move_on_after(PEERS_AT_START * node.config.advert_interval):
-            while known - {entry.peer_id for entry in node.peers.fresh(time.monotonic())}:
+        known = set(await self.store.remembered_peers()) - {self.peer_id}
+        with trio.move_on_after(PEERS_AT_START * self.config.advert_interval):
+            while known - {entry.peer_id for entry in self.peers.fresh(time.monotonic())}:
                 await trio.sleep(0.5)
 
     async def settle_through(self, epoch: int) -> None:
-        node = self.node
+        """Settle the epochs after the chain's ``lastEpoch`` up to ``epoch`` in one transaction.
+        Raises ChainError or OSError when the chain cannot be read or written."""
+        store, view = self.store, self.billing.view
         last = await trio.to_thread.run_sync(self.registry.value, "lastEpoch", limiter=self.limiter)
         # A settlement is recorded before its transaction is sent (so a crash between the two
         # cannot pay its jobs again); one the chain never booked is forgotten here.
-        if await node.db(node.store.drop_settlements_after, last):
+        if await store.drop_settlements_after(last):
             log.warning("forgot a settlement recorded after epoch %d that never reached the chain", last)
         if epoch <= last:
             return
-        entries = await self.collect(last, epoch) + await node.db(node.store.pairs, DEFERRED)
-        await node.refresh_chain()
+        entries = await self.collect(last, epoch) + await store.pairs(DEFERRED)
+        await self.billing.refresh()
         signers = {wire.decode(result).signer for _, result in entries}
-        await trio.to_thread.run_sync(node.chain_view.learn_keys, signers)
+        await trio.to_thread.run_sync(view.learn_keys, signers)
         await self.catch_up_attestations([j for j, _ in entries])
         slashes, bounties, evidence = await self.convictions({wire.decode(j).digest: (j, r) for j, r in entries})
         jobs, dropped, deferred = [], [], {}
         for job, result in {wire.decode(j).digest: (j, r) for j, r in entries}.values():
             try:
-                served = verify_served_job(job, result, node.chain_view.address_of_key)
+                served = verify_served_job(job, result, view.address_of_key)
             except SettlementError as exc:
                 dropped.append(str(exc))
                 continue
-            if await node.db(node.store.is_settled, served.job_id):
+            if await store.is_settled(served.job_id):
                 continue
             if served.worker in slashes:  # a proven liar is paid nothing this settlement
                 verdict = f"worker {served.worker} is slashed in this settlement"
@@ -180,12 +213,12 @@ class Oracle:
                 jobs.append(served)
             else:
                 dropped.append(f"{served.job_id[:16]}: {verdict}")
-        await trio.to_thread.run_sync(node.chain_view.refresh, set(), {j.client for j in jobs})
-        previous_record = await node.db(node.store.latest_settlement)
+        await trio.to_thread.run_sync(view.refresh, set(), {j.client for j in jobs})
+        previous_record = await store.latest_settlement()
         previous = {a: int(v) for a, v in (previous_record or {}).get("cumulative", {}).items()}
         fee_bps = await trio.to_thread.run_sync(self.registry.value, "protocolFeeBps")
         settlement = build_settlement(epoch, jobs, previous=previous, fee_bps=fee_bps,
-                                      available=node.chain_view.deposits, bounties=bounties)
+                                      available=view.deposits, bounties=bounties)
         for reason in dropped + settlement.dropped:
             log.warning("epoch %d: charge dropped: %s", epoch, reason)
         evidence_hash = _evidence_root(sorted(evidence.values()))
@@ -199,11 +232,11 @@ class Oracle:
             "jobs": len(settlement.jobs), "deferred": len(deferred),
             "job_ids": [j.job_id for j in settlement.jobs],
         }
-        await node.db(node.store.save_settlement, epoch, record, record["job_ids"])
+        await store.save_settlement(epoch, record, record["job_ids"])
         receipt = await trio.to_thread.run_sync(
             lambda: self.registry.settle(epoch, settlement.tree.root, settlement.rewards_added,
                                          settlement.charges, slashes, evidence_hash), limiter=self.limiter)
-        await node.db(self._keep_deferred, deferred, list(evidence), epoch)
+        await store.run(self._keep_deferred, deferred, list(evidence), epoch)
         log.info("settled", extra={"fields": {"epochs": f"{last + 1}-{epoch}", "jobs": len(settlement.jobs),
                                               "charged_wei": settlement.income,
                                               "rewards_wei": settlement.rewards_added,
@@ -213,7 +246,7 @@ class Oracle:
 
     def _keep_deferred(self, deferred: dict, convicted: list[str], epoch: int) -> None:
         """Deferred jobs replace the previous ones (the rest were paid or dropped now); mark the slashed."""
-        store = self.node.store
+        store = self.store.sync
         for job, _ in store.pairs(DEFERRED):
             store.drop_pair(DEFERRED, wire.decode(job).digest)
         for job_id, (job, result) in deferred.items():
@@ -224,17 +257,17 @@ class Oracle:
     async def catch_up_attestations(self, jobs: list[bytes]) -> None:
         """Ask every fresh peer for attestations of the jobs being settled that this node has no
         verdict for: gossip does not replay what arrived while it was down."""
-        verification = self.node.verification
+        verification = self.verification
         known = {job_id for job_id, _ in verification.known_jobs()}
         missing = [job_id for job_id in (wire.decode(job).digest for job in jobs) if job_id not in known]
         for start in range(0, len(missing), 256):
             request = wire.AttestationsRequest(job_ids=tuple(missing[start:start + 256]))
-            for entry in self.node.peers.fresh(time.monotonic()):
-                if entry.peer_id == self.node.peer_id:
+            for entry in self.peers.fresh(time.monotonic()):
+                if entry.peer_id == self.peer_id:
                     continue
                 try:
                     with trio.fail_after(30):
-                        answer = await self.node.ask_peer(entry.peer_id, request)
+                        answer = await self.dialer.ask(entry.peer_id, request)
                     if answer.type != "attestations":
                         continue
                     for data in answer.message.items:
@@ -246,7 +279,7 @@ class Oracle:
 
     async def verified(self, job: bytes, result: bytes) -> str:
         """PAY, DEFER (its draw or attestations may still come), or why a job is not paid."""
-        verification = self.node.verification
+        verification = self.verification
         job_env, result_env = wire.decode(job), wire.decode(result)
         try:
             beacon = await verification.beacon(job_env.message)
@@ -260,7 +293,7 @@ class Oracle:
         p = verification.probability(result_env.signer_peer_id)
         if outcome == "valid" or not is_drawn(draw_value(job_env.digest, result_env.digest, beacon.hash), p):
             return PAY
-        if time.time() < beacon.timestamp + self.node.config.attestation_window:
+        if time.time() < beacon.timestamp + self.config.attestation_window:
             return DEFER
         return f"drawn for verification (p={p:.2f}) and not attested valid ({outcome})"
 
@@ -277,27 +310,27 @@ class Oracle:
         accusers are slashed as liars themselves (chain.settlement.verify_false_accusation).
         Without the model, the oracle slashes on the named verifiers' word alone.
         """
-        node = self.node
+        verification, view = self.verification, self.billing.view
         verdicts = Verdicts()
-        for job_id, result_hash, voters in node.verification.proven_lies():
-            if await node.db(node.store.is_slashed, job_id):
+        for job_id, result_hash, voters in verification.proven_lies():
+            if await self.store.is_slashed(job_id):
                 continue
             data = await self.evidence(job_id, result_hash, voters, reported.get(job_id))
             if data is None:
                 continue
             try:
                 lie = await trio.to_thread.run_sync(lambda d=data: verify_evidence(
-                    d, quorum=node.config.quorum, eligible=node.verification.eligible))
+                    d, quorum=self.config.quorum, eligible=verification.eligible))
             except (SettlementError, ChainError) as exc:
                 log.warning("job %s: evidence does not hold: %s", job_id[:16], exc)
                 continue
             if await self.rescore(data) == "valid":  # acquitted: its accusers are handled below
                 continue
-            await trio.to_thread.run_sync(node.chain_view.learn_keys, {lie.worker_key, *lie.verifier_keys})
+            await trio.to_thread.run_sync(view.learn_keys, {lie.worker_key, *lie.verifier_keys})
             verdicts.slash(self, lie.worker_key, lie.verifier_keys, job_id, wire.decode(data).digest)
-        for job_id, result_hash in node.verification.false_accusations():
-            if not await node.db(node.store.is_slashed, job_id):
-                pair = reported.get(job_id) or await node.db(node.store.pair, HELD, job_id)
+        for job_id, result_hash in verification.false_accusations():
+            if not await self.store.is_slashed(job_id):
+                pair = reported.get(job_id) or await self.store.pair(HELD, job_id)
                 if pair is not None:
                     await self.punish_accusers(job_id, result_hash, pair, verdicts)
         return verdicts.slashes, verdicts.bounties, verdicts.evidence
@@ -305,72 +338,70 @@ class Oracle:
     async def rescore(self, data: bytes) -> str | None:
         """The oracle's own verdict on the result inside evidence (signed and gossiped as the
         arbiter's attestation), or None when it does not serve the model."""
-        node = self.node
         evidence = wire.decode(data).message
         job, result = wire.decode(evidence.job), wire.decode(evidence.result)
-        served = node.served.get(job.message.model.sha256)
+        served = self.served.get(job.message.model.sha256)
         if served is None:
             log.warning("job %s: the oracle does not serve %s, so it slashes on the verifiers' word alone",
                         job.digest[:16], job.message.model.name)
             return None
-        beacon = await node.verification.beacon(job.message)
+        beacon = await self.verification.beacon(job.message)
         if beacon is None:
             return None
-        await node.db(node.store.put_pair, HELD, job.digest, evidence.job, evidence.result)
-        signed = await node.verification.attest(served, job, result, beacon)
+        await self.store.put_pair(HELD, job.digest, evidence.job, evidence.result)
+        signed = await self.verification.attest(served, job, result, beacon)
         return wire.decode(signed).message.verdict
 
     async def punish_accusers(self, job_id: str, result_hash: str, pair: tuple[bytes, bytes],
                               verdicts: Verdicts) -> None:
         """The oracle found valid a result named verifiers called invalid: slash the accusers if
         another named verifier agrees with the oracle, else only their reputation pays."""
-        node = self.node
-        accusation = node.verification.evidence_of(job_id, result_hash, *pair, verdicts=("invalid", "valid"))
+        verification = self.verification
+        accusation = verification.evidence_of(job_id, result_hash, *pair, verdicts=("invalid", "valid"))
         try:
             false = await trio.to_thread.run_sync(lambda: verify_false_accusation(
-                accusation, arbiter_key=bytes(node.key.verify_key), eligible=node.verification.eligible))
+                accusation, arbiter_key=bytes(self.key.verify_key), eligible=verification.eligible))
         except (SettlementError, ChainError) as exc:
             if job_id not in self._unpunished:  # checked again each settlement: a witness may still come
                 self._unpunished.add(job_id)
                 log.warning("job %s: the oracle re-scored it valid, so nobody is slashed for it; the accusers "
                             "lose reputation only (%s)", job_id[:16], exc)
             return
-        await node.db(node.store.put_evidence, wire.decode(accusation).digest, job_id, accusation)
-        await trio.to_thread.run_sync(node.chain_view.learn_keys, {*false.accuser_keys, *false.witness_keys})
+        await self.store.put_evidence(wire.decode(accusation).digest, job_id, accusation)
+        await trio.to_thread.run_sync(self.billing.view.learn_keys, {*false.accuser_keys, *false.witness_keys})
         for accuser in false.accuser_keys:
-            verdicts.slash(self, accuser, tuple(k for k in false.witness_keys if k != bytes(node.key.verify_key)),
+            verdicts.slash(self, accuser, tuple(k for k in false.witness_keys if k != bytes(self.key.verify_key)),
                            job_id, wire.decode(accusation).digest, what="false accusation")
 
     async def evidence(self, job_id: str, result_hash: str, voters: list[str],
                        pair: tuple[bytes, bytes] | None = None) -> bytes | None:
         """Evidence for a proven lie: from our store, else from the reported job and result
         (``pair``), else with the job and result a verifier holds."""
-        node = self.node
-        data = await node.db(node.store.evidence, job_id)
+        verification = self.verification
+        data = await self.store.evidence(job_id)
         if data is None and pair is not None and wire.decode(pair[1]).digest == result_hash:
-            data = node.verification.evidence_of(job_id, result_hash, *pair)
+            data = verification.evidence_of(job_id, result_hash, *pair)
         for voter in ([] if data else voters):
             try:
                 with trio.fail_after(30):
-                    answer = await node.ask_peer_raw(voter, wire.sign(wire.EvidenceRequest(hash=job_id), node.key))
+                    answer = await self.dialer.ask_raw(voter, wire.sign(wire.EvidenceRequest(hash=job_id), self.key))
                 held = wire.decode(answer).message
-                data = node.verification.evidence_of(job_id, result_hash, held.job, held.result)
+                data = verification.evidence_of(job_id, result_hash, held.job, held.result)
                 await trio.to_thread.run_sync(lambda d=data: verify_evidence(
-                    d, quorum=node.config.quorum, eligible=node.verification.eligible))
+                    d, quorum=self.config.quorum, eligible=verification.eligible))
                 break
             except Exception as exc:  # unreachable, no evidence, bad evidence: ask the next voter
                 log.warning("no evidence for job %s from %s: %s", job_id[:16], voter, exc)
                 data = None
         if data is not None:
-            await node.db(node.store.put_evidence, wire.decode(data).digest, job_id, data)
+            await self.store.put_evidence(wire.decode(data).digest, job_id, data)
         return data
 
     async def collect(self, after: int, upto: int) -> list[tuple[bytes, bytes]]:
         """Every fresh peer's report (and our own) for epochs (after, upto]."""
-        node = self.node
-        entries = list(await node.db(node.store.served_between, after, upto))
-        for entry in node.peers.fresh(time.monotonic()):
-            if entry.peer_id == node.peer_id:
+        entries = list(await self.store.served_between(after, upto))
+        for entry in self.peers.fresh(time.monotonic()):
+            if entry.peer_id == self.peer_id:
                 continue
             try:
                 with trio.fail_after(30):
@@ -383,7 +414,7 @@ class Oracle:
         out: list[tuple[bytes, bytes]] = []
         offset = 0
         while True:
-            envelope = await self.node.ask_peer(peer_id, wire.ReportRequest(after=after, upto=upto, offset=offset))
+            envelope = await self.dialer.ask(peer_id, wire.ReportRequest(after=after, upto=upto, offset=offset))
             if envelope.type != "report" or envelope.signer_peer_id != peer_id:
                 raise wire.WireError(f"expected {peer_id}'s signed report, got a {envelope.type}")
             out += [(e.job, e.result) for e in envelope.message.entries]
@@ -392,68 +423,72 @@ class Oracle:
                 return out
 
 
-async def answer(node: Any, envelope: wire.Envelope, framed: FramedStream) -> None:
-    """Serve one settlement request (report for the oracle, proof for anyone)."""
-    from inferad.admission import JobRejected
+class Reports:
+    """Answers ``/inferad/settlement/1.0.0`` on every node: reports for the oracle, reward proofs,
+    evidence and attestations for anyone (see the module docstring).
 
-    request = envelope.message
-    if envelope.type == "evidence_request":
-        await framed.send(await held_evidence(node, request.hash))
-        return
-    if envelope.type == "attestations_request":
-        items: list[bytes] = []
-        for job_id in request.job_ids:
-            items += (await node.db(node.store.attestations, job_id))[: 2048 - len(items)]
-        await framed.send(wire.encode_unsigned(wire.AttestationSet(items=tuple(items))))
-        return
-    if envelope.type == "proof_request":
-        record = await node.db(node.store.latest_settlement)
-        if record is None or request.account not in record["cumulative"]:
-            raise JobRejected("no_rewards", f"no settled rewards for {request.account} here")
-        proof = wire.RewardProof(account=request.account, epoch=record["epoch"], root=record["root"],
-                                 cumulative=amount_bytes(int(record["cumulative"][request.account])),
-                                 proof=tuple(record["proofs"][request.account]))
-        await framed.send(wire.sign(proof, node.key))
-        return
-    view = node.chain_view
-    if view is None or view.oracle_key is None or envelope.signer != view.oracle_key:
-        raise JobRejected("forbidden", "reports are for the oracle registered on chain")
-    entries = await node.db(node.store.served_between, request.after, request.upto)
-    page, next_offset = report_pages(entries, request.offset)
-    report = wire.Report(after=request.after, upto=request.upto, entries=tuple(page), next_offset=next_offset)
-    await framed.send(wire.sign(report, node.key))
+    Args:   key: this node's signing key (reports and proofs are signed with it).
+            store: served jobs, settlements and attestations are read from it.
+            chain_view: whose ``oracle_key`` may ask for reports (None: no chain, no reports).
+            verification: builds evidence from held pairs (None: no chain, no evidence).
+    """
+
+    def __init__(self, *, key: Any, store: AsyncStore, chain_view: ChainView | None,
+                 verification: Verification | None) -> None:
+        self.key = key
+        self.store = store
+        self.chain_view = chain_view
+        self.verification = verification
+
+    async def serve(self, envelope: wire.Envelope, data: bytes, framed: FramedStream) -> None:
+        """Serve one settlement request. Raises JobRejected (``no_evidence``, ``no_rewards``, ``forbidden``)."""
+        request = envelope.message
+        if envelope.type == "evidence_request":
+            if self.verification is None:
+                raise JobRejected("no_evidence", f"no evidence {request.hash[:16]}… here")
+            await framed.send(await self.verification.held_evidence(request.hash))
+            return
+        if envelope.type == "attestations_request":
+            items: list[bytes] = []
+            for job_id in request.job_ids:
+                items += (await self.store.attestations(job_id))[: 2048 - len(items)]
+            await framed.send(wire.encode_unsigned(wire.AttestationSet(items=tuple(items))))
+            return
+        if envelope.type == "proof_request":
+            record = await self.store.latest_settlement()
+            if record is None or request.account not in record["cumulative"]:
+                raise JobRejected("no_rewards", f"no settled rewards for {request.account} here")
+            proof = wire.RewardProof(account=request.account, epoch=record["epoch"], root=record["root"],
+                                     cumulative=amount_bytes(int(record["cumulative"][request.account])),
+                                     proof=tuple(record["proofs"][request.account]))
+            await framed.send(wire.sign(proof, self.key))
+            return
+        view = self.chain_view
+        if view is None or view.oracle_key is None or envelope.signer != view.oracle_key:
+            raise JobRejected("forbidden", "reports are for the oracle registered on chain")
+        entries = await self.store.served_between(request.after, request.upto)
+        page, next_offset = report_pages(entries, request.offset)
+        report = wire.Report(after=request.after, upto=request.upto, entries=tuple(page), next_offset=next_offset)
+        await framed.send(wire.sign(report, self.key))
 
 
-async def held_evidence(node: Any, key: str) -> bytes:
-    """Evidence by its hash or its job's id: kept evidence, or built from a result this
-    node (as a verifier) found invalid and the attestations it holds for it."""
-    from inferad.admission import JobRejected
-    from inferad.verification import HELD
-
-    data = await node.db(node.store.evidence, key)
-    if data is None and node.verification is not None:
-        pair = await node.db(node.store.pair, HELD, key)
-        if pair is not None:
-            data = node.verification.evidence_of(key, wire.decode(pair[1]).digest, *pair)
-    if data is None:
-        raise JobRejected("no_evidence", f"no evidence {key[:16]}… here")
-    return data
-
-
-async def fetch_proof(node: Any, account: str) -> dict:
-    """The latest reward proof of ``account``, from our own store if we are the oracle, else from it."""
-    view = node.chain_view
+async def fetch_proof(account: str, *, key: Any, store: AsyncStore, chain_view: ChainView | None,
+                      dialer: Dialer) -> dict:
+    """The latest reward proof of ``account``: from ``store`` on the oracle's node (``key`` is the
+    oracle's), else from the oracle over ``dialer``.
+    Raises ChainError when there is none, or the oracle's answer is not one."""
+    view = chain_view
     if view is None or view.oracle_key is None:
         raise ChainError("no chain, or the oracle has no node key registered on chain")
     oracle_peer = wire.peer_id_from_public_key(view.oracle_key)
     try:
-        if oracle_peer == node.peer_id:
-            record = await node.db(node.store.latest_settlement)
+        if view.oracle_key == bytes(key.verify_key):
+            record = await store.latest_settlement()
             if record is None or account not in record["cumulative"]:
                 raise ChainError(f"no settled rewards for {account} yet")
             return {"epoch": record["epoch"], "cumulative": int(record["cumulative"][account]),
                     "proof": [p.hex() for p in record["proofs"][account]]}
-        envelope = await node.ask_peer(oracle_peer, wire.ProofRequest(account=account))
+        envelope = await dialer.ask(oracle_peer, wire.ProofRequest(account=account))
     except StreamClosed as exc:
         raise ChainError(f"the oracle {oracle_peer} did not answer: {exc}") from None
     if envelope.type == "error":

@@ -6,19 +6,23 @@ re-verified by anyone.  Writes that a peer will rely on (accepting a job id,
 storing a result before acknowledging it) are synced to disk, so they survive
 ``kill -9`` and power loss.
 
-plyvel is blocking; the node calls these methods through ``trio.to_thread``.
+plyvel is blocking: trio code holds an :class:`AsyncStore`, which runs each
+call in a worker thread.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import msgpack
 import plyvel
+import trio
 
 JOB = b"job/"
 RESULT = b"result/"
@@ -276,6 +280,37 @@ class Store:
                 job_id = key[len(JOB):].decode()
                 self._db.put(key, self._updated(job_id, status="interrupted"))
         return len(stale)
+
+
+T = TypeVar("T")
+
+
+class AsyncStore:
+    """A :class:`Store` for trio code: ``await store.accept_job(...)`` runs ``Store.accept_job``
+    in a worker thread, as ``trio.wrap_file`` does for a file.
+
+    At most ``threads`` calls run at once (default 4: LevelDB serialises writes anyway,
+    and reads are short), so a burst of requests cannot take every thread of trio's pool.
+    :meth:`run` runs several calls in one thread; ``sync`` is the blocking store itself,
+    for them.
+    """
+
+    def __init__(self, store: Store, *, threads: int = 4) -> None:
+        self.sync = store
+        self._limiter = trio.CapacityLimiter(threads)
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` in a worker thread (its result)."""
+        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs), limiter=self._limiter)
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self.sync, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            return await self.run(method, *args, **kwargs)
+
+        call.__name__ = name
+        return call
 
 
 def _now_ms() -> int:

@@ -11,22 +11,33 @@ gossips it on ``/inferad/attestations/1``.  Every node stores every
 attestation it accepts and computes reputation from them, so all views
 converge on the same signed data; when a quorum finds a result invalid,
 nodes holding the job and result keep the evidence for the oracle.
+
+A :class:`Verification` is handed what it uses: the node's key and config,
+the chain view (beacons, stakes, the oracle's key), the store, the served
+engines (to re-score on), a way to ask a peer (``ask``), to publish on the
+attestation topic (``publish``) and to tell a staked peer (``is_staked``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import trio
 
 from chain.beacon import Beacon, BeaconFinder
 from chain.errors import ChainError
 from chain.settlement import SettlementError, verify_evidence
-from chain.view import StakeTable
-from inferad.store import jsonable
+from chain.view import ChainView, StakeTable
+from inferad.admission import JobRejected
+from inferad.config import Config
+from inferad.engine import EngineError
+from inferad.store import AsyncStore, jsonable
 from p2p import wire
+from p2p.mesh import PROTOCOL_SETTLEMENT, PROTOCOL_VERIFY, TOPIC_ATTESTATIONS, GossipSettings
+from p2p.streams import FramedStream
 from proofs.check import INCONCLUSIVE, Claim, Thresholds, Verdict, check_claim, judge
 from proofs.draw import SPACE, draw_value, is_drawn, named_verifiers
 from proofs.reputation import (
@@ -40,7 +51,16 @@ from proofs.reputation import (
 )
 
 log = logging.getLogger("inferad.verify")
-HELD, DEFERRED = b"held/", b"deferred/"
+HELD = b"held/"  # store pairs: a job and result kept as evidence to come
+
+
+class AskPeer(Protocol):
+    async def __call__(self, peer_id: str, request: bytes, protocol: str = PROTOCOL_SETTLEMENT, *,
+                       timeout: float = 30) -> bytes: ...
+
+
+class EvidenceUnavailable(Exception):
+    """Evidence asked for by hash does not exist, or does not hold; the message says which."""
 
 
 def expiry_s(job: wire.JobRequest) -> int:
@@ -50,8 +70,6 @@ def expiry_s(job: wire.JobRequest) -> int:
 
 def rescore(engine: Any, job: wire.JobRequest, result: wire.JobResult, thresholds: Thresholds) -> Verdict:
     """The verdict on a result from one teacher-forced evaluation; blocking (engine thread)."""
-    from inferad.engine import EngineError
-
     try:
         prompt = engine.prompt_tokens(job)
         replay = engine.replay(result.output_tokens, job.params)
@@ -72,12 +90,37 @@ def rescore(engine: Any, job: wire.JobRequest, result: wire.JobResult, threshold
 
 
 class Verification:
-    def __init__(self, node: Any, thresholds: Thresholds = Thresholds()) -> None:
-        self.node = node
-        self.config = node.config
+    """Draws, verify requests and attestations of one node, and the reputations they make.
+
+    Args:   key: this node's signing key (attestations and verify requests are signed with it).
+            config: quorum, verifiers, timeouts, the attestation window, the probability floor.
+            chain_view: the chain (beacon blocks, stakes, the oracle's key).
+            deployment_block: the contract's first block (stake history starts there).
+            store: attestations, evidence and held pairs are kept here.
+            served: the engines this node re-scores on, by model sha256.
+            ask: one request to a peer and its answer (inferad.membership.Dialer.ask_raw).
+            publish: gossips a signed attestation.
+            is_staked: whether a peer id is staked (verify requests come from staked gateways).
+            attestations_counted: the metric counting accepted attestations by verdict.
+    """
+
+    def __init__(self, *, key: Any, config: Config, chain_view: ChainView, deployment_block: int,
+                 store: AsyncStore, served: dict[str, Any], ask: AskPeer, publish: Callable[[bytes], Awaitable[None]],
+                 is_staked: Callable[[str], bool], attestations_counted: Any,
+                 thresholds: Thresholds = Thresholds()) -> None:
+        self.key = key
+        self.peer_id = wire.peer_id_from_public_key(bytes(key.verify_key))
+        self.config = config
+        self.chain_view = chain_view
+        self.store = store
+        self.served = served
+        self.ask = ask
+        self.publish = publish
+        self.is_staked = is_staked
+        self.attestations_counted = attestations_counted
         self.thresholds = thresholds
-        self.beacons = BeaconFinder(node.chain_view.registry.w3)
-        self.stakes = StakeTable(node.chain_view.registry, node.chain_info.deployment_block)
+        self.beacons = BeaconFinder(chain_view.registry.w3)
+        self.stakes = StakeTable(chain_view.registry, deployment_block)
         self._votes: dict[tuple[str, str], dict[str, Vote]] = {}  # (job, result hash) -> verifier -> vote
         self._raw: dict[tuple[str, str], dict[str, bytes]] = {}  # the signed attestations behind them
         self._evidence: dict[str, Evidence] | None = {}  # worker -> attested evidence (None: recount)
@@ -87,17 +130,16 @@ class Verification:
     # ------------------------------------------------------------------ reputation
 
     async def load(self) -> None:
-        node = self.node
-        for data in await node.db(node.store.attestations):
+        """Count the attestations stored before this start."""
+        for data in await self.store.attestations():
             self._count(wire.decode(data), data)
         log.info("reputation from %d stored attestation(s)", sum(len(v) for v in self._votes.values()))
 
     async def resume(self, nursery: trio.Nursery) -> None:
         """Follow again the delivered results whose draw a restart interrupted (the gateway
         records the draw when it is done, so a job without that record was not finished)."""
-        node = self.node
         now = time.time()
-        pending = [r for r in await node.db(lambda: list(node.store.jobs()))
+        pending = [r for r in await self.store.run(lambda: list(self.store.sync.jobs()))
                    if r.status == "done" and (r.meta or {}).get("role") == "gateway"
                    and "verification" not in r.meta
                    and expiry_s(wire.decode(r.job).message) + self.config.attestation_window > now]
@@ -127,7 +169,7 @@ class Verification:
     @property
     def arbiter(self) -> str | None:
         """The oracle's peer id: its re-score acquits (proofs.reputation.job_outcome)."""
-        key = self.node.chain_view.oracle_key
+        key = self.chain_view.oracle_key
         return None if key is None else wire.peer_id_from_public_key(key)
 
     def outcome(self, job_id: str, result_hash: str, beacon_block: int | None = None) -> str:
@@ -170,19 +212,17 @@ class Verification:
         a: wire.Attestation = envelope.message
         if not self._count(envelope, data):
             return
-        node = self.node
-        node.metrics.attestations.labels(a.verdict).inc()
-        await node.db(node.store.put_attestation, a.job_id, envelope.signer_peer_id, data)
+        self.attestations_counted.labels(a.verdict).inc()
+        await self.store.put_attestation(a.job_id, envelope.signer_peer_id, data)
         if a.verdict == "invalid" and self.outcome(a.job_id, a.result_hash) == "invalid":
             log.warning("worker %s proven to lie about job %s (%s)", a.worker, a.job_id[:16], a.reason)
             await self._keep_evidence(a.job_id, a.result_hash)
 
     async def _keep_evidence(self, job_id: str, result_hash: str) -> None:
         """If this node holds the job and result (gateway or verifier), store the evidence."""
-        node = self.node
-        pair = await node.db(node.store.pair, HELD, job_id)
+        pair = await self.store.pair(HELD, job_id)
         if pair is None:
-            record = await node.db(node.store.job, job_id)
+            record = await self.store.job(job_id)
             pair = (record.job, record.result) if record is not None and record.result is not None else None
         if pair is None or wire.decode(pair[1]).digest != result_hash:
             return
@@ -193,7 +233,7 @@ class Verification:
         except (SettlementError, ChainError) as exc:
             log.warning("evidence for job %s not kept: %s", job_id[:16], exc)
             return
-        await node.db(node.store.put_evidence, wire.decode(data).digest, job_id, data)
+        await self.store.put_evidence(wire.decode(data).digest, job_id, data)
 
     def evidence_of(self, job_id: str, result_hash: str, job: bytes, result: bytes,
                     verdicts: tuple[str, ...] = ("invalid",)) -> bytes:
@@ -235,7 +275,6 @@ class Verification:
             log.exception("verification of job %s failed", job_id[:16])
 
     async def _follow(self, job_id: str, job: bytes, result: bytes) -> None:
-        node = self.node
         job_env, result_env = wire.decode(job), wire.decode(result)
         beacon, delay = None, 1.0
         deadline = expiry_s(job_env.message) + self.config.attestation_window
@@ -249,7 +288,7 @@ class Verification:
                 await trio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         if beacon is None:
-            await node.db(node.store.update_meta, job_id, verification={"status": "no beacon: chain unreachable"})
+            await self.store.update_meta(job_id, verification={"status": "no beacon: chain unreachable"})
             return
         worker = result_env.signer_peer_id
         d = draw_value(job_id, result_env.digest, beacon.hash)
@@ -258,20 +297,20 @@ class Verification:
                                   "beacon_block": beacon.number, "status": "not drawn"}
         if record["drawn"]:
             named = await trio.to_thread.run_sync(self.named, job_id, result_env.digest, beacon, worker)
-            order = [p for p in named if p not in (node.peer_id, job_env.signer_peer_id)]
+            order = [p for p in named if p not in (self.peer_id, job_env.signer_peer_id)]
             request = wire.sign(wire.VerifyRequest(job=job, result=result, beacon_block=beacon.number,
-                                                   beacon=beacon.hash), node.key)
+                                                   beacon=beacon.hash), self.key)
             record["verifiers"], record["unanswered"] = await self._ask_verifiers(order, request)
             record["status"] = "asked" if record["verifiers"] else "no verifier answered"
-        await node.db(node.store.update_meta, job_id, verification=record)
+        await self.store.update_meta(job_id, verification=record)
 
     async def _ask_verifiers(self, order: list[str], request: bytes) -> tuple[list[str], list[str]]:
         answered: list[str] = []
         failed: list[str] = []
         queue = iter(order)
 
-        async def slot() -> None:
-            for peer in queue:  # shared by the slots: a failed verifier is replaced by the next in order
+        async def asker() -> None:
+            for peer in queue:  # shared by the askers: a failed verifier is replaced by the next in order
                 try:
                     await self._ask(peer, request)
                     answered.append(peer)
@@ -283,14 +322,12 @@ class Verification:
 
         async with trio.open_nursery() as nursery:
             for _ in range(self.config.verifiers):
-                nursery.start_soon(slot)
+                nursery.start_soon(asker)
         return answered, failed
 
     async def _ask(self, peer: str, request: bytes) -> None:
-        from p2p.mesh import PROTOCOL_VERIFY
-
-        data = await self.node.ask_peer_raw(peer, request, PROTOCOL_VERIFY, timeout=self.config.verify_timeout)
-        envelope = wire.decode(data, max_size=self.node.config.max_frame)
+        data = await self.ask(peer, request, PROTOCOL_VERIFY, timeout=self.config.verify_timeout)
+        envelope = wire.decode(data, max_size=self.config.max_frame)
         if envelope.type == "error":
             raise RuntimeError(f"{envelope.message.code}: {envelope.message.message}")
         if envelope.type != "attestation" or envelope.signer_peer_id != peer:
@@ -300,25 +337,22 @@ class Verification:
 
     # ------------------------------------------------------------------ verifier
 
-    async def serve(self, envelope: wire.Envelope, data: bytes, framed: Any) -> None:
-        """Answer one verify_request with a signed attestation (and gossip it)."""
-        from inferad.admission import JobRejected
-
-        node = self.node
+    async def serve(self, envelope: wire.Envelope, data: bytes, framed: FramedStream) -> None:
+        """Answer one verify_request with a signed attestation (and gossip it). Raises JobRejected."""
         request: wire.VerifyRequest = envelope.message
         try:
-            job_env = wire.decode(request.job, max_size=node.config.max_frame)
-            result_env = wire.decode(request.result, max_size=node.config.max_frame)
+            job_env = wire.decode(request.job, max_size=self.config.max_frame)
+            result_env = wire.decode(request.result, max_size=self.config.max_frame)
         except wire.WireError as exc:
             raise JobRejected("bad_request", f"the job or result inside is invalid: {exc}") from None
         job, result = job_env.message, result_env.message
         if job_env.type != "job" or result_env.type != "result" or result.job_id != job_env.digest:
             raise JobRejected("bad_request", "a verify request carries a job and that job's result")
-        if node.chain_view is not None and not node.peer_is_staked(envelope.signer_peer_id):
+        if not self.is_staked(envelope.signer_peer_id):
             raise JobRejected("unstaked", "verification is for staked gateways")
-        if node.peer_id in (result_env.signer_peer_id, envelope.signer_peer_id, job_env.signer_peer_id):
+        if self.peer_id in (result_env.signer_peer_id, envelope.signer_peer_id, job_env.signer_peer_id):
             raise JobRejected("party", "a party to a job never verifies it")
-        served = node.served.get(job.model.sha256)
+        served = self.served.get(job.model.sha256)
         if served is None:
             raise JobRejected("unknown_model", f"this node does not serve {job.model.name}")
         beacon = Beacon(request.beacon_block, request.beacon, 0)
@@ -329,19 +363,18 @@ class Verification:
                                                   result_env.signer_peer_id)
         except ChainError as exc:
             raise JobRejected("chain_unavailable", f"cannot check the beacon: {exc}") from None
-        if node.peer_id not in named:
+        if self.peer_id not in named:
             raise JobRejected("not_named", "the draw does not name this node for that job, so its attestation "
                                            "would not count")
         signed = await self.attest(served, job_env, result_env, beacon)
-        if wire.decode(signed).message.verdict == "invalid" or node.peer_id == self.arbiter:
+        if wire.decode(signed).message.verdict == "invalid" or self.peer_id == self.arbiter:
             # evidence to come: of a lie, or (the oracle's) of a false accusation
-            await node.db(node.store.put_pair, HELD, job_env.digest, request.job, request.result)
+            await self.store.put_pair(HELD, job_env.digest, request.job, request.result)
         await framed.send(signed)
 
     async def attest(self, served: Any, job: wire.Envelope, result: wire.Envelope, beacon: Beacon) -> bytes:
         """Re-score a result on ``served`` (queued with its jobs), sign the attestation at ``beacon``,
         keep it and gossip it; the signed attestation.  Verifiers and the oracle (as arbiter) use it."""
-        node = self.node
         started = time.perf_counter()
         verdict = await served.worker.run_exclusive(
             lambda: rescore(served.engine, job.message, result.message, self.thresholds))
@@ -354,48 +387,88 @@ class Verification:
                                        max_gap=_clip(metrics.get("max_gap", 0.0)), z=_clip(metrics.get("z", 0.0)),
                                        first_bad=metrics.get("position"), elapsed_ms=elapsed),
             beacon_block=beacon.number, beacon=beacon.hash, ts=int(time.time() * 1000))
-        signed = wire.sign(attestation, node.key)
+        signed = wire.sign(attestation, self.key)
         self.verified_here += 1
         log.info("verified", extra={"fields": {"job": job.digest[:16], "worker": attestation.worker[-8:],
                                                "verdict": verdict.verdict, "ms": elapsed, "reason": verdict.reason}})
         await self.record(signed, wire.decode(signed))
-        await node.publish_attestation(signed)
+        try:
+            await self.publish(signed)
+        except Exception as exc:  # no peers on the topic yet: the verifier's answer still reached the gateway
+            log.debug("attestation not gossiped: %r", exc)
         return signed
 
     async def fetch_and_check(self, key: str) -> dict:
         """Evidence by hash or job id (from this node's store, else the oracle's), checked
-        by signatures and quorum, and re-scored here if this node serves the model."""
-        from inferad.oracle import held_evidence
+        by signatures and quorum, and re-scored here if this node serves the model.
 
-        node = self.node
-        data = await node.db(node.store.evidence, key)
-        oracle_key = node.chain_view.oracle_key
-        if data is None and oracle_key is not None and oracle_key != bytes(node.key.verify_key):
-            data = await node.ask_peer_raw(wire.peer_id_from_public_key(oracle_key),
-                                           wire.sign(wire.EvidenceRequest(hash=key), node.key))
+        Raises: EvidenceUnavailable (none here nor at the oracle, or it does not hold), JobRejected
+        ``no_evidence`` (this node is the oracle and has none), and :meth:`Dialer.ask_raw`'s errors.
+        """
+        data = await self.store.evidence(key)
+        oracle_key = self.chain_view.oracle_key
+        if data is None and oracle_key is not None and oracle_key != bytes(self.key.verify_key):
+            data = await self.ask(wire.peer_id_from_public_key(oracle_key),
+                                  wire.sign(wire.EvidenceRequest(hash=key), self.key))
         elif data is None:
-            data = await held_evidence(node, key)
+            data = await self.held_evidence(key)
         envelope = wire.decode(data)
         if envelope.type == "error":
-            raise RuntimeError(f"the oracle says: {envelope.message.message}")
+            raise EvidenceUnavailable(f"the oracle says: {envelope.message.message}")
         try:
             lie = await trio.to_thread.run_sync(lambda: verify_evidence(data, quorum=self.config.quorum,
                                                                         eligible=self.eligible))
         except (SettlementError, ChainError) as exc:
-            raise RuntimeError(f"evidence {key[:16]}… does not hold: {exc}") from None
+            raise EvidenceUnavailable(f"evidence {key[:16]}… does not hold: {exc}") from None
         job_env, result_env = wire.decode(envelope.message.job), wire.decode(envelope.message.result)
         view = {"hash": envelope.digest, "job_id": lie.job_id, "worker": result_env.signer_peer_id,
                 "model": job_env.message.model.name, "checked": "signatures and quorum verified by this node",
                 "attestations": [dict(jsonable(wire.view(a.message)), verifier=a.signer_peer_id)
                                  for a in map(wire.decode, envelope.message.attestations)]}
-        served = node.served.get(job_env.message.model.sha256)
+        served = self.served.get(job_env.message.model.sha256)
         if served is not None:
             verdict = await served.worker.run_exclusive(
                 lambda: rescore(served.engine, job_env.message, result_env.message, self.thresholds))
             view["rescored_here"] = {"verdict": verdict.verdict, "reason": verdict.reason}
         return view
 
+    async def held_evidence(self, key: str) -> bytes:
+        """Evidence by its hash or its job's id: kept evidence, or built from a result this
+        node (as a verifier) found invalid and the attestations it holds for it.
+        Raises JobRejected("no_evidence")."""
+        data = await self.store.evidence(key)
+        if data is None:
+            pair = await self.store.pair(HELD, key)
+            if pair is not None:
+                data = self.evidence_of(key, wire.decode(pair[1]).digest, *pair)
+        if data is None:
+            raise JobRejected("no_evidence", f"no evidence {key[:16]}… here")
+        return data
+
     # ------------------------------------------------------------------ gossip
+
+    async def gossip(self, pubsub: Any) -> None:
+        """Validate and keep every attestation gossiped on ``/inferad/attestations/1``, until
+        cancelled; one that cannot be kept is logged and skipped."""
+        pubsub.set_topic_validator(TOPIC_ATTESTATIONS, self._validate_gossip, is_async_validator=True)
+        subscription = await pubsub.subscribe(TOPIC_ATTESTATIONS)
+        while True:
+            msg = await subscription.get()
+            try:
+                envelope = wire.decode(msg.data, max_size=GossipSettings.max_message_bytes)  # validated on the way in
+                await self.record(msg.data, envelope)
+            except Exception as exc:  # one bad attestation (or a full disk) must not stop the node
+                log.warning("attestation not kept: %r", exc)
+
+    async def _validate_gossip(self, forwarder: Any, msg: Any) -> bool:
+        """Gossipsub topic validator (asynchronous: the draw check reads the chain, cached per block)."""
+        try:
+            envelope = wire.decode(msg.data, max_size=GossipSettings.max_message_bytes)
+            await trio.to_thread.run_sync(self.validate, envelope)
+        except (wire.WireError, ValueError) as exc:
+            log.debug("rejected attestation from %s: %s", forwarder, exc)
+            return False
+        return True
 
     def named(self, job_id: str, result_hash: str, beacon: Beacon, worker: str) -> list[str]:
         """The verifiers the draw names for a result at ``beacon`` (proofs.draw.named_verifiers over

@@ -1,9 +1,15 @@
-"""Running admitted jobs on an engine from trio, one at a time, with a bounded queue.
+"""The worker role: the engines this node serves, their queues, and ``/inferad/exec``.
 
-llama.cpp generates in a worker thread; tokens come back to trio through an
-unbounded channel (bounded in practice by ``max_tokens``), so the thread never
-blocks on a slow client, and a client that goes away stops the generation at
-the next token.
+:func:`load_models` opens an engine per configured model (llama.cpp, or the
+simulated engine for scale tests) and measures its speed.  A :class:`Worker`
+runs admitted jobs on one engine from trio, one at a time, with a bounded
+queue: llama.cpp generates in a worker thread; tokens come back to trio
+through an unbounded channel (bounded in practice by ``max_tokens``), so the
+thread never blocks on a slow client, and a client that goes away stops the
+generation at the next token.  :class:`ExecService` is what a gateway talks
+to: it checks a client-signed job, runs it (continuing after the tokens a
+failed worker already delivered), signs the result and records it before
+sending it.
 """
 
 from __future__ import annotations
@@ -14,13 +20,27 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import trio
 
-from inferad.admission import JobRejected
-from inferad.engine import Engine, Generation, GenerationCancelled
+from inferad.admission import (
+    JobRejected,
+    check_client_eth,
+    check_context,
+    check_served,
+    check_signing,
+    check_timing,
+)
+from inferad.config import Config
+from inferad.engine import Engine, EngineError, Generation, GenerationCancelled
+from inferad.models import ModelError, check_label, naming_note, resolve
+from inferad.sim import SimEngine
+from inferad.speed import tokens_per_second
+from inferad.store import AsyncStore
 from p2p import wire
+from p2p.streams import FramedStream
 
 log = logging.getLogger("inferad.worker")
 
@@ -128,3 +148,161 @@ class Worker:
         if generation is None:
             raise JobRejected("cancelled", "generation stopped: the client went away")
         return generation
+
+
+class ModelUnusable(Exception):
+    """A configured model cannot be served; the message names it and says why."""
+
+
+@dataclass
+class Served:
+    """One model this node serves: its engine, the queue in front of it, its measured speed."""
+
+    engine: Any  # Engine | SimEngine
+    worker: Worker
+    tokens_per_s: float
+
+
+async def load_models(config: Config, hardware: wire.Hardware, *, engine: str = "llama",
+                      sim_tokens_per_s: float = 50.0) -> dict[str, Served]:
+    """Open an engine for each of ``config.models`` and measure its speed; by model sha256.
+
+    ``engine`` is ``llama`` (llama.cpp) or ``sim`` (the simulated engine, at ``sim_tokens_per_s``).
+    Raises ModelUnusable for a model that cannot be found, assembled or loaded (the engines
+    opened before it are closed).
+    """
+    served: dict[str, Served] = {}
+    for spec in config.models:
+        try:
+            if engine == "sim":
+                opened = SimEngine(spec, tokens_per_s=sim_tokens_per_s, n_ctx=config.n_ctx)
+            else:
+                model = await trio.to_thread.run_sync(resolve, spec)
+                check_label(model.name, model.sha256)  # holds for resolve's labels (models.file_label)
+                if note := naming_note(model):
+                    log.warning("%s", note)
+                log.info("loading %s with llama.cpp (%s)…", model.name, model.path)
+                opened = await trio.to_thread.run_sync(
+                    lambda m=model: Engine(m, n_ctx=config.n_ctx, n_threads=config.n_threads,
+                                           n_gpu_layers=config.n_gpu_layers))
+            speed = await trio.to_thread.run_sync(
+                lambda e=opened: tokens_per_second(e, hardware, threads=config.n_threads))
+        except (ModelError, EngineError, ValueError) as exc:
+            for each in served.values():
+                each.engine.close()
+            raise ModelUnusable(f"cannot serve model {spec}: {exc}") from None
+        worker = Worker(opened, queue_size=config.queue_size, batch_ms=config.stream_batch_ms)
+        served[opened.ref.sha256] = Served(opened, worker, speed)
+    return served
+
+
+def offers(served: dict[str, Served]) -> tuple[wire.ModelOffer, ...]:
+    """The models of ``served`` as an advert offers them."""
+    return tuple(wire.ModelOffer(sha256=sha, name=s.engine.ref.name, tokens_per_s=float(s.tokens_per_s),
+                                 n_ctx=s.engine.n_ctx, n_vocab=s.engine.n_vocab) for sha, s in served.items())
+
+
+def total_load(served: dict[str, Served]) -> wire.Load:
+    """The load of every engine in ``served``, summed (what an advert says)."""
+    loads = [s.worker.load for s in served.values()]
+    return wire.Load(queued=sum(x.queued for x in loads), running=sum(x.running for x in loads),
+                     capacity=sum(x.capacity for x in loads))
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ExecService:
+    """Runs jobs on this node's engines: for gateways over ``/inferad/exec``, and for its own.
+
+    Args:   key: this node's signing key (results are signed with it).
+            config: limits (max_tokens, job TTL, clock skew, frame size).
+            served: the engines, by model sha256.
+            store: jobs accepted and results stored here (a replayed job id is refused).
+            settled: whether a chain settles the jobs (then a client address must be EIP-55).
+            record_served: indexes a finished job for the oracle's report.
+            activity: counts running jobs, for a draining node.
+            load_changed: called when an engine's queue changes, so the advert follows.
+    """
+
+    def __init__(self, *, key: Any, config: Config, served: dict[str, Served], store: AsyncStore, settled: bool,
+                 record_served: Callable[[str], Awaitable[None]], activity: Any,
+                 load_changed: Callable[[], None]) -> None:
+        self.key = key
+        self.peer_id = wire.peer_id_from_public_key(bytes(key.verify_key))
+        self.config = config
+        self.served = served
+        self.store = store
+        self.settled = settled
+        self.record_served = record_served
+        self.activity = activity
+        self.load_changed = load_changed
+
+    async def serve(self, envelope: wire.Envelope, data: bytes, framed: FramedStream) -> None:
+        """Answer one ``exec`` request: the job's tokens as they come, then the signed result.
+        Raises JobRejected (sent as an error frame by :class:`inferad.service.Service`)."""
+        request: wire.ExecRequest = envelope.message
+        job_envelope = wire.decode(request.job, max_size=self.config.max_frame)
+        if job_envelope.type != "job":
+            raise JobRejected("unexpected", "an exec request must carry a client-signed job")
+        job_id = job_envelope.digest
+        check_timing_now(job_envelope.message, self.config)
+        if len(request.prefix) > job_envelope.message.params.max_tokens:  # no continuation can be that long
+            raise JobRejected("schema", f"exec.prefix holds {len(request.prefix)} tokens, more than the job's "
+                                        f"max_tokens ({job_envelope.message.params.max_tokens})")
+        if self.settled:  # it will be settled: its client must have one spelling
+            check_client_eth(job_envelope.message)
+        if not await self.store.accept_job(job_id, request.job, role="worker", gateway=envelope.signer_peer_id,
+                                           prefix=len(request.prefix)):
+            raise JobRejected("replay", f"job {job_id[:16]}… was already run here")
+        with self.activity.job():
+            try:
+                signed, _ = await self.execute(job_envelope, list(request.prefix), framed.send_tokens)
+            except JobRejected as exc:
+                await self.store.fail_job(job_id, exc.code)
+                raise
+        await self.store.finish_job(job_id, signed)
+        await self.record_served(job_id)
+        await framed.send(signed)
+
+    def prompt_tokens(self, job: wire.JobRequest) -> list[int]:
+        """The job's prompt as this node's engine tokenizes it. Raises JobRejected("invalid_prompt")."""
+        try:
+            return self.served[job.model.sha256].engine.prompt_tokens(job)
+        except EngineError as exc:
+            raise JobRejected("invalid_prompt", str(exc)) from None
+
+    async def execute(self, envelope: wire.Envelope, prefix: list[int], send_tokens: SendTokens) \
+            -> tuple[bytes, wire.Envelope]:
+        """Run a job on this node's engine (continuing after ``prefix``); the signed result.
+        Raises JobRejected (the job's code: unknown model, limits, busy, expired, cancelled)."""
+        job: wire.JobRequest = envelope.message
+        check_served(job, served=self.served, max_tokens=self.config.max_tokens)
+        served = self.served[job.model.sha256]
+        prompt = self.prompt_tokens(job)
+        check_context(len(prompt), job.params.max_tokens, served.engine.n_ctx)
+        self.load_changed()
+        try:
+            generation, queue_ms = await served.worker.run(prompt, job.params, send_tokens, prefix)
+        finally:
+            self.load_changed()
+        result = wire.JobResult(
+            job_id=envelope.digest, model=served.engine.ref, output_tokens=tuple(generation.tokens),
+            text=generation.text, finish_reason=generation.finish_reason,
+            usage=wire.Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=len(generation.tokens)),
+            timings=wire.Timings(queue_ms=queue_ms, prompt_ms=generation.prompt_ms, decode_ms=generation.decode_ms),
+            engine=served.engine.info, worker=self.peer_id, signed_at=check_signing(job, now_ms=_now_ms()),
+            continued_from=len(prefix),
+        )
+        signed = wire.sign(result, self.key)
+        log.info("ran job", extra={"fields": {"id": envelope.digest[:16], "model": served.engine.ref.name,
+                                              "tokens": len(generation.tokens) - len(prefix),
+                                              "tokens_per_s": round(generation.tokens_per_second, 1),
+                                              "continued_from": len(prefix)}})
+        return signed, wire.decode(signed)
+
+
+def check_timing_now(job: wire.JobRequest, config: Config) -> None:
+    """:func:`inferad.admission.check_timing` at this moment, with this node's limits."""
+    check_timing(job, now_ms=_now_ms(), max_ttl_s=config.max_job_ttl, clock_skew_s=config.clock_skew)

@@ -134,6 +134,25 @@ def peer_info(multiaddr_text: str):
         ) from None
 
 
+def listen_addrs(texts: list[str]) -> list:
+    """Parse listen addresses (``/ip4/0.0.0.0/tcp/4001``); ValueError naming the bad one."""
+    import multiaddr
+
+    parsed = []
+    for text in texts:
+        try:
+            parsed.append(multiaddr.Multiaddr(text))
+        except Exception as exc:
+            raise ValueError(f"bad listen address {text!r}: {exc}") from None
+    return parsed
+
+
+def dialable(addrs: list[str]) -> list[str]:
+    """Wildcard listen addresses are not dialable; offer loopback for local clients first."""
+    local = [a.replace("/ip4/0.0.0.0/", "/ip4/127.0.0.1/", 1) for a in addrs if "/ip4/0.0.0.0/" in a]
+    return local + [a for a in addrs if "/ip4/0.0.0.0/" not in a]
+
+
 @asynccontextmanager
 async def running(host: Any, listen_addrs: list) -> AsyncIterator[Any]:
     """``host.run`` without its exception groups.

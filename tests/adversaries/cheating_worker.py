@@ -14,7 +14,7 @@ import random
 import sys
 
 from inferad import engine as engine_module
-from inferad import node as node_module
+from inferad import worker as worker_module
 from tests.adversaries.forgeries import FORGERIES
 
 
@@ -38,7 +38,7 @@ def main() -> None:
     kind = sys.argv.pop(1)
     if kind not in FORGERIES:
         raise SystemExit(f"KIND must be one of {', '.join(sorted(FORGERIES))}")
-    node_module.Engine = cheating_engine(FORGERIES[kind])
+    worker_module.Engine = cheating_engine(FORGERIES[kind])
     from cli import main as cli_main
 
     cli_main()

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from inferad import engine as engine_module
-from inferad import node as node_module
+from inferad import worker as worker_module
 
 
 class Gate:
@@ -91,7 +91,7 @@ def held_engine(gate: Gate) -> type:
 
 def main() -> None:
     gate = Gate(Path(sys.argv.pop(1)))
-    node_module.Engine = held_engine(gate)
+    worker_module.Engine = held_engine(gate)
     from cli import main as cli_main
 
     cli_main()

@@ -16,14 +16,15 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from inferad import node as node_module
+from inferad import membership as membership_module
+from inferad import worker as worker_module
 
 
 def main() -> None:
     label = sys.argv.pop(1)
-    honest_resolve = node_module.resolve
-    node_module.resolve = lambda spec, progress=None: dataclasses.replace(honest_resolve(spec, progress), name=label)
-    node_module.check_label = lambda name, sha256: None
+    honest_resolve = worker_module.resolve
+    worker_module.resolve = lambda spec, progress=None: dataclasses.replace(honest_resolve(spec, progress), name=label)
+    worker_module.check_label = membership_module.check_label = lambda name, sha256: None
     from cli import main as cli_main
 
     cli_main()

@@ -33,14 +33,14 @@ import hashlib
 
 from nacl.signing import SigningKey
 
-from inferad import node as node_module
+from inferad import worker as worker_module
 from inferad.admission import JobRejected
 from p2p import wire
 from p2p.streams import StreamClosed
 
 ADVERTISED_TOKENS_PER_S = 10_000.0
 DIE_AFTER = 3  # tokens an ignores_prefix worker streams of a fresh job before it goes away
-HONEST = node_module.Node._execute
+HONEST = worker_module.ExecService.execute
 
 
 def lie_of(job: wire.JobRequest) -> str | None:
@@ -112,8 +112,8 @@ async def lying_execute(self, envelope, prefix, send_tokens):
 
 
 def main() -> None:
-    node_module.Node._execute = lying_execute
-    node_module.tokens_per_second = lambda engine, hardware, threads=0: ADVERTISED_TOKENS_PER_S
+    worker_module.ExecService.execute = lying_execute
+    worker_module.tokens_per_second = lambda engine, hardware, threads=0: ADVERTISED_TOKENS_PER_S
     from cli import main as cli_main
 
     cli_main()
