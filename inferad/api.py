@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -78,6 +79,7 @@ async def json_body(request: Request) -> dict:
 # --------------------------------------------------------------------------- the app
 
 
+@dataclass(kw_only=True, eq=False)
 class Api:
     """The ASGI app. Requests become jobs signed with ``home``'s client key and run by ``gateway``.
 
@@ -90,16 +92,16 @@ class Api:
             max_price: wei per token the jobs offer (``--api-max-price``).
     """
 
-    def __init__(self, *, home: Home, config: Config, gateway: Gateway, commands: Commands, metrics: Metrics,
-                 spawn: Any, max_price: int = 0) -> None:
-        self.home = home
-        self.config = config
-        self.gateway = gateway
-        self.commands = commands
-        self.metrics = metrics
-        self.spawn = spawn
-        self.keys = ApiKeys(home.path / "apikeys.json")
-        self.max_price = max_price
+    home: Home
+    config: Config
+    gateway: Gateway
+    commands: Commands
+    metrics: Metrics
+    spawn: Any
+    max_price: int = 0
+
+    def __post_init__(self) -> None:
+        self.keys = ApiKeys(self.home.path / "apikeys.json")
         self.app = Starlette(routes=[
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),

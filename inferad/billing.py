@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -39,6 +40,7 @@ class ChainUnusable(Exception):
     """The chain named by ``--chain`` cannot be read; the message says why."""
 
 
+@dataclass(kw_only=True, eq=False)
 class Billing:
     """Stakes, deposits and pending charges of one node.
 
@@ -50,15 +52,15 @@ class Billing:
             store: for the epoch index of served jobs.
     """
 
-    def __init__(self, *, chain: ChainInfo | None, eth_address: str, node_key: bytes, peer_id: str,
-                 peers: PeerTable, store: AsyncStore) -> None:
-        self.chain = chain
+    chain: ChainInfo | None
+    eth_address: str
+    node_key: bytes
+    peer_id: str
+    peers: PeerTable
+    store: AsyncStore
+
+    def __post_init__(self) -> None:
         self.view: ChainView | None = None  # set by connect()
-        self.eth_address = eth_address
-        self.node_key = node_key
-        self.peer_id = peer_id
-        self.peers = peers
-        self.store = store
         self._pending: dict[str, int] = {}  # client -> worst-case wei of jobs not yet settled
         self._clients_seen: set[str] = set()
 

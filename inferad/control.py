@@ -41,6 +41,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,7 @@ class ControlError(Exception):
     """The node could not be asked, or answered with an error."""
 
 
+@dataclass(kw_only=True, eq=False)
 class Commands:
     """What ``inferad jobs``, ``status``, ``peers``, ``models``, ``proof`` and ``evidence`` answer.
 
@@ -84,18 +86,17 @@ class Commands:
     ``api_url`` is set once the HTTP API listens.
     """
 
-    def __init__(self, *, store: AsyncStore, peers: PeerTable, served: dict[str, Any], activity: Activity,
-                 membership: Membership, billing: Billing, verification: Verification | None, engine: str,
-                 proof: Callable[[str], Awaitable[dict]]) -> None:
-        self.store = store
-        self.peers = peers
-        self.served = served
-        self.activity = activity
-        self.membership = membership
-        self.billing = billing
-        self.verification = verification
-        self.engine = engine
-        self.proof = proof
+    store: AsyncStore
+    peers: PeerTable
+    served: dict[str, Any]
+    activity: Activity
+    membership: Membership
+    billing: Billing
+    verification: Verification | None
+    engine: str
+    proof: Callable[[str], Awaitable[dict]]
+
+    def __post_init__(self) -> None:
         self.started_at = time.time()
         self.api_url: str | None = None
 

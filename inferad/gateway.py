@@ -250,6 +250,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@dataclass(kw_only=True, eq=False)
 class Gateway:
     """Takes client-signed jobs and sees each through to a stored, worker-signed result.
 
@@ -267,22 +268,21 @@ class Gateway:
             spawn: starts a task in the node's nursery (``follow`` outlives the request).
     """
 
-    def __init__(self, *, key: Any, config: Config, peers: PeerTable, router: Router, store: AsyncStore,
-                 billing: Billing, local: ExecService, dialer: Dialer, activity: Activity, metrics: Metrics,
-                 follow: Follow | None, spawn: Callable[..., None]) -> None:
-        self.key = key
-        self.peer_id = wire.peer_id_from_public_key(bytes(key.verify_key))
-        self.config = config
-        self.peers = peers
-        self.router = router
-        self.store = store
-        self.billing = billing
-        self.local = local
-        self.dialer = dialer
-        self.activity = activity
-        self.metrics = metrics
-        self.follow = follow
-        self.spawn = spawn
+    key: Any
+    config: Config
+    peers: PeerTable
+    router: Router
+    store: AsyncStore
+    billing: Billing
+    local: ExecService
+    dialer: Dialer
+    activity: Activity
+    metrics: Metrics
+    follow: Follow | None
+    spawn: Callable[..., None]
+
+    def __post_init__(self) -> None:
+        self.peer_id = wire.peer_id_from_public_key(bytes(self.key.verify_key))
 
     async def serve(self, envelope: wire.Envelope, data: bytes, framed: FramedStream) -> None:
         """Answer one client-signed ``job`` (``/inferad/submit``, or ``submit`` on the control socket):

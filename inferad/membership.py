@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -43,6 +44,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@dataclass(kw_only=True, eq=False)
 class Dialer:
     """Streams to peers by peer id: dialed at the first address of their advert when there is one.
 
@@ -53,12 +55,11 @@ class Dialer:
             max_frame: the largest frame read back (bytes).
     """
 
-    def __init__(self, host: Any, peers: PeerTable, key: Any, *, connect_timeout: float, max_frame: int) -> None:
-        self.host = host
-        self.peers = peers
-        self.key = key
-        self.connect_timeout = connect_timeout
-        self.max_frame = max_frame
+    host: Any
+    peers: PeerTable
+    key: Any
+    connect_timeout: float
+    max_frame: int
 
     async def connect(self, peer_id: str) -> None:
         """Dial ``peer_id`` at its advertised address (nothing to do for a peer without an advert:
@@ -99,6 +100,7 @@ class Dialer:
         return wire.decode(await self.ask_raw(peer_id, wire.sign(message, self.key)), max_size=self.max_frame)
 
 
+@dataclass(kw_only=True, eq=False)
 class Membership:
     """This node's adverts, its view of the others', its provider records and its connections.
 
@@ -112,21 +114,22 @@ class Membership:
             engine, hardware, addrs: what the advert says of this node.
     """
 
-    def __init__(self, *, host: Any, pubsub: Any, dht: Any, peers: PeerTable, key: Any, eth_address: str,
-                 config: Config, store: AsyncStore, offers: Callable[[], tuple[wire.ModelOffer, ...]],
-                 load: Callable[[], wire.Load], engine: str, hardware: wire.Hardware, addrs: list[str]) -> None:
-        self.host, self.pubsub, self.dht = host, pubsub, dht
-        self.peers = peers
-        self.key = key
-        self.peer_id = wire.peer_id_from_public_key(bytes(key.verify_key))
-        self.eth_address = eth_address
-        self.config = config
-        self.store = store
-        self.offers = offers
-        self.load = load
-        self.engine = engine
-        self.hardware = hardware
-        self.addrs = addrs
+    host: Any
+    pubsub: Any
+    dht: Any
+    peers: PeerTable
+    key: Any
+    eth_address: str
+    config: Config
+    store: AsyncStore
+    offers: Callable[[], tuple[wire.ModelOffer, ...]]
+    load: Callable[[], wire.Load]
+    engine: str
+    hardware: wire.Hardware
+    addrs: list[str]
+
+    def __post_init__(self) -> None:
+        self.peer_id = wire.peer_id_from_public_key(bytes(self.key.verify_key))
         self.adverts_rejected = 0
         self._advert_seq = 0
         self._load_changed = trio.Event()

@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 
+from chain.view import StakeTable
 from inferad import __version__, control
 from inferad.admission import JobRejected
 from inferad.api import Api, serve
@@ -149,7 +150,8 @@ class Node:
                 addrs = dialable([str(a) for a in host.get_addrs()])
                 if self.chain is not None:
                     verification = Verification(
-                        key=key, config=config, chain_view=billing.view, deployment_block=self.chain.deployment_block,
+                        key=key, config=config, chain_view=billing.view,
+                        stakes=StakeTable(billing.view.registry, self.chain.deployment_block),
                         store=store, served=served, ask=dialer.ask_raw, publish=partial(pubsub.publish,
                                                                                         TOPIC_ATTESTATIONS),
                         is_staked=billing.peer_is_staked, attestations_counted=metrics.attestations)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -109,6 +110,7 @@ class Verdicts:
                     evidence_hash[:16])
 
 
+@dataclass(kw_only=True, eq=False)
 class Oracle:
     """The settlement loop of the node that holds the oracle's Ethereum key.
 
@@ -123,18 +125,18 @@ class Oracle:
             dialer: requests to peers.
     """
 
-    def __init__(self, *, key: Any, config: Config, registry: Any, billing: Billing, verification: Verification,
-                 store: AsyncStore, peers: PeerTable, served: dict[str, Any], dialer: Dialer) -> None:
-        self.key = key
-        self.peer_id = wire.peer_id_from_public_key(bytes(key.verify_key))
-        self.config = config
-        self.registry = registry  # sending as the oracle account
-        self.billing = billing
-        self.verification = verification
-        self.store = store
-        self.peers = peers
-        self.served = served
-        self.dialer = dialer
+    key: Any
+    config: Config
+    registry: Any
+    billing: Billing
+    verification: Verification
+    store: AsyncStore
+    peers: PeerTable
+    served: dict[str, Any]
+    dialer: Dialer
+
+    def __post_init__(self) -> None:
+        self.peer_id = wire.peer_id_from_public_key(bytes(self.key.verify_key))
         self.limiter = trio.CapacityLimiter(1)  # one sender: nonces in order
         self._unpunished: set[str] = set()  # false accusations without a second witness, logged once
 
@@ -423,6 +425,7 @@ class Oracle:
                 return out
 
 
+@dataclass(kw_only=True, eq=False)
 class Reports:
     """Answers ``/inferad/settlement/1.0.0`` on every node: reports for the oracle, reward proofs,
     evidence and attestations for anyone (see the module docstring).
@@ -433,12 +436,10 @@ class Reports:
             verification: builds evidence from held pairs (None: no chain, no evidence).
     """
 
-    def __init__(self, *, key: Any, store: AsyncStore, chain_view: ChainView | None,
-                 verification: Verification | None) -> None:
-        self.key = key
-        self.store = store
-        self.chain_view = chain_view
-        self.verification = verification
+    key: Any
+    store: AsyncStore
+    chain_view: ChainView | None
+    verification: Verification | None
 
     async def serve(self, envelope: wire.Envelope, data: bytes, framed: FramedStream) -> None:
         """Serve one settlement request. Raises JobRejected (``no_evidence``, ``no_rewards``, ``forbidden``)."""

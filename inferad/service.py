@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -57,6 +58,7 @@ class Activity:
         await self._idle.wait()
 
 
+@dataclass(kw_only=True, eq=False)
 class Service:
     """Reads one signed request from a stream and hands it to a handler; see the module docstring.
 
@@ -65,10 +67,9 @@ class Service:
             activity: whose ``draining`` makes every request a ``shutting_down`` refusal.
     """
 
-    def __init__(self, *, max_frame: int, request_timeout: float, activity: Activity) -> None:
-        self.max_frame = max_frame
-        self.request_timeout = request_timeout
-        self.activity = activity
+    max_frame: int
+    request_timeout: float
+    activity: Activity
 
     def handler(self, expect: str | tuple[str, ...], handle: Handler) -> Callable[[Any], Awaitable[None]]:
         """A libp2p stream handler answering requests of type ``expect`` with ``handle``."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
@@ -89,13 +90,14 @@ def rescore(engine: Any, job: wire.JobRequest, result: wire.JobResult, threshold
                  thresholds=thresholds)
 
 
+@dataclass(kw_only=True, eq=False)
 class Verification:
     """Draws, verify requests and attestations of one node, and the reputations they make.
 
     Args:   key: this node's signing key (attestations and verify requests are signed with it).
             config: quorum, verifiers, timeouts, the attestation window, the probability floor.
             chain_view: the chain (beacon blocks, stakes, the oracle's key).
-            deployment_block: the contract's first block (stake history starts there).
+            stakes: the stake history (who was staked at a beacon block).
             store: attestations, evidence and held pairs are kept here.
             served: the engines this node re-scores on, by model sha256.
             ask: one request to a peer and its answer (inferad.membership.Dialer.ask_raw).
@@ -104,23 +106,21 @@ class Verification:
             attestations_counted: the metric counting accepted attestations by verdict.
     """
 
-    def __init__(self, *, key: Any, config: Config, chain_view: ChainView, deployment_block: int,
-                 store: AsyncStore, served: dict[str, Any], ask: AskPeer, publish: Callable[[bytes], Awaitable[None]],
-                 is_staked: Callable[[str], bool], attestations_counted: Any,
-                 thresholds: Thresholds = Thresholds()) -> None:
-        self.key = key
-        self.peer_id = wire.peer_id_from_public_key(bytes(key.verify_key))
-        self.config = config
-        self.chain_view = chain_view
-        self.store = store
-        self.served = served
-        self.ask = ask
-        self.publish = publish
-        self.is_staked = is_staked
-        self.attestations_counted = attestations_counted
-        self.thresholds = thresholds
-        self.beacons = BeaconFinder(chain_view.registry.w3)
-        self.stakes = StakeTable(chain_view.registry, deployment_block)
+    key: Any
+    config: Config
+    chain_view: ChainView
+    stakes: StakeTable
+    store: AsyncStore
+    served: dict[str, Any]
+    ask: AskPeer
+    publish: Callable[[bytes], Awaitable[None]]
+    is_staked: Callable[[str], bool]
+    attestations_counted: Any
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+    def __post_init__(self) -> None:
+        self.peer_id = wire.peer_id_from_public_key(bytes(self.key.verify_key))
+        self.beacons = BeaconFinder(self.chain_view.registry.w3)
         self._votes: dict[tuple[str, str], dict[str, Vote]] = {}  # (job, result hash) -> verifier -> vote
         self._raw: dict[tuple[str, str], dict[str, bytes]] = {}  # the signed attestations behind them
         self._evidence: dict[str, Evidence] | None = {}  # worker -> attested evidence (None: recount)

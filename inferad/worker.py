@@ -213,6 +213,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@dataclass(kw_only=True, eq=False)
 class ExecService:
     """Runs jobs on this node's engines: for gateways over ``/inferad/exec``, and for its own.
 
@@ -226,18 +227,17 @@ class ExecService:
             load_changed: called when an engine's queue changes, so the advert follows.
     """
 
-    def __init__(self, *, key: Any, config: Config, served: dict[str, Served], store: AsyncStore, settled: bool,
-                 record_served: Callable[[str], Awaitable[None]], activity: Any,
-                 load_changed: Callable[[], None]) -> None:
-        self.key = key
-        self.peer_id = wire.peer_id_from_public_key(bytes(key.verify_key))
-        self.config = config
-        self.served = served
-        self.store = store
-        self.settled = settled
-        self.record_served = record_served
-        self.activity = activity
-        self.load_changed = load_changed
+    key: Any
+    config: Config
+    served: dict[str, Served]
+    store: AsyncStore
+    settled: bool
+    record_served: Callable[[str], Awaitable[None]]
+    activity: Any
+    load_changed: Callable[[], None]
+
+    def __post_init__(self) -> None:
+        self.peer_id = wire.peer_id_from_public_key(bytes(self.key.verify_key))
 
     async def serve(self, envelope: wire.Envelope, data: bytes, framed: FramedStream) -> None:
         """Answer one ``exec`` request: the job's tokens as they come, then the signed result.
