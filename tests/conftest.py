@@ -161,6 +161,19 @@ def start_node(tmp_path):
         node.stop()
 
 
+@pytest.fixture
+def chain_network(tmp_path):
+    """``chain_network(*names, epoch_seconds=…, oracle=…)``: homes ``names`` under tmp_path, initialised,
+    funded on a chain that is running (a ``tests.chainnet.ChainNetwork``, once a test).  At teardown
+    its nodes are stopped and its chain terminated and waited for, whatever the test did."""
+    from contextlib import ExitStack
+
+    from tests.chainnet import ChainNetwork
+
+    with ExitStack() as stack:
+        yield lambda *names, **options: stack.enter_context(ChainNetwork(tmp_path, *names, **options))
+
+
 def check_node_logs() -> None:
     """``assert_clean`` every watched node; forget those that have stopped (checked for the last time)."""
     nodes = NodeProcess.watched

@@ -1,53 +1,33 @@
 """With a chain: only staked workers get jobs, only clients who can pay are served."""
 
 import json
-import signal
-import subprocess
 
 import pytest
 
-from chain.devnet import ANVIL
-from tests.conftest import INFERAD, ROOT, NodeProcess, run_cli
-from tests.test_mesh_integration import peer_ids, wait_for
+from tests.chainnet import NEEDS_CHAIN
+from tests.conftest import run_cli
 
-pytestmark = [pytest.mark.integration, pytest.mark.model,
-              pytest.mark.skipif(not ANVIL.exists(), reason="needs contracts/node_modules (make install)")]
+pytestmark = [pytest.mark.integration, pytest.mark.model, NEEDS_CHAIN]
 
 
-def test_unstaked_workers_get_no_jobs_and_clients_without_deposit_are_refused(tmp_path):
-    homes = {name: tmp_path / name for name in ("gw", "staked", "unstaked", "rich", "poor")}
-    for home in homes.values():
-        run_cli("init", home=home, check=True)
-    devnet = subprocess.Popen([*INFERAD, "devnet", "chain", "--dir", str(tmp_path / "dev"),
-                               *sum((["--fund", str(h)] for h in homes.values()), [])],
-                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    chain_json = tmp_path / "dev" / "chain.json"
-    nodes = []
-    try:
-        wait_for(chain_json.exists, 60, "the devnet")
-        chain = ("--chain", str(chain_json))
-        run_cli("chain", "stake", "5", *chain, home=homes["staked"], check=True)
-        run_cli("chain", "deposit", "1", *chain, home=homes["rich"], check=True)
-        gw = NodeProcess(homes["gw"], "--no-model", *chain)
-        nodes.append(gw)
-        for name in ("staked", "unstaked"):
-            nodes.append(NodeProcess(homes[name], "--bootstrap", gw.addr, "--n-ctx", "256", *chain))
-        everyone = {n.info["peer_id"] for n in nodes}
-        wait_for(lambda: peer_ids(gw) == everyone, 45, "adverts to converge")
-        assert "not staked on chain" in nodes[2].log()
+def test_unstaked_workers_get_no_jobs_and_clients_without_deposit_are_refused(chain_network):
+    net = chain_network("gw", "staked", "unstaked", "rich", "poor")
+    homes = net.homes
+    net.stake("staked", amount=5)
+    net.deposit("rich", amount=1)
+    net.start("gw", "--no-model")
+    for name in ("staked", "unstaked"):
+        net.start(name, "--n-ctx", "256", bootstrap="gw")
+    net.wait_converged("gw", timeout=45)
+    assert "not staked on chain" in net.nodes["unstaked"].log()
 
-        staked_id = nodes[1].info["peer_id"]
-        for _ in range(4):
-            out = run_cli("submit", "--node-home", str(homes["gw"]), "Hi", "--max-tokens", "2",
-                          "--max-price", "1000", "--json", home=homes["rich"], check=True)
-            assert json.loads(out.stdout)["result"]["worker"] == staked_id
+    staked_id = net.nodes["staked"].info["peer_id"]
+    for _ in range(4):
+        out = run_cli("submit", "--node-home", str(homes["gw"]), "Hi", "--max-tokens", "2",
+                      "--max-price", "1000", "--json", home=homes["rich"], check=True)
+        assert json.loads(out.stdout)["result"]["worker"] == staked_id
 
-        refused = run_cli("submit", "--node-home", str(homes["gw"]), "Hi", "--max-tokens", "2",
-                          "--max-price", "1000", home=homes["poor"])
-        assert refused.returncode == 3
-        assert "insufficient_deposit" in refused.stderr and "inferad chain deposit" in refused.stderr
-    finally:
-        for node in nodes:
-            node.stop()
-        devnet.send_signal(signal.SIGTERM)
-        devnet.wait(30)
+    refused = run_cli("submit", "--node-home", str(homes["gw"]), "Hi", "--max-tokens", "2",
+                      "--max-price", "1000", home=homes["poor"])
+    assert refused.returncode == 3
+    assert "insufficient_deposit" in refused.stderr and "inferad chain deposit" in refused.stderr

@@ -2,137 +2,95 @@
 
 import json
 import re
-import signal
-import subprocess
 import sys
 import time
 
 import pytest
 
-from chain.devnet import ANVIL
-from tests.conftest import INFERAD, ROOT, NodeProcess, run_cli
-from tests.test_mesh_integration import peer_ids, wait_for
+from tests.chainnet import NEEDS_CHAIN, ChainNetwork
+from tests.conftest import INFERAD, NodeProcess, run_cli
+from tests.test_mesh_integration import wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.model,
-              pytest.mark.skipif(not ANVIL.exists(), reason="needs contracts/node_modules (make install)")]
+pytestmark = [pytest.mark.integration, pytest.mark.model, NEEDS_CHAIN]
 PRICE = 1000  # wei per token
 JOBS = 20
 
 
-def chain_of_four(tmp_path, epoch_seconds: int) -> tuple[dict, tuple, list[str]]:
-    """Homes oracle, w1, w2 and client, initialised and funded: (homes, the ``--chain`` arguments,
-    the ``inferad devnet chain`` command that starts the chain, again after a stop)."""
-    homes = {name: tmp_path / name for name in ("oracle", "w1", "w2", "client")}
-    for home in homes.values():
-        run_cli("init", home=home, check=True)
-    command = [*INFERAD, "devnet", "chain", "--dir", str(tmp_path / "dev"), "--epoch-seconds", str(epoch_seconds),
-               "--oracle", str(homes["oracle"]), *sum((["--fund", str(h)] for h in homes.values()), [])]
-    return homes, ("--chain", str(tmp_path / "dev" / "chain.json")), command
+def chain_of_four(chain_network, epoch_seconds: int) -> ChainNetwork:
+    """Homes oracle, w1, w2 (each staking 2 ETH) and client (1 ETH deposited) on a running chain
+    whose oracle is the oracle home's account."""
+    net = chain_network("oracle", "w1", "w2", "client", epoch_seconds=epoch_seconds, oracle="oracle")
+    net.stake("oracle", "w1", "w2", amount=2)
+    net.deposit("client", amount=1)
+    return net
 
 
-def start_chain(command: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def test_an_epoch_settles_to_the_wei_and_workers_claim_exactly_their_reward(chain_network):
+    net = chain_of_four(chain_network, 8)
+    homes, chain, status = net.homes, net.chain, net.chain_status
+    deposit_before = status("client")["deposit_wei"]
+    net.start("oracle", "--no-model", "--oracle")
+    for name in ("w1", "w2"):
+        net.start(name, "--n-ctx", "256", bootstrap="oracle")
+    net.wait_converged("oracle", timeout=45)
 
+    tokens = 0
+    for i in range(JOBS):
+        # A result signed or arriving after expiry is never delivered: leave a loaded machine room.
+        out = run_cli("submit", "--node-home", str(homes["oracle"]), f"Count to {i}:", "--max-tokens", "3",
+                      "--ttl", "20", "--max-price", str(PRICE), "--json", home=homes["client"], check=True)
+        tokens += len(json.loads(out.stdout)["result"]["output_tokens"])
+    charged = tokens * PRICE
 
-def test_an_epoch_settles_to_the_wei_and_workers_claim_exactly_their_reward(tmp_path):
-    homes, chain, command = chain_of_four(tmp_path, 8)
-    devnet = start_chain(command)
-    chain_json = tmp_path / "dev" / "chain.json"
-    nodes = []
+    # Every job is charged exactly once, in the settlement after the epoch it ran in.
+    wait_for(lambda: status("client")["deposit_wei"] <= deposit_before - charged, 90, "the epochs to settle")
+    assert status("client")["deposit_wei"] == deposit_before - charged
 
-    def status(name):
-        return json.loads(run_cli("chain", "status", "--json", *chain, home=homes[name], check=True).stdout)
-
-    try:
-        wait_for(chain_json.exists, 60, "the devnet")
-        for name in ("oracle", "w1", "w2"):
-            run_cli("chain", "stake", "2", *chain, home=homes[name], check=True)
-        run_cli("chain", "deposit", "1", *chain, home=homes["client"], check=True)
-        deposit_before = status("client")["deposit_wei"]
-        oracle = NodeProcess(homes["oracle"], "--no-model", "--oracle", *chain)
-        nodes.append(oracle)
-        for name in ("w1", "w2"):
-            nodes.append(NodeProcess(homes[name], "--bootstrap", oracle.addr, "--n-ctx", "256", *chain))
-        everyone = {n.info["peer_id"] for n in nodes}
-        wait_for(lambda: peer_ids(oracle) == everyone, 45, "adverts to converge")
-
-        tokens = 0
-        for i in range(JOBS):
-            # A result signed or arriving after expiry is never delivered: leave a loaded machine room.
-            out = run_cli("submit", "--node-home", str(homes["oracle"]), f"Count to {i}:", "--max-tokens", "3",
-                          "--ttl", "20", "--max-price", str(PRICE), "--json", home=homes["client"], check=True)
-            tokens += len(json.loads(out.stdout)["result"]["output_tokens"])
-        charged = tokens * PRICE
-
-        # Every job is charged exactly once, in the settlement after the epoch it ran in.
-        wait_for(lambda: status("client")["deposit_wei"] <= deposit_before - charged, 90, "the epochs to settle")
-        assert status("client")["deposit_wei"] == deposit_before - charged
-
-        # Each worker's reward is its jobs' charges less the 5 % fee, claimable exactly once.
-        earned = {}
-        for name in ("w1", "w2"):
-            jobs = json.loads(run_cli("jobs", "--json", home=homes[name], check=True).stdout)
-            earned[name] = sum(len(j["result"]["output_tokens"]) * PRICE * 95 // 100 for j in jobs
-                               if j["status"] == "done")
-        assert sum(earned.values()) == charged * 95 // 100
-        for name in ("w1", "w2"):
-            if earned[name]:
-                assert status(name)["claimable_wei"] == earned[name]
-                out = run_cli("chain", "claim", *chain, home=homes[name], check=True)
-                assert f"claimed {earned[name]} wei" in out.stdout
-                assert status(name)["claimed_wei"] == earned[name] and status(name)["claimable_wei"] == 0
-                again = run_cli("chain", "claim", *chain, home=homes[name], check=True)
-                assert "nothing to claim" in again.stdout
-    finally:
-        for node in nodes:
-            node.stop()
-        devnet.send_signal(signal.SIGTERM)
-        devnet.wait(30)
+    # Each worker's reward is its jobs' charges less the 5 % fee, claimable exactly once.
+    earned = {}
+    for name in ("w1", "w2"):
+        jobs = json.loads(run_cli("jobs", "--json", home=homes[name], check=True).stdout)
+        earned[name] = sum(len(j["result"]["output_tokens"]) * PRICE * 95 // 100 for j in jobs
+                           if j["status"] == "done")
+    assert sum(earned.values()) == charged * 95 // 100
+    for name in ("w1", "w2"):
+        if earned[name]:
+            assert status(name)["claimable_wei"] == earned[name]
+            out = run_cli("chain", "claim", *chain, home=homes[name], check=True)
+            assert f"claimed {earned[name]} wei" in out.stdout
+            assert status(name)["claimed_wei"] == earned[name] and status(name)["claimable_wei"] == 0
+            again = run_cli("chain", "claim", *chain, home=homes[name], check=True)
+            assert "nothing to claim" in again.stdout
 
 
 @pytest.mark.long
-def test_jobs_run_through_a_chain_outage_and_settle_once_when_it_returns(tmp_path):
-    homes, chain, command = chain_of_four(tmp_path, 6)
-    devnet = start_chain(command)
-    chain_json = tmp_path / "dev" / "chain.json"
-    nodes = []
-    try:
-        wait_for(chain_json.exists, 60, "the devnet")
-        for name in ("oracle", "w1", "w2"):  # two workers: each verifies the other's jobs
-            run_cli("chain", "stake", "2", *chain, home=homes[name], check=True)
-        run_cli("chain", "deposit", "1", *chain, home=homes["client"], check=True)
-        oracle = NodeProcess(homes["oracle"], "--no-model", "--oracle", *chain)
-        nodes.append(oracle)
-        for name in ("w1", "w2"):
-            nodes.append(NodeProcess(homes[name], "--bootstrap", oracle.addr, "--n-ctx", "256", *chain))
-        everyone = {n.info["peer_id"] for n in nodes}
-        wait_for(lambda: peer_ids(oracle) == everyone, 45, "adverts to converge")
-        tokens = 0
+def test_jobs_run_through_a_chain_outage_and_settle_once_when_it_returns(chain_network):
+    net = chain_of_four(chain_network, 6)  # two workers: each verifies the other's jobs
+    homes, chain = net.homes, net.chain
+    oracle = net.start("oracle", "--no-model", "--oracle")
+    for name in ("w1", "w2"):
+        net.start(name, "--n-ctx", "256", bootstrap="oracle")
+    net.wait_converged("oracle", timeout=45)
+    tokens = 0
 
-        def submit(i):
-            out = run_cli("submit", "--node-home", str(homes["oracle"]), f"Hello {i}", "--max-tokens", "3",
-                          "--ttl", "20", "--max-price", str(PRICE), "--json", home=homes["client"], check=True)
-            return len(json.loads(out.stdout)["result"]["output_tokens"])
+    def submit(i):
+        out = run_cli("submit", "--node-home", str(homes["oracle"]), f"Hello {i}", "--max-tokens", "3",
+                      "--ttl", "20", "--max-price", str(PRICE), "--json", home=homes["client"], check=True)
+        return len(json.loads(out.stdout)["result"]["output_tokens"])
 
-        tokens += submit(0)  # the gateway now knows this client's deposit
-        devnet.send_signal(signal.SIGTERM)  # the chain goes away mid-epoch…
-        devnet.wait(30)
-        for i in range(1, 4):  # …and jobs are still served
-            tokens += submit(i)
-        wait_for(lambda: "postponed" in oracle.log(), 30, "the oracle to find the chain gone at an epoch end")
-        devnet = start_chain(command)
+    tokens += submit(0)  # the gateway now knows this client's deposit
+    net.stop_chain()  # the chain goes away mid-epoch…
+    for i in range(1, 4):  # …and jobs are still served
+        tokens += submit(i)
+    wait_for(lambda: "postponed" in oracle.log(), 30, "the oracle to find the chain gone at an epoch end")
+    net.start_chain()
 
-        def client_deposit():
-            proc = run_cli("chain", "status", "--json", *chain, home=homes["client"])
-            return json.loads(proc.stdout)["deposit_wei"] if proc.returncode == 0 else None
+    def client_deposit():
+        proc = run_cli("chain", "status", "--json", *chain, home=homes["client"])
+        return json.loads(proc.stdout)["deposit_wei"] if proc.returncode == 0 else None
 
-        # Verification waited for the chain too (the draw needs its blocks), then everything settles once.
-        wait_for(lambda: client_deposit() == 10**18 - tokens * PRICE, 120, "the postponed settlement")
-    finally:
-        for node in nodes:
-            node.stop()
-        devnet.send_signal(signal.SIGTERM)
-        devnet.wait(30)
+    # Verification waited for the chain too (the draw needs its blocks), then everything settles once.
+    wait_for(lambda: client_deposit() == 10**18 - tokens * PRICE, 120, "the postponed settlement")
 
 
 CRASHING_ORACLE = (sys.executable, "-m", "tests.adversaries.crashing_oracle")  # + where it dies
@@ -140,26 +98,18 @@ CRASH_EPOCH_S = 15
 
 
 @pytest.mark.long
-def test_an_oracle_killed_on_either_side_of_sending_a_settlement_charges_every_job_once(tmp_path):
+def test_an_oracle_killed_on_either_side_of_sending_a_settlement_charges_every_job_once(chain_network):
     """The oracle dies (like kill -9) twice while settling the same jobs: after recording the
     settlement but before sending it (the restart must forget that record: the chain never booked
     it, and settle those jobs again), then after sending it but before hearing back (the restart
     must keep it: the chain booked it).  The jobs run early in an epoch, so they are verified when
     it is settled: the oracle learns of them from the workers' reports, not from its own store.
     In the end every job is charged exactly once and each worker claims exactly what it earned."""
-    homes, chain, command = chain_of_four(tmp_path, CRASH_EPOCH_S)
-    devnet = start_chain(command)
-    chain_json = tmp_path / "dev" / "chain.json"
-    nodes = []
-
-    def status(name):
-        return json.loads(run_cli("chain", "status", "--json", *chain, home=homes[name], check=True).stdout)
+    net = chain_of_four(chain_network, CRASH_EPOCH_S)
+    homes, chain, status = net.homes, net.chain, net.chain_status
 
     def start_oracle(*command: str) -> NodeProcess:
-        oracle = NodeProcess(homes["oracle"], "--no-model", "--oracle", "--bootstrap", nodes[0].addr, *chain,
-                             command=command)
-        nodes.append(oracle)
-        return oracle
+        return net.start("oracle", "--no-model", "--oracle", bootstrap="w1", command=command)
 
     def submit(i) -> int:
         """One job through the oracle's gateway (the two workers verify each other's jobs); its tokens."""
@@ -176,51 +126,40 @@ def test_an_oracle_killed_on_either_side_of_sending_a_settlement_charges_every_j
     def crashed(oracle, point) -> bool:
         return not oracle.running and f"exiting at {point}" in oracle.log()
 
-    try:
-        wait_for(chain_json.exists, 60, "the devnet")
-        for name in ("oracle", "w1", "w2"):
-            run_cli("chain", "stake", "2", *chain, home=homes[name], check=True)
-        run_cli("chain", "deposit", "1", *chain, home=homes["client"], check=True)
-        deposit_before = status("client")["deposit_wei"]
-        nodes.append(NodeProcess(homes["w1"], "--n-ctx", "256", *chain))
-        nodes.append(NodeProcess(homes["w2"], "--bootstrap", nodes[0].addr, "--n-ctx", "256", *chain))
-        oracle = start_oracle(*CRASHING_ORACLE, "before_send")
-        everyone = {n.info["peer_id"] for n in nodes}
-        wait_for(lambda: peer_ids(oracle) == everyone, 45, "adverts to converge")
-        wait_for(lambda: time.time() % CRASH_EPOCH_S < 1, 2 * CRASH_EPOCH_S, "an epoch to begin")
-        tokens = submit(0) + submit(1)
+    deposit_before = status("client")["deposit_wei"]
+    net.start("w1", "--n-ctx", "256")
+    net.start("w2", "--n-ctx", "256", bootstrap="w1")
+    oracle = start_oracle(*CRASHING_ORACLE, "before_send")
+    net.wait_converged("oracle", timeout=45)
+    wait_for(lambda: time.time() % CRASH_EPOCH_S < 1, 2 * CRASH_EPOCH_S, "an epoch to begin")
+    tokens = submit(0) + submit(1)
 
-        # Recorded, not sent: nothing is booked; the restarted oracle forgets the record and settles again.
-        wait_for(lambda: crashed(oracle, "before_send"), 60, "the oracle to die before sending")
-        assert not re.search(r"deferred=[1-9]", oracle.log()), \
-            "the jobs were not verified by the time their epoch was settled (a slow machine?)"
-        assert status("client")["deposit_wei"] == deposit_before
-        oracle = start_oracle(*CRASHING_ORACLE, "after_send")
-        wait_for(lambda: crashed(oracle, "after_send"), 60, "the restarted oracle to settle the jobs again")
+    # Recorded, not sent: nothing is booked; the restarted oracle forgets the record and settles again.
+    wait_for(lambda: crashed(oracle, "before_send"), 60, "the oracle to die before sending")
+    assert not re.search(r"deferred=[1-9]", oracle.log()), \
+        "the jobs were not verified by the time their epoch was settled (a slow machine?)"
+    assert status("client")["deposit_wei"] == deposit_before
+    oracle = start_oracle(*CRASHING_ORACLE, "after_send")
+    wait_for(lambda: crashed(oracle, "after_send"), 60, "the restarted oracle to settle the jobs again")
 
-        # Sent, not heard back: the chain booked it; the restarted oracle must not charge those jobs again.
-        oracle = start_oracle(*INFERAD)
-        tokens += submit(2)
-        charged = tokens * PRICE
-        wait_for(lambda: status("client")["deposit_wei"] <= deposit_before - charged, 90, "every job to settle")
-        settled_through = status("client")["last_settled_epoch"]
-        wait_for(lambda: status("client")["last_settled_epoch"] > settled_through, 60, "one more settlement")
-        assert status("client")["deposit_wei"] == deposit_before - charged
+    # Sent, not heard back: the chain booked it; the restarted oracle must not charge those jobs again.
+    oracle = start_oracle(*INFERAD)
+    tokens += submit(2)
+    charged = tokens * PRICE
+    wait_for(lambda: status("client")["deposit_wei"] <= deposit_before - charged, 90, "every job to settle")
+    settled_through = status("client")["last_settled_epoch"]
+    wait_for(lambda: status("client")["last_settled_epoch"] > settled_through, 60, "one more settlement")
+    assert status("client")["deposit_wei"] == deposit_before - charged
 
-        # Each worker claims exactly its jobs' charges less the 5 % fee.
-        earned = {}
-        for name in ("w1", "w2"):
-            jobs = json.loads(run_cli("jobs", "--json", home=homes[name], check=True).stdout)
-            earned[name] = sum(len(j["result"]["output_tokens"]) * PRICE * 95 // 100 for j in jobs
-                               if j["role"] == "worker" and j["status"] == "done")
-        assert sum(earned.values()) == charged * 95 // 100
-        for name in ("w1", "w2"):
-            if earned[name]:
-                assert status(name)["claimable_wei"] == earned[name]
-                out = run_cli("chain", "claim", *chain, home=homes[name], check=True)
-                assert f"claimed {earned[name]} wei" in out.stdout
-    finally:
-        for node in nodes:
-            node.stop()
-        devnet.send_signal(signal.SIGTERM)
-        devnet.wait(30)
+    # Each worker claims exactly its jobs' charges less the 5 % fee.
+    earned = {}
+    for name in ("w1", "w2"):
+        jobs = json.loads(run_cli("jobs", "--json", home=homes[name], check=True).stdout)
+        earned[name] = sum(len(j["result"]["output_tokens"]) * PRICE * 95 // 100 for j in jobs
+                           if j["role"] == "worker" and j["status"] == "done")
+    assert sum(earned.values()) == charged * 95 // 100
+    for name in ("w1", "w2"):
+        if earned[name]:
+            assert status(name)["claimable_wei"] == earned[name]
+            out = run_cli("chain", "claim", *chain, home=homes[name], check=True)
+            assert f"claimed {earned[name]} wei" in out.stdout

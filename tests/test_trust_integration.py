@@ -5,73 +5,45 @@ node: they only sign attestations and gossip them, which is all a colluding veri
 """
 
 import json
-import signal
-import subprocess
 
 import pytest
 import trio
 
-from chain.devnet import ANVIL
 from inferad.home import Home
 from p2p import wire
 from p2p.mesh import TOPIC_ATTESTATIONS
 from proofs.draw import draw_value, named_verifiers
-from tests.conftest import INFERAD, ROOT, NodeProcess, run_cli
+from tests.chainnet import NEEDS_CHAIN, ChainNetwork
 from tests.test_hostile_input import gossip
-from tests.test_mesh_integration import peer_ids, wait_for
+from tests.test_mesh_integration import wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.model,
-              pytest.mark.skipif(not ANVIL.exists(), reason="needs contracts/node_modules (make install)")]
+pytestmark = [pytest.mark.integration, pytest.mark.model, NEEDS_CHAIN]
 NODES = ("oracle", "worker", "witness")
 COLLUDERS = ("c1", "c2")
 BYSTANDERS = tuple(f"x{i}" for i in range(6))
 
 
-def together(commands) -> None:
-    """Run ``inferad`` commands side by side (each for its own home and account); all must succeed."""
-    procs = [subprocess.Popen([*INFERAD, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for args in commands]
-    for proc in procs:
-        out, _ = proc.communicate(timeout=180)
-        assert proc.returncode == 0, f"{' '.join(proc.args)} exited {proc.returncode}:\n{out}"
-
-
-class Network:
-    def __init__(self, tmp_path):
-        self.homes = {name: tmp_path / name for name in (*NODES, *COLLUDERS, *BYSTANDERS, "client")}
-        together(["init", "--home", str(home)] for home in self.homes.values())
-        self.devnet = subprocess.Popen(
-            [*INFERAD, "devnet", "chain", "--dir", str(tmp_path / "dev"), "--epoch-seconds", "10", "--oracle",
-             str(self.homes["oracle"]), *sum((["--fund", str(h)] for h in self.homes.values()), [])],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.chain_json = tmp_path / "dev" / "chain.json"
-        self.chain = ("--chain", str(self.chain_json))
-        self.nodes: dict[str, NodeProcess] = {}
-
-    def json(self, *args, home):
-        return json.loads(run_cli(*args, "--json", home=self.homes[home], check=True).stdout)
-
-    def stake(self, *names):
-        together(["chain", "stake", "2", *self.chain, "--home", str(self.homes[name])] for name in names)
+class Network(ChainNetwork):
+    """The oracle, worker and witness nodes, and the staked keys that run no node, on one chain."""
 
     def peer(self, name) -> str:
         return wire.peer_id_from_public_key(bytes(Home(self.homes[name]).node_key.verify_key))
 
     def stake_wei(self, name) -> int:
-        return self.json("chain", "status", *self.chain, home=name)["stake_wei"]
+        return self.chain_status(name)["stake_wei"]
 
     def submit(self, prompt):
         """A job run by the worker node (the gateway spreads jobs: ask until it ran one itself)."""
         for attempt in range(10):
-            job = self.json("submit", "--node-home", str(self.homes["worker"]), f"{prompt} ({attempt})",
-                            "--max-tokens", "6", "--ttl", "12", "--max-price", "1000", home="client")
+            job = self.cli_json("submit", "--node-home", str(self.homes["worker"]), f"{prompt} ({attempt})",
+                                "--max-tokens", "6", "--ttl", "12", "--max-price", "1000", home="client")
             if job["result"]["worker"] == self.peer("worker"):
                 return job
         raise AssertionError("the worker node never ran a job it routed")
 
     def verification(self, job_id):
         """The job's verification as its gateway (the worker node) holds it."""
-        (record,) = self.json("jobs", job_id, home="worker")
+        (record,) = self.cli_json("jobs", job_id, home="worker")
         return record.get("verification") or {}
 
     def attestation(self, signer, job, verdict, beacon_block):
@@ -86,29 +58,18 @@ class Network:
             beacon_block=beacon_block, beacon=beacon, ts=1)
         return wire.sign(body, Home(self.homes[signer]).node_key), beacon
 
-    def stop(self):
-        for node in self.nodes.values():
-            node.stop()
-        self.devnet.send_signal(signal.SIGTERM)
-        self.devnet.wait(30)
-
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory):
-    net = Network(tmp_path_factory.mktemp("trust"))
-    try:
-        wait_for(net.chain_json.exists, 60, "the devnet")
-        net.stake(*NODES, *COLLUDERS)
-        run_cli("chain", "deposit", "1", *net.chain, home=net.homes["client"], check=True)
-        net.nodes["oracle"] = NodeProcess(net.homes["oracle"], "--oracle", "--n-ctx", "256", *net.chain)
+    with Network(tmp_path_factory.mktemp("trust"), *NODES, *COLLUDERS, *BYSTANDERS, "client", epoch_seconds=10,
+                 oracle="oracle") as net:
+        net.stake(*NODES, *COLLUDERS, amount=2)
+        net.deposit("client", amount=1)
+        net.start("oracle", "--oracle", "--n-ctx", "256")
         for name in NODES[1:]:
-            net.nodes[name] = NodeProcess(net.homes[name], "--bootstrap", net.nodes["oracle"].addr, "--n-ctx", "256",
-                                          *net.chain)
-        everyone = {n.info["peer_id"] for n in net.nodes.values()}
-        wait_for(lambda: all(peer_ids(n) == everyone for n in net.nodes.values()), 60, "adverts to converge")
+            net.start(name, "--n-ctx", "256", bootstrap="oracle")
+        net.wait_converged(timeout=60)
         yield net
-    finally:
-        net.stop()
 
 
 def test_colluders_cannot_get_an_honest_worker_slashed_and_pay_for_trying(network):
@@ -136,13 +97,13 @@ def test_colluders_cannot_get_an_honest_worker_slashed_and_pay_for_trying(networ
     final = net.verification(job["job_id"])
     assert final["status"] == "valid"
     assert net.peer("oracle") in {a["verifier"] for a in final["attestations"] if a["verdict"] == "valid"}
-    status = net.json("chain", "status", *net.chain, home="worker")
+    status = net.chain_status("worker")
     assert not status["slashes"], status
 
 
 def test_attestations_by_staked_keys_the_draw_does_not_name_are_ignored(network):
     net = network
-    net.stake(*BYSTANDERS)  # 11 staked keys: the draw names 5 of the 10 that are not the worker
+    net.stake(*BYSTANDERS, amount=2)  # 11 staked keys: the draw names 5 of the 10 that are not the worker
     job = net.submit("Paris is a city in")
     wait_for(lambda: "draw" in net.verification(job["job_id"]), 60, "the job's draw")
     beacon_block = net.verification(job["job_id"])["beacon_block"]
