@@ -132,7 +132,8 @@ class Node:
         metrics = Metrics(peers=lambda: len(peers.fresh(time.monotonic())), active_jobs=lambda: activity.running,
                           queued_jobs=lambda: total_load(served).queued)
         host = make_host(key)
-        dialer = Dialer(host, peers, key, connect_timeout=config.connect_timeout, max_frame=config.max_frame)
+        dialer = Dialer(host=host, peers=peers, key=key, connect_timeout=config.connect_timeout,
+                        max_frame=config.max_frame)
         verification: Verification | None = None
 
         def app_score(peer: Any) -> float:  # gossipsub's P6: reputation, once verification is up

@@ -25,6 +25,22 @@ def chain_of_four(chain_network, epoch_seconds: int) -> ChainNetwork:
     return net
 
 
+def workers_claim_their_jobs_less_the_fee(net: ChainNetwork, charged: int, counted) -> dict[str, int]:
+    """Each worker's reward is the charges of its ``counted`` jobs less the 5 % fee, together all of
+    ``charged`` less the fee; each with a reward claims exactly it. Returns the rewards, by worker."""
+    earned = {}
+    for name in ("w1", "w2"):
+        jobs = json.loads(run_cli("jobs", "--json", home=net.homes[name], check=True).stdout)
+        earned[name] = sum(len(j["result"]["output_tokens"]) * PRICE * 95 // 100 for j in jobs if counted(j))
+    assert sum(earned.values()) == charged * 95 // 100
+    for name in ("w1", "w2"):
+        if earned[name]:
+            assert net.chain_status(name)["claimable_wei"] == earned[name]
+            out = run_cli("chain", "claim", *net.chain, home=net.homes[name], check=True)
+            assert f"claimed {earned[name]} wei" in out.stdout
+    return earned
+
+
 def test_an_epoch_settles_to_the_wei_and_workers_claim_exactly_their_reward(chain_network):
     net = chain_of_four(chain_network, 8)
     homes, chain, status = net.homes, net.chain, net.chain_status
@@ -47,17 +63,9 @@ def test_an_epoch_settles_to_the_wei_and_workers_claim_exactly_their_reward(chai
     assert status("client")["deposit_wei"] == deposit_before - charged
 
     # Each worker's reward is its jobs' charges less the 5 % fee, claimable exactly once.
-    earned = {}
-    for name in ("w1", "w2"):
-        jobs = json.loads(run_cli("jobs", "--json", home=homes[name], check=True).stdout)
-        earned[name] = sum(len(j["result"]["output_tokens"]) * PRICE * 95 // 100 for j in jobs
-                           if j["status"] == "done")
-    assert sum(earned.values()) == charged * 95 // 100
+    earned = workers_claim_their_jobs_less_the_fee(net, charged, lambda job: job["status"] == "done")
     for name in ("w1", "w2"):
         if earned[name]:
-            assert status(name)["claimable_wei"] == earned[name]
-            out = run_cli("chain", "claim", *chain, home=homes[name], check=True)
-            assert f"claimed {earned[name]} wei" in out.stdout
             assert status(name)["claimed_wei"] == earned[name] and status(name)["claimable_wei"] == 0
             again = run_cli("chain", "claim", *chain, home=homes[name], check=True)
             assert "nothing to claim" in again.stdout
@@ -106,7 +114,7 @@ def test_an_oracle_killed_on_either_side_of_sending_a_settlement_charges_every_j
     it is settled: the oracle learns of them from the workers' reports, not from its own store.
     In the end every job is charged exactly once and each worker claims exactly what it earned."""
     net = chain_of_four(chain_network, CRASH_EPOCH_S)
-    homes, chain, status = net.homes, net.chain, net.chain_status
+    homes, status = net.homes, net.chain_status
 
     def start_oracle(*command: str) -> NodeProcess:
         return net.start("oracle", "--no-model", "--oracle", bootstrap="w1", command=command)
@@ -152,14 +160,4 @@ def test_an_oracle_killed_on_either_side_of_sending_a_settlement_charges_every_j
     assert status("client")["deposit_wei"] == deposit_before - charged
 
     # Each worker claims exactly its jobs' charges less the 5 % fee.
-    earned = {}
-    for name in ("w1", "w2"):
-        jobs = json.loads(run_cli("jobs", "--json", home=homes[name], check=True).stdout)
-        earned[name] = sum(len(j["result"]["output_tokens"]) * PRICE * 95 // 100 for j in jobs
-                           if j["role"] == "worker" and j["status"] == "done")
-    assert sum(earned.values()) == charged * 95 // 100
-    for name in ("w1", "w2"):
-        if earned[name]:
-            assert status(name)["claimable_wei"] == earned[name]
-            out = run_cli("chain", "claim", *chain, home=homes[name], check=True)
-            assert f"claimed {earned[name]} wei" in out.stdout
+    workers_claim_their_jobs_less_the_fee(net, charged, lambda job: job["role"] == "worker" and job["status"] == "done")
