@@ -12,14 +12,37 @@ import logging
 import sys
 import time
 
+HUNG_UP = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+# What trio and py-libp2p raise when the other side closed the connection, by name (no import here).
+HUNG_UP_NAMES = frozenset({"BrokenResourceError", "ClosedResourceError", "ConnectionClosedError", "StreamReset",
+                           "StreamEOF", "StreamClosed"})
+
+
+def peer_hung_up(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from, is the other side closing the connection."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, HUNG_UP) or type(exc).__name__ in HUNG_UP_NAMES:
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
 
 class _Formatter(logging.Formatter):
+    """Text or JSON lines.  A py-libp2p record whose exception is a peer hanging up gets a note
+    instead of a traceback: py-libp2p logs those with ``exc_info`` (identify, for one, when a
+    peer disconnects while it answers), and a traceback is how our logs say "bug here"."""
+
     def __init__(self, as_json: bool) -> None:
         super().__init__()
         self.as_json = as_json
 
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
+        if record.exc_info and record.name.startswith("libp2p") and peer_hung_up(record.exc_info[1]):
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None,
+                                            "msg": f"{record.getMessage()} (the peer closed the connection)",
+                                            "args": ()})
         if self.as_json:
             entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
                      "logger": record.name, "msg": record.getMessage(), **fields}

@@ -58,8 +58,10 @@ DEFERRED = b"deferred/"  # store pairs: jobs whose draw or attestations may stil
 
 
 def _evidence_root(hashes: list[str]) -> bytes:
-    """The one evidence hash a settlement puts on chain: the evidence's own hash,
-    or for several, sha256 of their sorted hashes (the record lists them)."""
+    """The one evidence hash a settlement puts on chain, from the evidence behind each of its
+    slashes (``Verdicts.behind``): with one slash that evidence's own hash, so ``inferad
+    evidence HASH`` fetches it; for several, sha256 of their sorted hashes (the record lists
+    every evidence)."""
     if not hashes:
         return b"\0" * 32
     if len(hashes) == 1:
@@ -88,7 +90,8 @@ class Verdicts:
     def __init__(self) -> None:
         self.slashes: dict[str, int] = {}  # address -> wei
         self.bounties: dict[str, int] = {}  # address -> wei
-        self.evidence: dict[str, str] = {}  # job id -> evidence hash
+        self.evidence: dict[str, str] = {}  # job id -> evidence hash, every lie convicted
+        self.behind: dict[str, str] = {}  # slashed address -> the evidence hash of its first lie here
 
     def slash(self, oracle: Oracle, liar_key: bytes, proven_by: tuple[bytes, ...], job_id: str, evidence_hash: str,
               *, what: str = "false result") -> None:
@@ -102,6 +105,7 @@ class Verdicts:
         if liar in self.slashes:  # one slash per account and settlement, whatever the count of lies
             return
         self.slashes[liar] = view.stakes[liar][1] * config.slash_bps // BPS
+        self.behind[liar] = evidence_hash
         payees = [a for a in map(view.address_of_key, proven_by) if a is not None]
         for payee in payees:
             share = self.slashes[liar] * config.bounty_bps // BPS // len(payees)
@@ -195,7 +199,8 @@ class Oracle:
         signers = {wire.decode(result).signer for _, result in entries}
         await trio.to_thread.run_sync(view.learn_keys, signers)
         await self.catch_up_attestations([j for j, _ in entries])
-        slashes, bounties, evidence = await self.convictions({wire.decode(j).digest: (j, r) for j, r in entries})
+        verdicts = await self.convictions({wire.decode(j).digest: (j, r) for j, r in entries})
+        slashes, bounties, evidence = verdicts.slashes, verdicts.bounties, verdicts.evidence
         jobs, dropped, deferred = [], [], {}
         for job, result in {wire.decode(j).digest: (j, r) for j, r in entries}.values():
             try:
@@ -223,7 +228,7 @@ class Oracle:
                                       available=view.deposits, bounties=bounties)
         for reason in dropped + settlement.dropped:
             log.warning("epoch %d: charge dropped: %s", epoch, reason)
-        evidence_hash = _evidence_root(sorted(evidence.values()))
+        evidence_hash = _evidence_root(sorted(verdicts.behind.values()))
         record = {
             "epoch": epoch, "after": last, "root": settlement.tree.root,
             "cumulative": {a: str(v) for a, v in settlement.cumulative.items()},
@@ -299,8 +304,7 @@ class Oracle:
             return DEFER
         return f"drawn for verification (p={p:.2f}) and not attested valid ({outcome})"
 
-    async def convictions(self, reported: dict[str, tuple[bytes, bytes]]) -> tuple[dict[str, int], dict[str, int],
-                                                                                   dict[str, str]]:
+    async def convictions(self, reported: dict[str, tuple[bytes, bytes]]) -> Verdicts:
         """Slashes (address -> wei), verifier bounties and the evidence (job id -> hash) for every
         lie a quorum of named verifiers proved, and not slashed yet; ``reported`` holds the signed
         (job, result) pairs being settled, by job id, to build evidence from.
@@ -335,7 +339,7 @@ class Oracle:
                 pair = reported.get(job_id) or await self.store.pair(HELD, job_id)
                 if pair is not None:
                     await self.punish_accusers(job_id, result_hash, pair, verdicts)
-        return verdicts.slashes, verdicts.bounties, verdicts.evidence
+        return verdicts
 
     async def rescore(self, data: bytes) -> str | None:
         """The oracle's own verdict on the result inside evidence (signed and gossiped as the

@@ -1,6 +1,7 @@
 """The check every integration test makes of its nodes' logs (tests/conftest.py) sees what it exists for."""
 
 import logging
+import sys
 
 import trio
 from google.protobuf.message import DecodeError
@@ -43,3 +44,30 @@ def test_tracebacks_and_crashes_are_reported_with_what_follows():
     found = bug_lines(log)
     assert len(found) == 2 and found[0].startswith("Traceback") and "ValueError: y" in found[0]
     assert found[1].startswith("Fatal Python error: Segmentation fault")
+
+
+def formatted(logger: str, exc: Exception) -> str:
+    from inferad.logs import _Formatter
+
+    try:
+        raise exc
+    except Exception:
+        record = logging.getLogger(logger).makeRecord(logger, logging.ERROR, __file__, 1, "Error sending", (),
+                                                      sys.exc_info())
+    return _Formatter(as_json=False).format(record)
+
+
+def test_a_peer_hanging_up_on_py_libp2p_is_a_line_not_a_traceback():
+    """Seen in CI: py-libp2p's identify logs a BrokenPipeError with its traceback when a peer
+    disconnects while it answers, and the log check took it for a bug of ours."""
+    try:
+        try:
+            raise BrokenPipeError(32, "Broken pipe")
+        except BrokenPipeError as cause:
+            raise RuntimeError("Write operation failed") from cause
+    except RuntimeError as exc:
+        hung_up = exc
+    line = formatted("libp2p.identity.identify.identify", hung_up)
+    assert bug_lines(line) == [] and "the peer closed the connection" in line
+    assert bug_lines(formatted("inferad.gateway", hung_up))  # ours keep their traceback
+    assert bug_lines(formatted("libp2p.pubsub", KeyError("x")))  # and so do py-libp2p's other failures

@@ -88,3 +88,21 @@ def test_a_result_signed_after_its_job_expired_is_not_paid():
         else:
             with pytest.raises(SettlementError, match="signed after the job expired"):
                 verify_served_job(job_bytes, result_bytes, staked)
+
+
+def test_a_settlement_slashing_one_worker_for_two_lies_names_evidence_anyone_can_fetch():
+    """Seen in CI: two lies of one cheater convicted in one settlement put sha256 of both evidence
+    hashes on chain, a hash no node holds evidence under, so `inferad evidence HASH` failed."""
+    from types import SimpleNamespace
+
+    from inferad.oracle import Verdicts, _evidence_root
+
+    key, liar = b"k" * 32, "0x" + "ab" * 20
+    view = SimpleNamespace(address_of_key=lambda k: liar if k == key else None, stakes={liar: (key, 2 * 10**18)})
+    config = SimpleNamespace(slash_bps=5000, bounty_bps=1000)
+    oracle = SimpleNamespace(billing=SimpleNamespace(view=view), config=config)
+    verdicts = Verdicts()
+    verdicts.slash(oracle, key, (), "job-1", "11" * 32)
+    verdicts.slash(oracle, key, (), "job-2", "22" * 32)
+    assert verdicts.slashes == {liar: 10**18} and set(verdicts.evidence) == {"job-1", "job-2"}
+    assert _evidence_root(sorted(verdicts.behind.values())).hex() == "11" * 32  # evidence the oracle stored
