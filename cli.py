@@ -119,8 +119,12 @@ def init(home: Path | None, as_json: bool) -> None:
               help="Decode speed of the simulated engine.")
 @click.option("--max-tokens", type=click.IntRange(1, 32768), help="Largest max_tokens a job may ask.")
 @click.option("--n-ctx", type=click.IntRange(64, 1 << 24),
-              help="Context window in tokens, at most the model's trained context [config engine.n_ctx; "
-                   "default: the trained context, capped by free memory (logged at start)].")
+              help="Context window of each slot in tokens, at most the model's trained context [config "
+                   "engine.n_ctx; default: the trained context capped by free memory, shared by the slots on a "
+                   "CPU (logged at start)].")
+@click.option("--parallel", type=click.IntRange(1, 4096), metavar="N",
+              help="Slots: jobs decoded side by side in one batch [config engine.parallel; default 4 on a CPU, "
+                   "what the memory holds on a GPU].  --n-ctx is each slot's context.")
 @click.option("--threads", type=click.IntRange(0, 1024), help="CPU threads for llama.cpp (0 = one per core).")
 @click.option("--api-port", type=click.IntRange(-1, 65535),
               help="Serve the OpenAI-compatible HTTP API on this port (0: any free port; -1: off) "
@@ -133,8 +137,8 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
               show_default=True)
 def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models, no_model, engine, chain_path,
-          run_oracle, sim_tokens_per_s, max_tokens, n_ctx, threads, api_port, api_host, api_max_price, log_format,
-          log_level) -> None:
+          run_oracle, sim_tokens_per_s, max_tokens, n_ctx, parallel, threads, api_port, api_host, api_max_price,
+          log_format, log_level) -> None:
     """Run the node daemon until Ctrl-C or SIGTERM.
 
     Loads the models, listens for jobs on libp2p and writes <home>/node.json
@@ -153,7 +157,7 @@ def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models,
         config = h.config.with_overrides(listen=listen or None, bootstrap=bootstrap or None,
                                          advert_interval=advert_interval, ip_colocation_limit=ip_colocation_limit,
                                          models=() if no_model else (models or None),
-                                         max_tokens=max_tokens, n_ctx=n_ctx, n_threads=threads,
+                                         max_tokens=max_tokens, n_ctx=n_ctx, parallel=parallel, n_threads=threads,
                                          api_port=api_port, api_host=api_host, api_max_price=api_max_price)
     except ConfigError as exc:
         fail(str(exc))

@@ -39,11 +39,16 @@ ip_colocation_limit = 10
 [engine]
 # Models to serve: catalog names (see `inferad models --catalog`) or GGUF paths.
 models = ["gemma-3-270m"]
-# Context window in tokens; prompt + max_tokens must fit in it.  0: the
-# model's trained context, capped by what a quarter of the memory left free
-# after the weights (RAM, or VRAM when layers are offloaded) holds of its KV
-# cache; the node logs the choice at start.  Above the trained context: refused.
+# Context window of one slot in tokens: prompt + max_tokens of a job must fit
+# in it.  0: the model's trained context capped by what a quarter of the
+# memory left free after the weights (RAM, or VRAM when layers are offloaded)
+# holds of its KV cache, shared by the slots on a CPU; the node logs the
+# choice at start.  Above the trained context: refused.
 n_ctx = 0
+# Slots: jobs decoded side by side in one batch (continuous batching).  0: 4
+# on a CPU; with a GPU, as many 4096-token slots as the memory budget holds
+# (4 to 64).  The node refuses to start when slots x n_ctx do not fit.
+parallel = 0
 # CPU threads for llama.cpp; 0 means one per core.
 n_threads = 0
 # Layers offloaded to the GPU when llama-cpp-python was built with CUDA
@@ -51,7 +56,7 @@ n_threads = 0
 n_gpu_layers = -1
 # Largest max_tokens a job may ask for.
 max_tokens = 1024
-# Jobs waiting for the engine beyond the running one; more are refused "busy".
+# Jobs waiting for a free slot; more are refused "busy".
 queue_size = 8
 # After the first token, send tokens in batches gathered over this many
 # milliseconds: fewer writes through the network stack, for CPU it shares
@@ -119,7 +124,8 @@ class Config:
     advert_interval: int = 2
     ip_colocation_limit: int = 10
     models: tuple[str, ...] = ("gemma-3-270m",)
-    n_ctx: int = 0  # 0: chosen at start (inferad.context.choose_n_ctx)
+    n_ctx: int = 0  # 0: chosen at start (inferad.context.plan)
+    parallel: int = 0  # slots; 0: chosen at start (inferad.context.choose_slots)
     n_threads: int = 0
     n_gpu_layers: int = -1
     max_tokens: int = 1024
@@ -153,7 +159,8 @@ class Config:
 SECTIONS = {
     "node": ("listen", "bootstrap", "advert_interval"),
     "gossip": ("ip_colocation_limit",),
-    "engine": ("models", "n_ctx", "n_threads", "n_gpu_layers", "max_tokens", "queue_size", "stream_batch_ms"),
+    "engine": ("models", "n_ctx", "parallel", "n_threads", "n_gpu_layers", "max_tokens", "queue_size",
+               "stream_batch_ms"),
     "routing": ("connect_timeout", "first_token_timeout", "stall_timeout", "max_attempts", "reputation_floor"),
     "verification": ("verifiers", "quorum", "probability_floor", "verify_timeout", "attestation_window",
                      "slash_bps", "bounty_bps"),

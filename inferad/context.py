@@ -15,12 +15,23 @@ of the free memory holds of the KV cache::
 with a floor of :data:`MIN_N_CTX`.  An explicit ``n_ctx`` wins, but never
 beyond the trained context (the model was not trained for those positions).
 
+Slots.  The engine decodes ``n_slots`` sequences side by side, each with a
+context of its own (llama.cpp's KV cache, one stream per sequence), so
+``n_ctx`` is the context of one slot: what one job may use.  On a CPU the
+default is :data:`MIN_SLOTS` slots sharing the window above, as llama.cpp's
+server shares ``n_ctx`` among its parallel slots (so the KV cache costs what
+one window costs); with a GPU, as many slots of :data:`GPU_SLOT_CTX` tokens
+as the budget holds, from :data:`MIN_SLOTS` to :data:`MAX_SLOTS_GPU`.  A
+node refuses to start when ``n_slots x n_ctx`` of KV cache and the weights do
+not fit in the free memory (:func:`check_fits`).
+
 Everything but :func:`free_memory` and :func:`plan` is pure, and the GGUF
 reader needs only the file, not llama.cpp.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
 import struct
 from dataclasses import dataclass
@@ -30,6 +41,9 @@ BUDGET_SHARE = 0.25  # of the free memory after the weights: the rest is for com
 MIN_N_CTX = 512  # below this a node serves almost nothing; it takes the memory risk instead
 ROUND_TO = 256  # llama.cpp pads its KV cache to 256 cells anyway (llama_kv_cache::get_padding)
 KV_ELEMENT_BYTES = 2  # f16, llama.cpp's default type_k and type_v
+MIN_SLOTS = 4  # a CPU decodes 4 sequences at ~2x the tokens/s of one (docs/benchmarks.md, throughput)
+GPU_SLOT_CTX = 4096  # the context of each default slot on a GPU
+MAX_SLOTS_GPU = 64
 
 
 class ContextError(Exception):
@@ -62,18 +76,26 @@ class ContextChoice:
     trained: int
     budget_bytes: int | None  # None: an explicit n_ctx, no budget was needed
     kv_bytes_per_token: int
-    why: str  # "requested" | "trained" | "memory" | "floor"
+    why: str  # "requested" | "trained" | "memory" | "floor" | "slots"
+    n_slots: int = 1
+
+    @property
+    def kv_bytes(self) -> int:
+        """The KV cache of every slot (an upper bound: see :func:`kv_bytes_per_token`)."""
+        return self.n_slots * self.n_ctx * self.kv_bytes_per_token
 
     def describe(self) -> str:
         """One line for the start-up log."""
         kv = f"KV cache {self.kv_bytes_per_token / 1024:.1f} KiB/token"
+        slots = f"{self.n_slots} slot(s) x {self.n_ctx} tokens = {self.kv_bytes / 2**30:.2f} GiB of KV cache"
         if self.budget_bytes is None:
-            return f"n_ctx {self.n_ctx} as configured (trained {self.trained}; {kv})"
+            return f"n_ctx {self.n_ctx} as configured (trained {self.trained}; {kv}); {slots}"
         fits = self.budget_bytes // max(self.kv_bytes_per_token, 1)
         told = {"trained": "the trained context", "memory": "what the memory budget holds",
-                "floor": f"the floor of {MIN_N_CTX}: memory is short, set --n-ctx to choose"}[self.why]
+                "floor": f"the floor of {MIN_N_CTX}: memory is short, set --n-ctx to choose",
+                "slots": "the budget shared by the slots"}[self.why]
         return (f"n_ctx {self.n_ctx} = {told} (trained {self.trained}, budget {self.budget_bytes / 2**30:.2f} GiB "
-                f"holds {fits} tokens at {kv})")
+                f"holds {fits} tokens at {kv}); {slots}")
 
 
 def kv_bytes_per_token(shape: ModelShape, element_bytes: int = KV_ELEMENT_BYTES) -> int:
@@ -117,6 +139,38 @@ def choose_n_ctx(*, trained: int, budget_bytes: int, per_token_bytes: int, reque
     if fits >= MIN_N_CTX:
         return ContextChoice(fits, trained, budget_bytes, per_token_bytes, "memory")
     return ContextChoice(min(MIN_N_CTX, trained), trained, budget_bytes, per_token_bytes, "floor")
+
+
+def choose_slots(whole: ContextChoice, *, budget_bytes: int, requested_slots: int = 0, gpu: bool = False) \
+        -> ContextChoice:
+    """Slots and the context of each, from ``whole`` (:func:`choose_n_ctx`'s window).
+
+    An explicit ``n_ctx`` (``whole.why == "requested"``) is each slot's.  Otherwise on a CPU
+    the slots share ``whole.n_ctx`` (each gets ``whole.n_ctx // n_slots``, rounded down to
+    :data:`ROUND_TO`, at least :data:`MIN_N_CTX`); on a GPU each gets what the budget holds
+    for ``n_slots`` (at most the trained context).  ``n_slots``: ``requested_slots``, else
+    :data:`MIN_SLOTS` on a CPU and ``budget // (GPU_SLOT_CTX x per token)`` clamped to
+    [:data:`MIN_SLOTS`, :data:`MAX_SLOTS_GPU`] on a GPU.
+    """
+    per_token = whole.kv_bytes_per_token
+    n_slots = requested_slots or (
+        min(max(budget_bytes // (min(whole.trained, GPU_SLOT_CTX) * per_token), MIN_SLOTS), MAX_SLOTS_GPU)
+        if gpu else MIN_SLOTS)
+    if whole.why == "requested":
+        return dataclasses.replace(whole, n_slots=n_slots)
+    share = budget_bytes // (n_slots * per_token) if gpu else whole.n_ctx // n_slots
+    n_ctx = min(max(share // ROUND_TO * ROUND_TO, MIN_N_CTX), whole.trained)
+    return dataclasses.replace(whole, n_ctx=n_ctx, n_slots=n_slots, why="slots" if n_slots > 1 else whole.why)
+
+
+def check_fits(choice: ContextChoice, *, free_bytes: int, weights_bytes: int, where: str = "RAM") -> None:
+    """Raise ContextError when the KV cache of every slot and the weights exceed ``free_bytes``."""
+    need = choice.kv_bytes + weights_bytes
+    if need > free_bytes:
+        raise ContextError(
+            f"{choice.n_slots} slot(s) x {choice.n_ctx} tokens of context need {choice.kv_bytes / 2**30:.2f} GiB of "
+            f"KV cache and {weights_bytes / 2**30:.2f} GiB of weights, but {free_bytes / 2**30:.2f} GiB of {where} "
+            f"is free: lower --parallel or --n-ctx")
 
 
 # ---------------------------------------------------------------------------- GGUF metadata
@@ -213,19 +267,24 @@ def _value(data, offset: int, kind: int):
 
 # ---------------------------------------------------------------------------- the machine
 
-def plan(path: Path, *, requested: int = 0, offload: bool = False) -> ContextChoice:
-    """The context window for the GGUF at ``path`` on this machine (reads the file and free memory).
+def plan(path: Path, *, requested: int = 0, slots: int = 0, offload: bool = False) -> ContextChoice:
+    """Slots and the context of each for the GGUF at ``path`` on this machine (reads the file and
+    free memory); ``requested``/``slots``: ``--n-ctx``/``--parallel`` (0: choose).
 
     ``offload``: layers go to the GPU, so the KV cache and weights live in
     VRAM and the budget comes from free VRAM instead of RAM.
+    Raises ContextError for a bad GGUF, an ``n_ctx`` over the trained context, or slots
+    that do not fit in the free memory.
     """
     shape = read_shape(path)
     per_token = kv_bytes_per_token(shape)
-    if requested:
-        return choose_n_ctx(trained=shape.context_length, budget_bytes=0, per_token_bytes=per_token,
-                            requested=requested)
-    budget = memory_budget(free_memory(gpu=offload), path.stat().st_size)
-    return choose_n_ctx(trained=shape.context_length, budget_bytes=budget, per_token_bytes=per_token)
+    weights, free = path.stat().st_size, free_memory(gpu=offload)
+    budget = memory_budget(free, weights)
+    whole = choose_n_ctx(trained=shape.context_length, budget_bytes=0 if requested else budget,
+                         per_token_bytes=per_token, requested=requested)
+    choice = choose_slots(whole, budget_bytes=budget, requested_slots=slots, gpu=offload)
+    check_fits(choice, free_bytes=free, weights_bytes=weights, where="VRAM" if offload else "RAM")
+    return choice
 
 
 def free_memory(*, gpu: bool = False) -> int:

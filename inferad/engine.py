@@ -16,11 +16,14 @@ import codecs
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from inferad.models import LocalModel
+from inferad.slots import Row, Scheduler, Task
 from p2p import wire
 from proofs.check import Position
 
@@ -177,13 +180,34 @@ def check_vocabulary(tokens: Sequence[int], n_vocab: int) -> list[int]:
 
 
 class Engine:
+    """One model on llama.cpp, decoding up to ``n_slots`` jobs side by side (continuous batching).
+
+    One thread, started here, owns the llama.cpp context and runs the loop of llama.cpp's server
+    (``update_slots``): take new and cancelled work, plan a batch (:class:`inferad.slots.Scheduler`:
+    a token from every generating slot, then prompt chunks), decode it, then sample each generating
+    slot from its own logits row with its own sampler chain and hand the token to its
+    :class:`OutputStream` (stop strings, end of sequence, ``max_tokens``).  A job joins between two
+    steps and leaves at the step after it ends or its consumer goes away; re-scoring for
+    verification (:meth:`score`) is a task of the same loop.
+
+    :meth:`generate` and :meth:`score` are blocking and thread-safe: each call waits for its own
+    task, so N threads calling them keep N slots busy.  Each slot is one sequence of a KV cache
+    with a stream per sequence, of ``n_ctx`` positions (llama.cpp's ``n_ctx_seq``).
+
+    Reproducibility: a job alone in the batch is decoded exactly as llama-cpp-python's
+    ``Llama.generate`` decodes it (same chunks of :data:`N_BATCH`, same sampler chain, same
+    seed), so a greedy job gives the same tokens; batched with others, its logits can differ
+    in the last bits, which changes a greedy token only at near-ties (docs/benchmarks.md
+    measures how often; verifiers allow ``greedy_margin`` for it).
+    """
+
     kind = "llama.cpp"
 
-    def __init__(self, model: LocalModel, *, n_ctx: int = 0, n_threads: int = 0,
-                 n_gpu_layers: int = -1) -> None:
-        """Load ``model`` with a context of ``n_ctx`` tokens; 0 sizes it from the model's trained
-        context and free memory (:func:`inferad.context.plan`).  Raises EngineError when the file
-        cannot be loaded or ``n_ctx`` exceeds the trained context."""
+    def __init__(self, model: LocalModel, *, n_ctx: int = 0, n_threads: int = 0, n_gpu_layers: int = -1,
+                 n_slots: int = 0) -> None:
+        """Load ``model`` with ``n_slots`` slots of ``n_ctx`` tokens each; 0 chooses from the model's
+        trained context and free memory (:func:`inferad.context.plan`).  Raises EngineError when
+        the file cannot be loaded, ``n_ctx`` exceeds the trained context, or the slots do not fit."""
         import llama_cpp
 
         from inferad.context import ContextError, plan
@@ -192,29 +216,54 @@ class Engine:
         self.model = model
         gpu = llama_cpp.llama_supports_gpu_offload() and n_gpu_layers != 0
         try:
-            self.context = plan(model.path, requested=n_ctx, offload=gpu)
+            self.context = plan(model.path, requested=n_ctx, slots=n_slots, offload=gpu)
         except ContextError as exc:
             raise EngineError(f"{model.name}: {exc}") from None
         log.info("context for %s: %s", model.name, self.context.describe())
         started = time.perf_counter()
-        try:
-            self._llm = llama_cpp.Llama(
-                model_path=str(model.path), n_ctx=self.context.n_ctx, n_threads=n_threads or os.cpu_count(),
-                n_gpu_layers=n_gpu_layers, verbose=False,
-            )
+        threads = n_threads or os.cpu_count() or 1
+        try:  # the weights, the tokenizer and the chat template; its own context is not used
+            self._llm = llama_cpp.Llama(model_path=str(model.path), n_ctx=MODEL_ONLY_CTX, n_threads=threads,
+                                        n_gpu_layers=n_gpu_layers, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"llama.cpp cannot load {model.path}: {exc}") from None
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = self.context.n_slots * self.context.n_ctx
+        params.n_batch = params.n_ubatch = N_BATCH
+        params.n_seq_max = self.context.n_slots
+        params.n_threads = params.n_threads_batch = threads
+        params.kv_unified = False  # a stream per slot: attention spans a slot's own positions only
+        self._ctx = llama_cpp.llama_init_from_model(self._llm._model.model, params)
+        if not self._ctx:
+            self._llm.close()
+            raise EngineError(f"llama.cpp cannot make a context of {self.context.describe()}")
+        self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self._batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         self.load_seconds = time.perf_counter() - started
         self._is_eog = lambda tok: llama_cpp.llama_vocab_is_eog(self._llm._model.vocab, tok)
         self.info = wire.EngineInfo(name="llama.cpp", version=f"llama-cpp-python {llama_cpp.__version__}",
                                     backend="gpu" if gpu else "cpu")
         self.ref = wire.ModelRef(sha256=model.sha256, name=model.name)
-        log.info("loaded %s (%s) in %.2f s, n_ctx=%d, backend=%s", model.name, model.sha256[:12],
-                 self.load_seconds, self.n_ctx, self.info.backend)
+        self._slots = Scheduler(n_slots=self.context.n_slots, n_batch=N_BATCH, n_ctx_slot=self.context.n_ctx,
+                                max_outputs=max(SCORE_CHUNK, self.context.n_slots))
+        self._running: dict[int, _Task] = {}  # by slot
+        self._queued: dict[object, _Task] = {}  # by task id: waiting for a slot
+        self._inbox: list[_Task] = []
+        self._wake = threading.Condition()
+        self._closing = False
+        self._loop_thread = threading.Thread(target=self._loop, name=f"engine {model.name}", daemon=True)
+        self._loop_thread.start()
+        log.info("loaded %s (%s) in %.2f s, %d slot(s) of n_ctx=%d, backend=%s", model.name, model.sha256[:12],
+                 self.load_seconds, self.n_slots, self.n_ctx, self.info.backend)
 
     @property
     def n_ctx(self) -> int:
-        return self._llm.n_ctx()
+        """Positions of one slot: the most prompt + output one job may use."""
+        return self.context.n_ctx
+
+    @property
+    def n_slots(self) -> int:
+        return self.context.n_slots
 
     @property
     def n_vocab(self) -> int:
@@ -242,68 +291,237 @@ class Engine:
         except ChatTemplateError as exc:
             raise EngineError(str(exc)) from None
 
-    def generate(self, prompt: list[int], params: wire.SamplingParams, on_token: OnToken,
-                 prefix: Sequence[int] = ()) -> Generation:
-        """Decode until the job's end; blocking, call from a worker thread.
+    def _piece(self, tok: int) -> bytes:
+        return self._llm.detokenize([tok], special=False)
 
-        ``prefix`` continues a generation another worker began: those output
-        tokens are evaluated with the prompt and not streamed again.
+    def generate(self, prompt: list[int], params: wire.SamplingParams, on_token: OnToken,
+                 prefix: Sequence[int] = (), *, cancelled: Callable[[], bool] = lambda: False) -> Generation:
+        """Decode until the job's end; blocking, from any thread (each call takes a slot).
+
+        ``prefix`` continues a generation another worker began: those output tokens are
+        evaluated with the prompt and not streamed again.  ``on_token`` runs in the engine's
+        thread and must not block; returning False (or ``cancelled()`` turning true) stops
+        the job at the next step.  Raises GenerationCancelled then, EngineError when
+        llama.cpp fails.
         """
-        llm = self._llm
-        llm.reset()  # a fresh KV cache: output depends on the job alone
-        llm.set_seed(params.seed)
-        out = OutputStream(params, lambda tok: llm.detokenize([tok], special=False), self._is_eog, on_token)
+        out = OutputStream(params, self._piece, self._is_eog, on_token)
         out.replay(list(prefix))
-        if out.finish_reason is None:
-            for tok in llm.generate(prompt + list(prefix), temp=params.temperature, top_p=params.top_p,
-                                    top_k=params.top_k, min_p=0.0, typical_p=1.0, repeat_penalty=1.0, reset=True):
-                if out.push(tok):
-                    break
+        if out.finish_reason is not None:
+            return out.result(len(prompt))
+        task = _Task(Task(id=object(), tokens=tuple(prompt) + tuple(prefix)), cancelled, out=out,
+                     sampler=self._sampler(params))
+        self._run(task)
         return out.result(len(prompt))
 
     def replay(self, output: Sequence[int], params: wire.SamplingParams) -> Replay:
         """What claimed output tokens decode to under the job's stop rules (for verifiers)."""
-        return replay_output(output, params, lambda tok: self._llm.detokenize([tok], special=False), self._is_eog)
+        return replay_output(output, params, self._piece, self._is_eog)
 
     def score(self, prompt: list[int], output: Sequence[int], params: wire.SamplingParams,
               margin: float) -> list[Position]:
-        """Teacher-forced re-scoring: one evaluation of prompt + output, with logits
-        only where an output token is predicted; blocking, call from a worker thread."""
-        import numpy as np
-
-        llm = self._llm
-        llm.reset()
-        llm._ctx.kv_cache_clear()
+        """Teacher-forced re-scoring: one evaluation of prompt + output in a slot, with logits only
+        where an output token is predicted (one :class:`Position` per output token); blocking.
+        Raises EngineError when prompt + output do not fit a slot."""
         tokens = list(prompt) + list(output)
         if len(tokens) > self.n_ctx:
             raise EngineError(f"{len(tokens)} tokens do not fit this context of {self.n_ctx}")
-        n_vocab = llm.n_vocab()
-        first_scored = len(prompt) - 1  # the logits at position i predict token i + 1
+        if not output:
+            return []
         positions: list[Position] = []
-        start = 0
-        while start < len(tokens) - 1:
-            step = llm.n_batch if start < first_scored else SCORE_CHUNK
-            end = min(start + step, first_scored if start < first_scored else len(tokens) - 1)
-            batch = llm._batch.batch
-            batch.n_tokens = end - start
-            for j, pos in enumerate(range(start, end)):
-                batch.token[j], batch.pos[j], batch.n_seq_id[j] = tokens[pos], pos, 1
-                batch.seq_id[j][0] = 0
-                batch.logits[j] = pos >= first_scored
-            llm._ctx.decode(llm._batch)
-            for j, pos in enumerate(range(start, end)):
-                if pos >= first_scored:
-                    row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(j), shape=(n_vocab,))
-                    tok = tokens[pos + 1]
-                    positions.append(position_of(row, tok, params, bool(self._is_eog(tok)), margin))
-            start = end
+        n_vocab = self.n_vocab
+
+        def on_logits(pos: int, logits) -> None:
+            import numpy as np
+
+            row = np.ctypeslib.as_array(logits, shape=(n_vocab,))
+            tok = tokens[pos + 1]
+            positions.append(position_of(row, tok, params, bool(self._is_eog(tok)), margin))
+
+        # logits at position i predict token i + 1: the last prompt position predicts the first output
+        evaluated = tuple(tokens[:-1])
+        self._run(_Task(Task(id=object(), tokens=evaluated, logits_from=len(prompt) - 1), lambda: False,
+                        on_logits=on_logits))
         return positions
 
     def close(self) -> None:
+        """Stop the loop (running tasks fail with EngineError) and free the context and model."""
+        import llama_cpp
+
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._loop_thread.join()
+        llama_cpp.llama_batch_free(self._batch)
+        llama_cpp.llama_free(self._ctx)
         self._llm.close()
 
+    # ------------------------------------------------------------------ the loop (engine thread)
 
-SCORE_CHUNK = 64  # output positions per evaluation: bounds the logits buffer (64 x vocabulary floats)
+    def _sampler(self, params: wire.SamplingParams):
+        """A llama.cpp sampler chain for one job, as llama-cpp-python's ``Llama.generate`` builds it:
+        greedy, or top-k, typical (off), top-p, min-p (off), temperature, then a draw seeded by the job."""
+        import llama_cpp
+
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        if params.temperature == 0.0:
+            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+            return chain
+        for sampler in (llama_cpp.llama_sampler_init_top_k(params.top_k),
+                        llama_cpp.llama_sampler_init_typical(1.0, 1),
+                        llama_cpp.llama_sampler_init_top_p(params.top_p, 1),
+                        llama_cpp.llama_sampler_init_min_p(0.0, 1),
+                        llama_cpp.llama_sampler_init_temp(params.temperature),
+                        llama_cpp.llama_sampler_init_dist(params.seed)):
+            llama_cpp.llama_sampler_chain_add(chain, sampler)
+        return chain
+
+    def _run(self, task: _Task) -> None:
+        """Hand ``task`` to the loop and wait for it; re-raise its failure."""
+        with self._wake:
+            if self._closing:
+                raise EngineError("the engine is closed")
+            self._inbox.append(task)
+            self._wake.notify()
+        task.done.wait()
+        if task.error is not None:
+            raise task.error
+
+    def _loop(self) -> None:
+        """The engine thread: one decode step per turn while any slot is busy; see the class docstring.
+        Nothing escapes it: a task's failure goes back to its caller."""
+
+        while True:
+            with self._wake:
+                while not self._inbox and not self._slots.busy() and not self._closing:
+                    self._wake.wait()
+                if self._closing:
+                    break
+                arrived, self._inbox = self._inbox, []
+            for task in arrived:
+                self._admit(task)
+            self._drop_cancelled()
+            rows = self._slots.next_batch()
+            if rows:
+                try:
+                    self._step(rows)
+                except Exception as exc:  # a bug: fail this batch's tasks, keep serving the others
+                    log.exception("engine step failed")
+                    for slot in {row.slot for row in rows} & set(self._running):
+                        self._end(slot, EngineError(f"engine step failed: {type(exc).__name__}: {exc}"))
+        closed = EngineError("the engine was closed")
+        for slot in list(self._running):
+            self._end(slot, closed)
+        for task in [*self._queued.values(), *self._inbox]:
+            task.fail(closed)
+
+    def _step(self, rows: list[Row]) -> None:
+        """Decode one batch, then use its logits rows."""
+        import llama_cpp
+
+        batch = self._batch
+        batch.n_tokens = len(rows)
+        for j, row in enumerate(rows):
+            batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.logits[j] = row.token, row.pos, 1, row.logits
+            batch.seq_id[j][0] = row.slot
+        status = llama_cpp.llama_decode(self._ctx, batch)
+        if status != 0:
+            log.error("llama_decode failed (%d) on a batch of %d rows: failing its slots", status, len(rows))
+            for slot in {row.slot for row in rows} & set(self._running):
+                self._end(slot, EngineError(f"llama.cpp could not decode (status {status})"))
+            return
+        for j, row in enumerate(rows):
+            if row.logits and row.slot in self._running:
+                self._after_decode(row, j)
+
+    def _admit(self, task: _Task) -> None:
+        try:
+            slot = self._slots.submit(task.task)
+        except ValueError as exc:
+            task.fail(EngineError(str(exc)))
+            return
+        if slot is None:
+            self._queued[task.task.id] = task
+        else:
+            self._running[slot] = task
+
+    def _drop_cancelled(self) -> None:
+        """Tasks whose consumer left: out of the queue, or out of their slot (before the next step)."""
+        for slot, task in list(self._running.items()):
+            if task.cancelled():
+                self._end(slot, GenerationCancelled())
+        for key, task in list(self._queued.items()):
+            if task.cancelled():
+                self._slots.cancel(key)
+                del self._queued[key]
+                task.fail(GenerationCancelled())
+
+    def _after_decode(self, row: Row, j: int) -> None:
+        """Use the logits of batch row ``j``: sample the slot's next token, or hand them to a scorer."""
+        import llama_cpp
+
+        task = self._running[row.slot]
+        if task.on_logits is not None:
+            task.on_logits(row.pos, llama_cpp.llama_get_logits_ith(self._ctx, j))
+            if row.pos == len(task.task.tokens) - 1:
+                self._end(row.slot)
+            return
+        token = llama_cpp.llama_sampler_sample(task.sampler, self._ctx, j)
+        try:
+            finished = task.out.push(token)
+        except GenerationCancelled as exc:
+            self._end(row.slot, exc)
+            return
+        if finished:
+            self._end(row.slot)
+        else:
+            self._slots.sampled(row.slot, token)
+
+    def _end(self, slot: int, error: BaseException | None = None) -> None:
+        """The task in ``slot`` is over: free its sequence, wake its caller, seat the next waiting task."""
+        import llama_cpp
+
+        task = self._running.pop(slot)
+        llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
+        seated = self._slots.release(slot)
+        if seated is not None:
+            self._running[slot] = self._queued.pop(seated.id)
+        if error is None:
+            task.finish()
+        else:
+            task.fail(error)
+
+
+@dataclass(eq=False)
+class _Task:
+    """A generation or a scoring as the engine thread tracks it."""
+
+    task: Task
+    cancelled: Callable[[], bool]
+    out: OutputStream | None = None  # a generation's output
+    sampler: Any = None  # its llama.cpp sampler chain, freed when it ends
+    on_logits: Callable[[int, Any], None] | None = None  # a scoring's consumer of logits rows
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def finish(self) -> None:
+        self._free()
+        self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.finish()
+
+    def _free(self) -> None:
+        if self.sampler is not None:
+            import llama_cpp
+
+            llama_cpp.llama_sampler_free(self.sampler)
+            self.sampler = None
+
+
+N_BATCH = 512  # rows per decode step: llama-cpp-python's default n_batch, so a lone job is decoded as it decodes
+MODEL_ONLY_CTX = 64  # the context of the Llama object that holds weights and vocabulary (unused for decoding)
+SCORE_CHUNK = 64  # rows with logits per step: bounds the logits buffer (64 x vocabulary floats)
 NUCLEUS_CUTOFF = math.log(1e-9)  # tokens below this probability never decide a top-p boundary below 0.9997
 
 

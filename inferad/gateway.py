@@ -111,7 +111,7 @@ class Router:
             offer = ad.offers(model_sha256)
             found.append(Candidate(
                 peer_id=ad.peer_id, tokens_per_s=offer.tokens_per_s, n_ctx=offer.n_ctx,
-                queued=ad.load.queued, running=ad.load.running,
+                queued=ad.load.queued, running=ad.load.running, slots=ad.load.slots,
                 capacity=ad.load.capacity, inflight=self.inflight[ad.peer_id],
                 rtt_s=self.rtt_s.get(ad.peer_id, 0.005), staked=self.is_staked(ad),
                 reputation=self.reputation_of(ad.peer_id),
@@ -346,7 +346,8 @@ class Gateway:
             return None
         load = served.worker.load
         return Candidate(peer_id=self.peer_id, tokens_per_s=served.tokens_per_s, n_ctx=served.engine.n_ctx,
-                         queued=load.queued, running=load.running, capacity=load.capacity, rtt_s=0.0,
+                         queued=load.queued, running=load.running, slots=load.slots, capacity=load.capacity,
+                         rtt_s=0.0,
                          staked=self.billing.is_staked_self(), reputation=self.router.reputation_of(self.peer_id))
 
     def _prompt_size(self, job: wire.JobRequest, local: bool, candidates: list[str]) -> int:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from inferad.engine import EngineError, Generation, OnToken, OutputStream, check_vocabulary
+from inferad.engine import EngineError, Generation, GenerationCancelled, OnToken, OutputStream, check_vocabulary
 from p2p import wire
 
 SIM_PREFIX = "sim"
@@ -36,6 +36,7 @@ def sim_model_ref(name: str = SIM_PREFIX) -> wire.ModelRef:
 
 class SimEngine:
     kind = "sim"
+    n_slots = 1  # one job at a time, at the configured speed
 
     def __init__(self, name: str = SIM_PREFIX, *, tokens_per_s: float = 50.0, n_ctx: int = 0) -> None:
         """``n_ctx`` 0: :data:`SIM_N_CTX`, the simulated model's "trained" context (no memory to size)."""
@@ -65,7 +66,7 @@ class SimEngine:
         return 1000 + int.from_bytes(seed[:4], "big") % 30000
 
     def generate(self, prompt: list[int], params: wire.SamplingParams, on_token: OnToken,
-                 prefix: Sequence[int] = ()) -> Generation:
+                 prefix: Sequence[int] = (), *, cancelled: Callable[[], bool] = lambda: False) -> Generation:
         out = OutputStream(params, lambda tok: f" w{tok}".encode(), lambda tok: tok == EOG, on_token)
         out.replay(list(prefix))
         interval = 1.0 / self.tokens_per_s
@@ -73,6 +74,8 @@ class SimEngine:
         while out.finish_reason is None:
             next_at += interval
             time.sleep(max(0.0, next_at - time.perf_counter()))
+            if cancelled():
+                raise GenerationCancelled()
             if out.push(self._token(prompt, len(out.tokens))):
                 break
         return out.result(len(prompt))

@@ -376,7 +376,7 @@ class Verification:
         """Re-score a result on ``served`` (queued with its jobs), sign the attestation at ``beacon``,
         keep it and gossip it; the signed attestation.  Verifiers and the oracle (as arbiter) use it."""
         started = time.perf_counter()
-        verdict = await served.worker.run_exclusive(
+        verdict = await served.worker.run_in_slot(
             lambda: rescore(served.engine, job.message, result.message, self.thresholds))
         elapsed = int((time.perf_counter() - started) * 1000)
         metrics = verdict.metrics
@@ -427,7 +427,7 @@ class Verification:
                                  for a in map(wire.decode, envelope.message.attestations)]}
         served = self.served.get(job_env.message.model.sha256)
         if served is not None:
-            verdict = await served.worker.run_exclusive(
+            verdict = await served.worker.run_in_slot(
                 lambda: rescore(served.engine, job_env.message, result_env.message, self.thresholds))
             view["rescored_here"] = {"verdict": verdict.verdict, "reason": verdict.reason}
         return view

@@ -14,7 +14,9 @@ sending it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
 import logging
 import math
 import threading
@@ -49,17 +51,28 @@ T = TypeVar("T")
 
 
 class Worker:
+    """The queue in front of one engine: at most ``engine.n_slots`` jobs run at once (each in a slot
+    of the engine's batch), ``queue_size`` more wait, the rest are refused ``busy``.
+
+    Each running job holds a thread blocked on its engine task (:meth:`Engine.generate`), from a
+    limiter of one thread per slot, so the jobs never take the threads trio's other work uses.
+    """
+
     def __init__(self, engine: Engine, *, queue_size: int, batch_ms: int = 0) -> None:
         self.engine = engine
         self.queue_size = queue_size
         self.batch_s = batch_ms / 1000
-        self._limiter = trio.CapacityLimiter(1)  # a llama.cpp context is single-threaded
+        self.slots = getattr(engine, "n_slots", 1)
+        self._limiter = trio.CapacityLimiter(self.slots)  # a slot each
+        self._threads = trio.CapacityLimiter(self.slots)  # a thread waits on each slot's task
         self._waiting = 0
+        self.meter = RateMeter()
 
     @property
     def load(self) -> wire.Load:
         return wire.Load(queued=self._waiting, running=self._limiter.borrowed_tokens,
-                         capacity=1 + self.queue_size)
+                         capacity=self.slots + self.queue_size, slots=self.slots,
+                         tokens_per_s=round(self.meter.rate(time.monotonic()), 2))
 
     async def run(self, prompt: list[int], params: wire.SamplingParams, send_tokens: SendTokens,
                   prefix: list[int] | None = None) -> tuple[Generation, int]:
@@ -71,22 +84,23 @@ class Worker:
 
         Raises JobRejected("busy") when ``queue_size`` jobs already wait.
         """
-        if self._limiter.borrowed_tokens and self._waiting >= self.queue_size:
-            raise JobRejected("busy", f"{self._waiting} jobs are already waiting; retry later")
+        if not self._limiter.available_tokens and self._waiting >= self.queue_size:
+            raise JobRejected("busy", f"all {self.slots} slot(s) are running and {self._waiting} jobs are already "
+                                      f"waiting; retry later")
         queued_at = time.perf_counter()
         async with self._turn():
             queue_ms = int((time.perf_counter() - queued_at) * 1000)
             return await self._generate(prompt, params, send_tokens, prefix or []), queue_ms
 
-    async def run_exclusive(self, fn: Callable[[], T]) -> T:
-        """Run blocking ``fn`` in a thread while it owns the engine (verifications
-        queue with jobs, so they never run on a context that is generating)."""
+    async def run_in_slot(self, fn: Callable[[], T]) -> T:
+        """Run blocking ``fn`` (a re-scoring: :meth:`Engine.score`) in a thread while it holds a
+        slot: verifications queue with jobs and run in the same batches."""
         async with self._turn():
-            return await trio.to_thread.run_sync(fn)
+            return await trio.to_thread.run_sync(fn, limiter=self._threads)
 
     @contextlib.asynccontextmanager
     async def _turn(self):
-        """Wait in the queue (counted in the advertised load), then own the engine."""
+        """Wait in the queue (counted in the advertised load), then hold a slot."""
         self._waiting += 1
         try:
             await self._limiter.acquire()
@@ -104,6 +118,7 @@ class Worker:
         trio_token = trio.lowlevel.current_trio_token()
 
         def deliver(item: tuple[int, str]) -> None:  # runs in trio; must not raise
+            self.meter.add(1, time.monotonic())
             try:
                 send.send_nowait(item)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -140,7 +155,9 @@ class Worker:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(forward)
             try:
-                generation = await trio.to_thread.run_sync(self.engine.generate, prompt, params, on_token, prefix)
+                generation = await trio.to_thread.run_sync(
+                    functools.partial(self.engine.generate, prompt, params, on_token, prefix, cancelled=stop.is_set),
+                    limiter=self._threads)
             except GenerationCancelled:
                 pass
             finally:
@@ -148,6 +165,27 @@ class Worker:
         if generation is None:
             raise JobRejected("cancelled", "generation stopped: the client went away")
         return generation
+
+
+class RateMeter:
+    """Tokens per second over the last ``window_s`` seconds of output: what an engine delivers at
+    its current concurrency (every slot's tokens together).  0 while fewer than two tokens fall
+    in the window, so an idle engine claims nothing it has not just shown."""
+
+    def __init__(self, window_s: float = 10.0) -> None:
+        self.window_s = window_s
+        self._events: collections.deque[tuple[float, int]] = collections.deque()  # (monotonic s, tokens)
+
+    def add(self, tokens: int, now: float) -> None:
+        self._events.append((now, tokens))
+
+    def rate(self, now: float) -> float:
+        while self._events and self._events[0][0] < now - self.window_s:
+            self._events.popleft()
+        if len(self._events) < 2:
+            return 0.0
+        span = self._events[-1][0] - self._events[0][0]
+        return sum(n for _, n in self._events[1:]) / span if span > 0 else 0.0
 
 
 class ModelUnusable(Exception):
@@ -184,7 +222,7 @@ async def load_models(config: Config, hardware: wire.Hardware, *, engine: str = 
                 log.info("loading %s with llama.cpp (%s)…", model.name, model.path)
                 opened = await trio.to_thread.run_sync(
                     lambda m=model: Engine(m, n_ctx=config.n_ctx, n_threads=config.n_threads,
-                                           n_gpu_layers=config.n_gpu_layers))
+                                           n_gpu_layers=config.n_gpu_layers, n_slots=config.parallel))
             speed = await trio.to_thread.run_sync(
                 lambda e=opened: tokens_per_second(e, hardware, threads=config.n_threads))
         except (ModelError, EngineError, ValueError) as exc:
@@ -206,7 +244,8 @@ def total_load(served: dict[str, Served]) -> wire.Load:
     """The load of every engine in ``served``, summed (what an advert says)."""
     loads = [s.worker.load for s in served.values()]
     return wire.Load(queued=sum(x.queued for x in loads), running=sum(x.running for x in loads),
-                     capacity=sum(x.capacity for x in loads))
+                     capacity=sum(x.capacity for x in loads), slots=max(sum(x.slots for x in loads), 1),
+                     tokens_per_s=sum(x.tokens_per_s for x in loads))
 
 
 def _now_ms() -> int:

@@ -237,9 +237,15 @@ class Hardware:
 
 @dataclass(frozen=True)
 class Load:
+    """A node's jobs now: ``queued`` waiting, ``running`` in ``slots`` decoded side by side,
+    ``capacity`` taken at once (slots + queue); ``tokens_per_s``: the tokens it delivered per
+    second over the last seconds, all slots together (0: not measured lately)."""
+
     queued: int = field(integer(0, 1 << 20))
     running: int = field(integer(0, 1 << 20))
     capacity: int = field(integer(0, 1 << 20))
+    slots: int = field(integer(1, 1 << 12), 1)
+    tokens_per_s: float = field(number(0.0, 1e7), 0.0)
 
 
 @dataclass(frozen=True)

@@ -102,18 +102,34 @@ def test_a_file_that_is_not_a_usable_gguf_is_refused_with_its_name(tmp_path):
         read_shape(partial)
 
 
-def test_offloading_sizes_the_window_from_free_vram_and_else_from_ram(tmp_path, monkeypatch):
+def long_model(tmp_path):
     path = tmp_path / "long.gguf"  # 1 layer x 1 KV head x (512 + 512) x 2 bytes: 2 KiB per token, 1M trained
     write_gguf(path, [("general.architecture", STRING, _string("llama")), ("llama.context_length", U32, u32(1 << 20)),
                       ("llama.block_count", U32, u32(1)), ("llama.embedding_length", U32, u32(512)),
                       ("llama.attention.head_count", U32, u32(1))])
+    return path
+
+
+def test_offloading_sizes_the_slots_from_free_vram_and_else_from_ram(tmp_path, monkeypatch):
+    path = long_model(tmp_path)
     monkeypatch.setattr("inferad.hardware.available_ram_bytes", lambda: 100 * GIB)
     monkeypatch.setattr("inferad.hardware.free_vram_bytes", lambda: 4 * GIB)
     on_gpu = plan(path, offload=True)  # a quarter of 4 GiB (less the tiny file) at 2 KiB per token
-    assert on_gpu.why == "memory" and (1 << 19) - 256 <= on_gpu.n_ctx < 1 << 19
-    assert plan(path, offload=False).why == "trained"  # 2 GiB of KV cache: within a quarter of 100 GiB
+    assert on_gpu.n_slots == 64 and on_gpu.n_ctx == 8192 - 256  # as many 4096-token slots as fit: capped at 64
+    assert on_gpu.kv_bytes <= GIB
+    on_cpu = plan(path, offload=False)  # 2 GiB of KV cache: within a quarter of 100 GiB, shared by 4 slots
+    assert (on_cpu.why, on_cpu.n_slots, on_cpu.n_ctx) == ("slots", 4, (1 << 20) // 4)
     monkeypatch.setattr("inferad.hardware.free_vram_bytes", lambda: 0)  # no NVML: RAM is all we know
-    assert plan(path, offload=True).why == "trained"
+    assert plan(path, offload=True).kv_bytes > 4 * GIB
+
+
+def test_an_explicit_context_is_each_slots_and_slots_that_do_not_fit_are_refused(tmp_path, monkeypatch):
+    path = long_model(tmp_path)
+    monkeypatch.setattr("inferad.hardware.available_ram_bytes", lambda: 4 * GIB)
+    choice = plan(path, requested=4096, slots=16)
+    assert (choice.n_slots, choice.n_ctx, choice.kv_bytes) == (16, 4096, 16 * 4096 * 2 * KIB)
+    with pytest.raises(ContextError, match="lower --parallel or --n-ctx"):
+        plan(path, requested=1 << 19, slots=8)  # 8 GiB of KV cache, 4 GiB free
 
 
 @pytest.mark.model

@@ -147,3 +147,82 @@ def test_worker_refuses_jobs_beyond_its_queue(engine):
 
     trio.run(main)
     assert sorted(outcomes) == [("queued", "ok"), ("refused", "busy"), ("running", "ok")]
+
+
+@pytest.fixture(scope="module")
+def batched():
+    engine = Engine(resolve("gemma-3-270m"), n_ctx=256, n_slots=16)
+    yield engine
+    engine.close()
+
+
+def side_by_side(calls):
+    """Run the blocking ``calls`` in threads at once; their results (or exceptions) in order."""
+    import threading
+
+    results = [None] * len(calls)
+
+    def run(i):
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:  # reported to the test as the result
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    return results
+
+
+def parts_at_a_near_tie(engine, prompt, serial, batched_tokens) -> float | None:
+    """Where a batched greedy output leaves the serial one: how much likelier (nats) the batched
+    token is than the serial one, both re-scored after the same prefix (None: no parting)."""
+    at = next((i for i, (a, b) in enumerate(zip(serial, batched_tokens, strict=False)) if a != b), None)
+    if at is None:
+        return None
+    params = wire.SamplingParams(max_tokens=len(serial))
+    ours = engine.score(prompt, batched_tokens[: at + 1], params, 0.0)[at].logprob
+    theirs = engine.score(prompt, serial[: at + 1], params, 0.0)[at].logprob
+    return theirs - ours
+
+
+@pytest.mark.model
+def test_sixteen_concurrent_greedy_jobs_equal_their_serial_outputs_but_at_near_ties(batched):
+    from proofs.check import Thresholds
+
+    prompts = [batched.tokenize(f"Write one sentence about the number {i}.") for i in range(16)]
+    params = wire.SamplingParams(max_tokens=24)
+    serial = [batched.generate(p, params, lambda tok, text: True).tokens for p in prompts]
+    together = side_by_side([lambda p=p: batched.generate(p, params, lambda tok, text: True).tokens for p in prompts])
+    gaps = [parts_at_a_near_tie(batched, p, s, t) for p, s, t in zip(prompts, serial, together, strict=True)]
+    parted = [g for g in gaps if g is not None]
+    print(f"{len(parted)} of 16 batched greedy outputs part from the serial ones; gaps (nats) {parted}")
+    assert all(abs(g) < Thresholds().greedy_margin for g in parted), gaps
+
+
+@pytest.mark.model
+def test_a_job_whose_consumer_leaves_mid_batch_frees_its_slot_and_the_others_finish(batched):
+    from inferad.engine import GenerationCancelled
+
+    params = wire.SamplingParams(max_tokens=20)
+    prompt = batched.tokenize("Count: 1, 2, 3,")
+    seen = []
+    results = side_by_side(
+        [lambda: batched.generate(prompt, params, lambda tok, text: seen.append(tok) or len(seen) < 3)]
+        + [lambda: batched.generate(prompt, params, lambda tok, text: True) for _ in range(15)])
+    assert isinstance(results[0], GenerationCancelled) and len(seen) == 3
+    assert all(len(r.tokens) == 20 for r in results[1:])
+    assert not batched._slots.busy()  # every slot is free again, the cancelled one first of all
+
+
+@pytest.mark.model
+def test_a_rescoring_runs_in_the_same_batches_as_generations(batched):
+    prompt = batched.tokenize("The capital of France is")
+    params = wire.SamplingParams(max_tokens=12)
+    alone = batched.generate(prompt, params, lambda tok, text: True)
+    results = side_by_side([lambda: batched.score(prompt, alone.tokens, params, 0.5)]
+                           + [lambda: batched.generate(prompt, params, lambda tok, text: True) for _ in range(4)])
+    assert [p.token for p in results[0]] == alone.tokens and all(p.rank == 0 for p in results[0])
+    assert all(len(r.tokens) == 12 for r in results[1:])

@@ -1,0 +1,118 @@
+"""The slot scheduler, as transcripts: submit, plan a step, report what was sampled, release."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from inferad.slots import Row, Scheduler, SlotState, SlotStateError, Task
+
+
+def generation(name, n):
+    return Task(id=name, tokens=tuple(range(100, 100 + n)))
+
+
+def test_a_lone_prompt_is_prefilled_in_one_step_with_logits_at_its_last_row_then_generates():
+    s = Scheduler(n_slots=2, n_batch=8, n_ctx_slot=32)
+    assert s.submit(generation("a", 3)) == 0
+    assert s.next_batch() == [Row(0, 100, 0, False), Row(0, 101, 1, False), Row(0, 102, 2, True)]
+    assert s.slots[0].state is SlotState.GENERATING
+    s.sampled(0, 7)
+    assert s.next_batch() == [Row(0, 7, 3, True)]
+
+
+def test_a_prompt_longer_than_n_batch_is_prefilled_over_several_steps_beside_running_streams():
+    s = Scheduler(n_slots=2, n_batch=4, n_ctx_slot=32)
+    s.submit(generation("running", 1))
+    s.next_batch()
+    s.sampled(0, 7)
+    s.submit(generation("long", 6))
+    first = s.next_batch()
+    assert first[0] == Row(0, 7, 1, True)  # the running stream advances every step
+    assert [r.pos for r in first[1:]] == [0, 1, 2] and not any(r.logits for r in first[1:])
+    s.sampled(0, 8)
+    second = s.next_batch()
+    assert second[0] == Row(0, 8, 2, True)
+    assert [(r.pos, r.logits) for r in second[1:]] == [(3, False), (4, False), (5, True)]
+
+
+def test_tasks_beyond_the_slots_wait_and_take_the_next_slot_released():
+    s = Scheduler(n_slots=1, n_batch=8, n_ctx_slot=32)
+    assert s.submit(generation("a", 2)) == 0
+    assert s.submit(generation("b", 2)) is None
+    s.next_batch()
+    assert s.release(0).id == "b"
+    assert s.slots[0].task.id == "b" and s.slots[0].n_past == 0
+
+
+def test_cancelling_a_waiting_task_never_occupies_a_slot():
+    s = Scheduler(n_slots=1, n_batch=8, n_ctx_slot=32)
+    s.submit(generation("a", 2))
+    s.submit(generation("b", 2))
+    assert s.cancel("b") is None
+    assert s.release(0) is None and not s.busy()
+
+
+def test_cancelling_a_running_task_frees_its_slot_for_the_next_step():
+    s = Scheduler(n_slots=1, n_batch=8, n_ctx_slot=32)
+    s.submit(generation("a", 2))
+    s.next_batch()
+    assert s.cancel("a") == 0
+    assert s.next_batch() == [] and not s.busy()
+
+
+def test_a_scoring_task_wants_logits_from_its_first_scored_row_and_at_most_max_outputs_a_step():
+    s = Scheduler(n_slots=1, n_batch=16, n_ctx_slot=32, max_outputs=2)
+    s.submit(Task(id="score", tokens=tuple(range(6)), logits_from=2))
+    assert [(r.pos, r.logits) for r in s.next_batch()] == [(0, False), (1, False), (2, True), (3, True)]
+    assert [(r.pos, r.logits) for r in s.next_batch()] == [(4, True), (5, True)]
+    assert s.slots[0].state is SlotState.SCORED and s.next_batch() == []
+
+
+def test_an_illegal_event_raises_and_leaves_the_slot_unchanged():
+    s = Scheduler(n_slots=1, n_batch=8, n_ctx_slot=32)
+    with pytest.raises(SlotStateError, match="slot 0: sampled is not allowed in state idle"):
+        s.sampled(0, 5)
+    with pytest.raises(SlotStateError, match="release is not allowed in state idle"):
+        s.release(0)
+    assert s.slots[0].state is SlotState.IDLE and s.slots[0].last is None
+
+
+def test_a_task_that_cannot_fit_a_slot_is_refused():
+    s = Scheduler(n_slots=1, n_batch=8, n_ctx_slot=4)
+    with pytest.raises(ValueError, match="a slot holds 1 to 4"):
+        s.submit(generation("big", 5))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["submit", "cancel", "step"]), st.integers(0, 7), st.integers(1, 9)),
+                max_size=60))
+def test_under_any_interleaving_busy_slots_never_exceed_n_slots_and_every_task_ends_once(events):
+    s = Scheduler(n_slots=3, n_batch=6, n_ctx_slot=40)
+    ended: list[str] = []
+    submitted: list[str] = []
+
+    def step(done_at: int) -> None:
+        for row in s.next_batch():
+            slot = s.slots[row.slot]
+            if row.logits and slot.state is SlotState.GENERATING:
+                if slot.n_past >= done_at:
+                    ended.append(slot.task.id)
+                    s.release(row.slot)
+                else:
+                    s.sampled(row.slot, 1)
+
+    for kind, which, size in events:
+        if kind == "submit":
+            submitted.append(f"t{len(submitted)}")
+            s.submit(generation(submitted[-1], size))
+        elif kind == "cancel" and submitted:
+            name = submitted[which % len(submitted)]
+            was_waiting = name in {t.id for t in s.waiting}
+            if s.cancel(name) is not None or was_waiting:
+                ended.append(name)
+        else:
+            step(4 + which)
+        assert sum(slot.state is not SlotState.IDLE for slot in s.slots) <= 3
+    for _ in range(200):  # drain
+        step(12)
+    assert not s.busy() and sorted(ended) == sorted(submitted) and len(ended) == len(set(ended))
