@@ -185,7 +185,8 @@ class RateMeter:
         if len(self._events) < 2:
             return 0.0
         span = self._events[-1][0] - self._events[0][0]
-        return sum(n for _, n in self._events[1:]) / span if span > 0 else 0.0
+        # the first event's tokens came before the span began
+        return (sum(n for _, n in self._events) - self._events[0][1]) / span if span > 0 else 0.0
 
 
 class ModelUnusable(Exception):

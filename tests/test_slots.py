@@ -116,3 +116,14 @@ def test_under_any_interleaving_busy_slots_never_exceed_n_slots_and_every_task_e
     for _ in range(200):  # drain
         step(12)
     assert not s.busy() and sorted(ended) == sorted(submitted) and len(ended) == len(set(ended))
+
+
+def test_the_rate_meter_counts_tokens_over_the_last_seconds_only():
+    from inferad.worker import RateMeter
+
+    meter = RateMeter(window_s=10)
+    assert meter.rate(0.0) == 0.0
+    for t in range(11):
+        meter.add(2, float(t))  # 2 tokens a second for 10 s
+    assert meter.rate(10.0) == 2.0
+    assert meter.rate(25.0) == 0.0  # nothing lately: no claim

@@ -74,7 +74,7 @@ class Gate:
 
 def held_engine(gate: Gate) -> type:
     class HeldEngine(engine_module.Engine):
-        def generate(self, prompt, params, on_token, prefix=()):
+        def generate(self, prompt, params, on_token, prefix=(), **options):
             produced = 0
 
             def gated(tok: int, text: str) -> bool:
@@ -84,7 +84,7 @@ def held_engine(gate: Gate) -> type:
                 gate.pass_token(produced)
                 return go_on
 
-            return super().generate(prompt, params, gated, prefix)
+            return super().generate(prompt, params, gated, prefix, **options)
 
     return HeldEngine
 
