@@ -84,6 +84,11 @@ def amount_bytes(wei: int) -> bytes:
     return wei.to_bytes(32, "big")
 
 
+def accused_mark(job_id: str, address: str | None) -> str:
+    """The store's mark for an accuser slashed over job ``job_id`` (a lie's mark is the job id)."""
+    return f"{job_id}/{address}"
+
+
 class Verdicts:
     """What one settlement slashes and pays in bounties, and the evidence behind it."""
 
@@ -92,16 +97,19 @@ class Verdicts:
         self.bounties: dict[str, int] = {}  # address -> wei
         self.evidence: dict[str, str] = {}  # job id -> evidence hash, every lie convicted
         self.behind: dict[str, str] = {}  # slashed address -> the evidence hash of its first lie here
+        self.convicted: set[str] = set()  # store marks: a lie's job id, a false accuser's "job id/address"
 
     def slash(self, oracle: Oracle, liar_key: bytes, proven_by: tuple[bytes, ...], job_id: str, evidence_hash: str,
-              *, what: str = "false result") -> None:
-        """Slash the account staked for ``liar_key`` (once per settlement), bounties to ``proven_by``."""
+              *, accuser: bool = False) -> None:
+        """Slash the account staked for ``liar_key`` (once per settlement), bounties to ``proven_by``:
+        for a false result of job ``job_id``, or (``accuser``) for falsely accusing its worker."""
         view, config = oracle.billing.view, oracle.config
         liar = view.address_of_key(liar_key)
         if liar is None:
             log.warning("job %s: the liar has no stake left to slash", job_id[:16])
             return
         self.evidence[job_id] = evidence_hash
+        self.convicted.add(accused_mark(job_id, liar) if accuser else job_id)
         if liar in self.slashes:  # one slash per account and settlement, whatever the count of lies
             return
         self.slashes[liar] = view.stakes[liar][1] * config.slash_bps // BPS
@@ -110,8 +118,8 @@ class Verdicts:
         for payee in payees:
             share = self.slashes[liar] * config.bounty_bps // BPS // len(payees)
             self.bounties[payee] = self.bounties.get(payee, 0) + share
-        log.warning("slashing %s by %d wei for a %s (evidence %s)", liar, self.slashes[liar], what,
-                    evidence_hash[:16])
+        log.warning("slashing %s by %d wei for a %s (evidence %s)", liar, self.slashes[liar],
+                    "false accusation" if accuser else "false result", evidence_hash[:16])
 
 
 @dataclass(kw_only=True, eq=False)
@@ -243,7 +251,7 @@ class Oracle:
         receipt = await trio.to_thread.run_sync(
             lambda: self.registry.settle(epoch, settlement.tree.root, settlement.rewards_added,
                                          settlement.charges, slashes, evidence_hash), limiter=self.limiter)
-        await store.run(self._keep_deferred, deferred, list(evidence), epoch)
+        await store.run(self._keep_deferred, deferred, sorted(verdicts.convicted), epoch)
         log.info("settled", extra={"fields": {"epochs": f"{last + 1}-{epoch}", "jobs": len(settlement.jobs),
                                               "charged_wei": settlement.income,
                                               "rewards_wei": settlement.rewards_added,
@@ -252,7 +260,8 @@ class Oracle:
                                               "gas": receipt["gasUsed"]}})
 
     def _keep_deferred(self, deferred: dict, convicted: list[str], epoch: int) -> None:
-        """Deferred jobs replace the previous ones (the rest were paid or dropped now); mark the slashed."""
+        """Deferred jobs replace the previous ones (the rest were paid or dropped now); mark the slashed
+        (``Verdicts.convicted``)."""
         store = self.store.sync
         for job, _ in store.pairs(DEFERRED):
             store.drop_pair(DEFERRED, wire.decode(job).digest)
@@ -334,11 +343,10 @@ class Oracle:
                 continue
             await trio.to_thread.run_sync(view.learn_keys, {lie.worker_key, *lie.verifier_keys})
             verdicts.slash(self, lie.worker_key, lie.verifier_keys, job_id, wire.decode(data).digest)
-        for job_id, result_hash in verification.false_accusations():
-            if not await self.store.is_slashed(job_id):
-                pair = reported.get(job_id) or await self.store.pair(HELD, job_id)
-                if pair is not None:
-                    await self.punish_accusers(job_id, result_hash, pair, verdicts)
+        for job_id, result_hash in verification.false_accusations():  # accusers slashed before are skipped
+            pair = reported.get(job_id) or await self.store.pair(HELD, job_id)
+            if pair is not None:
+                await self.punish_accusers(job_id, result_hash, pair, verdicts)
         return verdicts
 
     async def rescore(self, data: bytes) -> str | None:
@@ -360,8 +368,10 @@ class Oracle:
 
     async def punish_accusers(self, job_id: str, result_hash: str, pair: tuple[bytes, bytes],
                               verdicts: Verdicts) -> None:
-        """The oracle found valid a result named verifiers called invalid: slash the accusers if
-        another named verifier agrees with the oracle, else only their reputation pays."""
+        """The oracle found valid a result named verifiers called invalid: slash the accusers not
+        slashed for it yet if another named verifier agrees with the oracle, else only their
+        reputation pays.  Accusations gossiped after a settlement slashed the first accusers are
+        punished in the next one."""
         verification = self.verification
         accusation = verification.evidence_of(job_id, result_hash, *pair, verdicts=("invalid", "valid"))
         try:
@@ -373,11 +383,16 @@ class Oracle:
                 log.warning("job %s: the oracle re-scored it valid, so nobody is slashed for it; the accusers "
                             "lose reputation only (%s)", job_id[:16], exc)
             return
+        view = self.billing.view
+        await trio.to_thread.run_sync(view.learn_keys, {*false.accuser_keys, *false.witness_keys})
+        unpunished = [key for key in false.accuser_keys
+                      if not await self.store.is_slashed(accused_mark(job_id, view.address_of_key(key)))]
+        if not unpunished:
+            return
         await self.store.put_evidence(wire.decode(accusation).digest, job_id, accusation)
-        await trio.to_thread.run_sync(self.billing.view.learn_keys, {*false.accuser_keys, *false.witness_keys})
-        for accuser in false.accuser_keys:
+        for accuser in unpunished:
             verdicts.slash(self, accuser, tuple(k for k in false.witness_keys if k != bytes(self.key.verify_key)),
-                           job_id, wire.decode(accusation).digest, what="false accusation")
+                           job_id, wire.decode(accusation).digest, accuser=True)
 
     async def evidence(self, job_id: str, result_hash: str, voters: list[str],
                        pair: tuple[bytes, bytes] | None = None) -> bytes | None:

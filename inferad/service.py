@@ -28,16 +28,19 @@ Handler = Callable[[wire.Envelope, bytes, FramedStream], Awaitable[None]]
 
 
 class Activity:
-    """Jobs this node is running (as gateway or worker), and whether it is draining.
+    """Jobs this node is running (as gateway or worker), the requests it is answering, and
+    whether it is draining.
 
     A node that got SIGTERM drains: it refuses new requests (``shutting_down``)
-    and waits, at most a grace period, for :meth:`idle`.  ``running`` is what
-    ``inferad status`` shows as active jobs.
+    and waits, at most a grace period, for :meth:`idle`: no job running and no
+    request unanswered (a job's result is sent after its job is done).
+    ``running`` is what ``inferad status`` shows as active jobs.
     """
 
     def __init__(self) -> None:
         self.draining = False
         self.running = 0
+        self._answering = 0
         self._idle = trio.Event()
         self._idle.set()
 
@@ -45,16 +48,34 @@ class Activity:
     def job(self) -> Iterator[None]:
         """Count one job for as long as the block runs."""
         self.running += 1
-        self._idle = trio.Event() if self._idle.is_set() else self._idle
+        with self._busy():
+            try:
+                yield
+            finally:
+                self.running -= 1
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        """Hold the drain for as long as the block answers one request."""
+        self._answering += 1
+        with self._busy():
+            try:
+                yield
+            finally:
+                self._answering -= 1
+
+    @contextlib.contextmanager
+    def _busy(self) -> Iterator[None]:
+        if self._idle.is_set():
+            self._idle = trio.Event()
         try:
             yield
         finally:
-            self.running -= 1
-            if not self.running:
+            if not self.running and not self._answering:
                 self._idle.set()
 
     async def idle(self) -> None:
-        """Return once no job runs."""
+        """Return once no job runs and every request taken is answered."""
         await self._idle.wait()
 
 
@@ -80,7 +101,12 @@ class Service:
 
     async def answer(self, framed: FramedStream, expect: str | tuple[str, ...], handle: Handler) -> None:
         """Read one signed request of type ``expect``, hand it to ``handle``; typed errors for the
-        rest.  Closes ``framed`` (resets it after an oversized frame)."""
+        rest.  Closes ``framed`` (resets it after an oversized frame).  A draining node waits for
+        the answer (:meth:`Activity.request`)."""
+        with self.activity.request():
+            await self._answer(framed, expect, handle)
+
+    async def _answer(self, framed: FramedStream, expect: str | tuple[str, ...], handle: Handler) -> None:
         try:
             with trio.fail_after(self.request_timeout):
                 data = await framed.receive()
