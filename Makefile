@@ -38,6 +38,7 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/api_overhead.py
 	$(PY) benchmarks/verify_cost.py
 	$(PY) benchmarks/verify_calibration.py

@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from inferad.verification import Verification
     from p2p.streams import FramedStream
     from scheduler.peers import PeerTable
+    from scheduler.speeds import SpeedChecks
 
 log = logging.getLogger("inferad.control")
 MAX_REPLY = 64 << 20
@@ -83,6 +84,7 @@ class Commands:
             verification: verification records, reputation and evidence (None without a chain).
             engine: ``llama`` or ``sim``.
             proof: fetches an account's reward proof (inferad.oracle.fetch_proof).
+            speeds: what this node measured of each worker's speed (scheduler.speeds.SpeedChecks).
     ``api_url`` is set once the HTTP API listens.
     """
 
@@ -95,6 +97,7 @@ class Commands:
     verification: Verification | None
     engine: str
     proof: Callable[[str], Awaitable[dict]]
+    speeds: SpeedChecks
 
     def __post_init__(self) -> None:
         self.started_at = time.time()
@@ -136,7 +139,8 @@ class Commands:
     async def peer_list(self) -> list[dict]:
         now = time.monotonic()
         return [dict(wire.view(e.advert), advert_age_s=round(now - e.received_at, 1),
-                     reputation=round(self.reputation(e.peer_id), 4), self=e.peer_id == self.membership.peer_id)
+                     reputation=round(self.reputation(e.peer_id), 4), self=e.peer_id == self.membership.peer_id,
+                     **self.speeds.view(e.peer_id))
                 for e in sorted(self.peers.fresh(now), key=lambda e: e.peer_id)]
 
     async def models(self) -> list[dict]:

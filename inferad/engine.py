@@ -309,7 +309,7 @@ class Engine:
         if out.finish_reason is not None:
             return out.result(len(prompt))
         task = _Task(Task(id=object(), tokens=tuple(prompt) + tuple(prefix)), cancelled, out=out,
-                     sampler=self._sampler(params))
+                     sampler=sampler_chain(params))
         self._run(task)
         return out.result(len(prompt))
 
@@ -356,24 +356,6 @@ class Engine:
         self._llm.close()
 
     # ------------------------------------------------------------------ the loop (engine thread)
-
-    def _sampler(self, params: wire.SamplingParams):
-        """A llama.cpp sampler chain for one job, as llama-cpp-python's ``Llama.generate`` builds it:
-        greedy, or top-k, typical (off), top-p, min-p (off), temperature, then a draw seeded by the job."""
-        import llama_cpp
-
-        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
-        if params.temperature == 0.0:
-            llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-            return chain
-        for sampler in (llama_cpp.llama_sampler_init_top_k(params.top_k),
-                        llama_cpp.llama_sampler_init_typical(1.0, 1),
-                        llama_cpp.llama_sampler_init_top_p(params.top_p, 1),
-                        llama_cpp.llama_sampler_init_min_p(0.0, 1),
-                        llama_cpp.llama_sampler_init_temp(params.temperature),
-                        llama_cpp.llama_sampler_init_dist(params.seed)):
-            llama_cpp.llama_sampler_chain_add(chain, sampler)
-        return chain
 
     def _run(self, task: _Task) -> None:
         """Hand ``task`` to the loop and wait for it; re-raise its failure."""
@@ -489,6 +471,26 @@ class Engine:
             task.finish()
         else:
             task.fail(error)
+
+
+def sampler_chain(params: wire.SamplingParams):
+    """A llama.cpp sampler chain for one job, as llama-cpp-python's ``Llama.generate`` builds it:
+    greedy, or top-k, typical (off), top-p, min-p (off), temperature, then a draw seeded by the
+    job.  Free it with ``llama_sampler_free``."""
+    import llama_cpp
+
+    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    if params.temperature == 0.0:
+        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
+        return chain
+    for sampler in (llama_cpp.llama_sampler_init_top_k(params.top_k),
+                    llama_cpp.llama_sampler_init_typical(1.0, 1),
+                    llama_cpp.llama_sampler_init_top_p(params.top_p, 1),
+                    llama_cpp.llama_sampler_init_min_p(0.0, 1),
+                    llama_cpp.llama_sampler_init_temp(params.temperature),
+                    llama_cpp.llama_sampler_init_dist(params.seed)):
+        llama_cpp.llama_sampler_chain_add(chain, sampler)
+    return chain
 
 
 @dataclass(eq=False)

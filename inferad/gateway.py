@@ -41,6 +41,7 @@ from p2p.mesh import PROTOCOL_EXEC
 from p2p.streams import FramedStream, StreamClosed
 from scheduler.peers import Backoff, PeerTable
 from scheduler.ranking import Candidate, JobShape, Plan, estimate_prompt_tokens, rank_candidates
+from scheduler.speeds import SpeedChecks, claimed_stream_speed
 
 log = logging.getLogger("inferad.gateway")
 
@@ -97,6 +98,7 @@ class Router:
         self.rng = rng or random.Random()
         self.inflight: Counter[str] = Counter()
         self.rtt_s: dict[str, float] = {}
+        self.speeds = SpeedChecks()  # what this gateway measured of each worker, against its adverts
 
     def record_rtt(self, peer_id: str, seconds: float) -> None:
         old = self.rtt_s.get(peer_id)
@@ -110,7 +112,8 @@ class Router:
             ad = entry.advert
             offer = ad.offers(model_sha256)
             found.append(Candidate(
-                peer_id=ad.peer_id, tokens_per_s=offer.tokens_per_s, n_ctx=offer.n_ctx,
+                peer_id=ad.peer_id, tokens_per_s=self.speeds.speed(ad.peer_id, offer.tokens_per_s),
+                n_ctx=offer.n_ctx,
                 queued=ad.load.queued, running=ad.load.running, slots=ad.load.slots,
                 capacity=ad.load.capacity, inflight=self.inflight[ad.peer_id],
                 rtt_s=self.rtt_s.get(ad.peer_id, 0.005), staked=self.is_staked(ad),
@@ -149,13 +152,17 @@ class Router:
             prefix = [t.id for t in delivered]
             from_this: list[wire.Token] = []
             broken: list[AttemptFailed] = []  # the rule this attempt's stream broke, if it did
+            arrivals: list[tuple[float, int]] = []  # (perf_counter s, tokens) of each batch
+            claimed = self._claimed_speed(peer_id, job)
 
-            async def forward(tokens: list[wire.Token], prefix=prefix, from_this=from_this, broken=broken) -> None:
+            async def forward(tokens: list[wire.Token], prefix=prefix, from_this=from_this, broken=broken,
+                              arrivals=arrivals) -> None:
                 try:
                     check_tokens(tokens, prefix=len(prefix), streamed=len(from_this), max_tokens=max_tokens)
                 except AttemptFailed as rule:
                     broken.append(rule)  # the local engine reports a failed relay as "cancelled"
                     raise
+                arrivals.append((time.perf_counter(), len(tokens)))
                 from_this.extend(tokens)
                 delivered.extend(tokens)
                 await relay(tokens)
@@ -188,12 +195,33 @@ class Router:
             finally:
                 self.inflight[peer_id] -= 1
             self.backoff.succeeded(peer_id)
+            self._measure(peer_id, claimed, arrivals)
             workers.append({"peer": peer_id, "tokens": len(from_this), "outcome": "ok"})
             return Routed(data, envelope, workers)
         tried = "; ".join(f"{w['peer'][-8:]}: {w['outcome']}" for w in workers) or "none"
         # Every worker refused for the same reason (max_tokens, context_overflow…): say that.
         code = codes.pop() if len(codes) == 1 and "failed" not in codes else "no_worker"
         raise JobRejected(code, f"no worker could run the job. Tried: {tried}. Excluded: {plan.explain()}")
+
+
+    def _claimed_speed(self, peer_id: str, job: wire.JobRequest | None) -> float:
+        """The per-stream tokens/s ``peer_id``'s advert claims for one more job now (0: unknown)."""
+        entry = self.peers.get(peer_id)
+        offer = entry.advert.offers(job.model.sha256) if entry is not None and job is not None else None
+        if peer_id == self.self_id or offer is None:
+            return 0.0
+        load = entry.advert.load
+        return claimed_stream_speed(offer.tokens_per_s, load.running, load.tokens_per_s)
+
+    def _measure(self, peer_id: str, claimed: float, arrivals: list[tuple[float, int]]) -> None:
+        """Hold the speed a worker streamed at against the speed it claimed (scheduler.speeds)."""
+        if claimed <= 0 or len(arrivals) < 2:
+            return
+        tokens = sum(n for _, n in arrivals[1:])  # the clock starts at the first batch
+        if self.speeds.observe(peer_id, claimed=claimed, tokens=tokens, seconds=arrivals[-1][0] - arrivals[0][0]):
+            log.warning("worker %s claims %.0f tokens/s but streamed %.1f: ranked by the measured speed "
+                        "(%d overclaim(s))", peer_id[-8:], claimed, self.speeds.measured[peer_id],
+                        self.speeds.overclaims[peer_id])
 
 
 def check_tokens(tokens: Sequence[wire.Token], *, prefix: int, streamed: int, max_tokens: int) -> None:

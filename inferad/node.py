@@ -174,7 +174,7 @@ class Node:
                 commands = Commands(store=store, peers=peers, served=served, activity=activity, membership=membership,
                                     billing=billing, verification=verification, engine=self.engine,
                                     proof=partial(fetch_proof, key=key, store=store, chain_view=billing.view,
-                                                  dialer=dialer))
+                                                  dialer=dialer), speeds=router.speeds)
                 handlers = {
                     PROTOCOL_SUBMIT: ("submit", service.handler("job", gateway.serve)),
                     PROTOCOL_EXEC: ("exec", service.handler("exec", worker.serve)),

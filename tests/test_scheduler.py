@@ -2,6 +2,7 @@
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -147,3 +148,30 @@ def test_sampling_never_misses_the_few_eligible_peers_of_a_large_network(n, elig
 def test_sampled_decisions_still_spread_load_over_many_workers():
     served = simulate([40.0] * 60, jobs=6000)
     assert jain(served) >= 0.9
+
+
+def test_a_worker_claiming_more_than_one_and_a_half_times_what_it_streamed_is_ranked_by_the_measurement():
+    from scheduler.speeds import SpeedChecks
+
+    speeds = SpeedChecks()
+    assert speeds.speed("liar", 10_000.0) == 10_000.0  # nothing measured: its word
+    assert speeds.observe("liar", claimed=10_000.0, tokens=40, seconds=1.0)  # 40 tok/s streamed
+    assert speeds.speed("liar", 10_000.0) == pytest.approx(40.0)
+    assert speeds.view("liar") == {"measured_tokens_per_s": 40.0, "claim_ratio": 250.0, "ranked_by_measurement": True,
+                                   "overclaims": 1}
+
+
+def test_an_honest_worker_within_the_tolerance_keeps_its_advertised_speed():
+    from scheduler.speeds import SpeedChecks
+
+    speeds = SpeedChecks()
+    assert not speeds.observe("honest", claimed=45.0, tokens=40, seconds=1.0)  # 1.125x: batching, network
+    assert speeds.speed("honest", 45.0) == 45.0 and speeds.view("honest")["overclaims"] == 0
+    assert not speeds.observe("honest", claimed=45.0, tokens=4, seconds=1.0)  # too short to say anything
+
+
+def test_a_busy_worker_is_held_to_its_delivered_speed_shared_by_its_running_jobs():
+    from scheduler.speeds import claimed_stream_speed
+
+    assert claimed_stream_speed(45.0, running=0, delivered_tokens_per_s=0.0) == 45.0
+    assert claimed_stream_speed(45.0, running=8, delivered_tokens_per_s=160.0) == 20.0

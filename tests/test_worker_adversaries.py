@@ -129,3 +129,22 @@ def test_a_worker_that_ignores_the_continuation_prefix_is_failed_over(workers, g
     assert restarted["tokens"] == 0 and "prefix" in restarted["outcome"]
     result = completion["result"]
     assert result["continued_from"] == DIE_AFTER and len(result["output_tokens"]) == MAX_TOKENS
+
+
+def test_workers_that_overclaim_their_speed_are_ranked_by_what_the_gateway_measured(workers, gateway, tmp_path):
+    """The liars advertise 10,000 tokens/s and stream at this machine's speed: once the gateway has
+    seen each stream a job, it ranks them by what it measured, not by their adverts."""
+    liars = {workers[name].info["peer_id"] for name in ("liar1", "liar2")}
+    ran_on = []
+    for i in range(2):  # their adverts win: one job each
+        out = run_cli("submit", "--node-home", str(gateway.home), f"Count from {i} to fifty:", "--max-tokens", "16",
+                      "--json", home=tmp_path / "client", check=True)
+        ran_on.append(json.loads(out.stdout)["result"]["worker"])
+    assert set(ran_on) == liars
+    peers = {p["peer_id"]: p for p in json.loads(run_cli("peers", "--json", home=gateway.home, check=True).stdout)}
+    for liar in liars:
+        assert peers[liar]["ranked_by_measurement"] and peers[liar]["overclaims"] == 1, peers[liar]
+        assert peers[liar]["measured_tokens_per_s"] < 1000
+    honest = peers[workers["honest"].info["peer_id"]]
+    assert not honest["ranked_by_measurement"] and honest["overclaims"] == 0
+    assert f"claims {10_000} tokens/s but streamed" in gateway.log()
