@@ -1,13 +1,16 @@
 """Running a job on a real model with llama.cpp (llama-cpp-python).
 
-An :class:`Engine` owns one loaded model.  :meth:`Engine.generate` is
-blocking and not re-entrant (a llama.cpp context is single-threaded); the
-node runs it in a worker thread behind a limiter of one and streams tokens
-out through a callback.
+An :class:`Engine` owns one loaded model and one llama.cpp context with a
+slot (a KV-cache sequence) per job it decodes at once; one thread owns the
+context and runs the continuous-batching loop (see the class docstring).
+:meth:`Engine.generate` and :meth:`Engine.score` are blocking and
+thread-safe: the node calls them from worker threads, one per slot, and
+tokens come out through a callback.
 
-Every job is evaluated from an empty KV cache, so the same prompt and
-parameters give the same tokens on the same build: greedy output is
-reproducible, which is what verifiers and tests rely on.
+Every job starts in an empty slot, so the same prompt and parameters give
+the same tokens on the same build when the job is alone: greedy output is
+reproducible, which is what verifiers and tests rely on; batched with
+others, a greedy token can change only at a near-tie (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ host and the mesh, constructs the roles, registers their protocol handlers
 (each wrapped by :func:`p2p.host.guarded`, so no exception escapes into
 py-libp2p's nursery), starts their tasks in the node's one nursery, and on
 SIGINT/SIGTERM drains and stops them.  Blocking work goes through
-``trio.to_thread`` with limiters sized on purpose: one per engine (a
-llama.cpp context is single-threaded), four for LevelDB.
+``trio.to_thread`` with limiters sized on purpose: a thread per engine
+slot (each waits on its task in the engine's loop), four for LevelDB.
 """
 
 from __future__ import annotations

@@ -39,39 +39,33 @@ class Activity:
 
     def __init__(self) -> None:
         self.draining = False
-        self.running = 0
-        self._answering = 0
+        self._holds = {"jobs": 0, "requests": 0}
         self._idle = trio.Event()
         self._idle.set()
 
-    @contextlib.contextmanager
-    def job(self) -> Iterator[None]:
+    @property
+    def running(self) -> int:
+        """Jobs running now."""
+        return self._holds["jobs"]
+
+    def job(self) -> contextlib.AbstractContextManager[None]:
         """Count one job for as long as the block runs."""
-        self.running += 1
-        with self._busy():
-            try:
-                yield
-            finally:
-                self.running -= 1
+        return self._holding("jobs")
 
-    @contextlib.contextmanager
-    def request(self) -> Iterator[None]:
+    def request(self) -> contextlib.AbstractContextManager[None]:
         """Hold the drain for as long as the block answers one request."""
-        self._answering += 1
-        with self._busy():
-            try:
-                yield
-            finally:
-                self._answering -= 1
+        return self._holding("requests")
 
     @contextlib.contextmanager
-    def _busy(self) -> Iterator[None]:
+    def _holding(self, kind: str) -> Iterator[None]:
+        self._holds[kind] += 1
         if self._idle.is_set():
             self._idle = trio.Event()
         try:
             yield
         finally:
-            if not self.running and not self._answering:
+            self._holds[kind] -= 1
+            if not any(self._holds.values()):
                 self._idle.set()
 
     async def idle(self) -> None:
