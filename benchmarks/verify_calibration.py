@@ -1,6 +1,7 @@
 """Calibrate the verifier's thresholds: false positives on honest jobs, detection per forgery kind.
 
     .venv/bin/python benchmarks/verify_calibration.py [--honest 200] [--forged 100] [--max-tokens 32]
+                                                      [--batched N]
 
 Runs ``--honest`` honest jobs on gemma-3-270m (half greedy, half sampled
 with varied temperature, top-p, top-k and seeds, over varied prompts) and
@@ -10,6 +11,11 @@ cheating worker might (tests/adversaries/forgeries.py, plus the output of
 another model: the same weights re-quantized to Q4_0 and to Q2_K, a cheaper
 model claimed as the real one) and counts how many are caught.  A forgery
 whose tokens equal the honest output is no lie and is not counted.
+
+With ``--batched N`` the honest jobs are generated N at a time, each in a
+slot of one engine's batch (continuous batching, as a busy node runs them),
+and re-scored alone: a false positive there would be batching noise the
+thresholds do not absorb.
 
 Prints the worst honest margins next to the thresholds, and a table of
 detection rates (goal: 0 false positives, >= 99 % per kind but the single
@@ -24,6 +30,7 @@ import random
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -72,25 +79,37 @@ def main() -> None:
     parser.add_argument("--forged", type=int, default=100)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--batched", type=int, default=1, help="honest jobs generated at once, a slot each")
     args = parser.parse_args()
     rng = random.Random(2026)
     thresholds = Thresholds()
     model = resolve("gemma-3-270m")
-    engine = Engine(model, n_ctx=512, n_threads=args.threads)
+    engine = Engine(model, n_ctx=512, n_threads=args.threads, n_slots=args.batched)
     tmp = Path(tempfile.mkdtemp(prefix="inferad-calibration-"))
     forgeries = dict(FORGERIES)
-    for ftype in ("Q4_0", "Q2_K"):
-        other = Engine(requantized(model, ftype, tmp), n_ctx=512, n_threads=args.threads)
+    for ftype in ("Q4_0", "Q2_K") if args.forged else ():
+        other = Engine(requantized(model, ftype, tmp), n_ctx=512, n_threads=args.threads, n_slots=1)
         forgeries[f"other_model_{ftype.lower()}"] = other_model(other)
 
     jobs = []
     false_positives, gaps, zs, floors, seconds = [], [], [], [], []
     started = time.perf_counter()
-    for i in range(args.honest):
-        job = make_job(rng.choice(FORMS).format(rng.choice(SUBJECTS)), model=engine.ref,
-                       **sampling(i, rng, args.max_tokens))
-        prompt = engine.prompt_tokens(job)
-        honest = engine.generate(prompt, job.params, lambda tok, delta: True).tokens
+    specs = [make_job(rng.choice(FORMS).format(rng.choice(SUBJECTS)), model=engine.ref,
+                      **sampling(i, rng, args.max_tokens)) for i in range(args.honest)]
+    outputs: list[list[int]] = [[] for _ in specs]
+
+    def generate(i: int) -> None:
+        outputs[i] = engine.generate(engine.prompt_tokens(specs[i]), specs[i].params, lambda tok, delta: True).tokens
+
+    for first in range(0, len(specs), args.batched):  # generated side by side, a slot each
+        threads = [threading.Thread(target=generate, args=(i,)) for i in range(first, min(first + args.batched,
+                                                                                          len(specs)))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    for i, job in enumerate(specs):
+        prompt, honest = engine.prompt_tokens(job), outputs[i]
         t0 = time.perf_counter()
         verdict = rescore(engine, job, forged_result(engine, "00" * 32, job, prompt, honest, WORKER), thresholds)
         seconds.append(time.perf_counter() - t0)
@@ -124,7 +143,7 @@ def main() -> None:
         print(file=sys.stderr)
 
     print(f"\nhonest jobs: {args.honest} ({len(gaps)} greedy, {len(zs)} sampled), {args.max_tokens} tokens max, "
-          f"gemma-3-270m Q4_K_M on CPU")
+          f"generated {args.batched} at a time, gemma-3-270m Q4_K_M on CPU")
     print(f"false positives: {len(false_positives)}")
     for prompt, params, verdict in false_positives:
         print(f"  {prompt!r} {params}: {verdict.reason}")
