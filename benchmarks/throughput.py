@@ -18,6 +18,7 @@ Run it alone: on 2 cores anything else running changes every figure.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import statistics
@@ -44,7 +45,8 @@ def direct_batched(model_path: Path, n: int, tokens: int, n_ctx: int, threads: i
     from p2p import wire
 
     llm = llama_cpp.Llama(str(model_path), n_ctx=64, n_threads=threads, verbose=False)
-    params = llama_cpp.llama_context_default_params()
+    params = llama_cpp.llama_context_params()  # llama-cpp-python's settings, as the engine takes them
+    ctypes.memmove(ctypes.byref(params), ctypes.byref(llm.context_params), ctypes.sizeof(params))
     params.n_ctx, params.n_batch, params.n_ubatch = n * n_ctx, 512, 512
     params.n_seq_max, params.n_threads, params.n_threads_batch, params.kv_unified = n, threads, threads, False
     ctx = llama_cpp.llama_init_from_model(llm._model.model, params)

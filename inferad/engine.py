@@ -16,6 +16,7 @@ others, a greedy token can change only at a near-tie (docs/benchmarks.md).
 from __future__ import annotations
 
 import codecs
+import ctypes
 import logging
 import math
 import os
@@ -230,7 +231,10 @@ class Engine:
                                         n_gpu_layers=n_gpu_layers, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"llama.cpp cannot load {model.path}: {exc}") from None
-        params = llama_cpp.llama_context_default_params()
+        # llama-cpp-python's own settings (flash attention off, its RoPE defaults…), so that a job
+        # alone is computed as Llama.generate computes it; then the slots
+        params = llama_cpp.llama_context_params()
+        ctypes.memmove(ctypes.byref(params), ctypes.byref(self._llm.context_params), ctypes.sizeof(params))
         params.n_ctx = self.context.n_slots * self.context.n_ctx
         params.n_batch = params.n_ubatch = N_BATCH
         params.n_seq_max = self.context.n_slots

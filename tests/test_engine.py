@@ -226,3 +226,23 @@ def test_a_rescoring_runs_in_the_same_batches_as_generations(batched):
                            + [lambda: batched.generate(prompt, params, lambda tok, text: True) for _ in range(4)])
     assert [p.token for p in results[0]] == alone.tokens and all(p.rank == 0 for p in results[0])
     assert all(len(r.tokens) == 12 for r in results[1:])
+
+
+@pytest.mark.model
+def test_a_lone_greedy_job_is_decoded_exactly_as_llama_cpp_python_decodes_it(batched):
+    """Seen in benchmarks/overhead.py: a context made with llama.cpp's defaults (flash attention
+    on "auto") gave other greedy tokens than llama-cpp-python's Llama from the second token on."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(resolve("gemma-3-270m").path), n_ctx=256, verbose=False)
+    try:
+        for prompt in ("Write a long story about a dragon who learns to cook.", "The capital of France is"):
+            direct = []
+            for tok in llm.generate(llm.tokenize(prompt.encode(), add_bos=True), temp=0.0, top_k=0, top_p=1.0,
+                                    min_p=0.0, reset=True):
+                direct.append(tok)
+                if len(direct) == 12:
+                    break
+            assert tokens_of(batched, prompt, max_tokens=12).tokens == direct, prompt
+    finally:
+        llm.close()
