@@ -87,7 +87,8 @@ def main() -> None:
     model = resolve("gemma-3-270m")
     print(f"model {model.name} {model.sha256[:12]}…, {args.tokens} greedy tokens, {args.runs} runs each, "
           f"{args.threads} llama.cpp threads on {os.cpu_count()} cores", flush=True)
-    llm = llama_cpp.Llama(str(model.path), n_ctx=args.n_ctx, n_threads=args.threads, verbose=False)
+    llm = llama_cpp.Llama(str(model.path), n_ctx=args.n_ctx, n_threads=args.threads, flash_attn=True,
+                          verbose=False)  # as the engine runs it (inferad.engine.FLASH_ATTENTION)
     prompt_tokens = llm.tokenize(PROMPT.encode(), add_bos=True, special=False)
 
     def direct() -> tuple[float, list[int]]:

@@ -44,7 +44,7 @@ def direct_batched(model_path: Path, n: int, tokens: int, n_ctx: int, threads: i
     from inferad.engine import sampler_chain
     from p2p import wire
 
-    llm = llama_cpp.Llama(str(model_path), n_ctx=64, n_threads=threads, verbose=False)
+    llm = llama_cpp.Llama(str(model_path), n_ctx=64, n_threads=threads, flash_attn=True, verbose=False)
     params = llama_cpp.llama_context_params()  # llama-cpp-python's settings, as the engine takes them
     ctypes.memmove(ctypes.byref(params), ctypes.byref(llm.context_params), ctypes.sizeof(params))
     params.n_ctx, params.n_batch, params.n_ubatch = n * n_ctx, 512, 512

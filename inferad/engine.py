@@ -199,10 +199,11 @@ class Engine:
     with a stream per sequence, of ``n_ctx`` positions (llama.cpp's ``n_ctx_seq``).
 
     Reproducibility: a job alone in the batch is decoded exactly as llama-cpp-python's
-    ``Llama.generate`` decodes it (same chunks of :data:`N_BATCH`, same sampler chain, same
-    seed), so a greedy job gives the same tokens; batched with others, its logits can differ
-    in the last bits, which changes a greedy token only at near-ties (docs/benchmarks.md
-    measures how often; verifiers allow ``greedy_margin`` for it).
+    ``Llama(flash_attn=True).generate`` decodes it (same chunks of :data:`N_BATCH`, same sampler
+    chain, same seed; :data:`FLASH_ATTENTION` says why it is on), so a greedy job gives the same
+    tokens; batched with others, its logits can differ in the last bits, which changes a greedy
+    token only at near-ties (docs/benchmarks.md measures how often; verifiers allow
+    ``greedy_margin`` for it).
     """
 
     kind = "llama.cpp"
@@ -228,11 +229,11 @@ class Engine:
         threads = n_threads or os.cpu_count() or 1
         try:  # the weights, the tokenizer and the chat template; its own context is not used
             self._llm = llama_cpp.Llama(model_path=str(model.path), n_ctx=MODEL_ONLY_CTX, n_threads=threads,
-                                        n_gpu_layers=n_gpu_layers, verbose=False)
+                                        n_gpu_layers=n_gpu_layers, flash_attn=FLASH_ATTENTION, verbose=False)
         except (ValueError, RuntimeError) as exc:
             raise EngineError(f"llama.cpp cannot load {model.path}: {exc}") from None
-        # llama-cpp-python's own settings (flash attention off, its RoPE defaults…), so that a job
-        # alone is computed as Llama.generate computes it; then the slots
+        # llama-cpp-python's own settings (its RoPE values…, flash attention as FLASH_ATTENTION says),
+        # so that a job alone is computed as Llama(flash_attn=FLASH_ATTENTION).generate computes it
         params = llama_cpp.llama_context_params()
         ctypes.memmove(ctypes.byref(params), ctypes.byref(self._llm.context_params), ctypes.sizeof(params))
         params.n_ctx = self.context.n_slots * self.context.n_ctx
@@ -528,6 +529,11 @@ class _Task:
             self.sampler = None
 
 
+# Flash attention on: with it, greedy tokens decoded 16 slots at a time stayed within 0.324 nats of
+# the re-scored top token in 500 honest jobs (0 false positives); without it, 4 of the same 500
+# jobs trailed by up to 0.85 nats, beyond the verifiers' greedy margin of 0.5 (docs/benchmarks.md,
+# benchmarks/verify_calibration.py --batched 16).  A lone job equals Llama(flash_attn=True)'s output.
+FLASH_ATTENTION = True
 N_BATCH = 512  # rows per decode step: llama-cpp-python's default n_batch, so a lone job is decoded as it decodes
 MODEL_ONLY_CTX = 64  # the context of the Llama object that holds weights and vocabulary (unused for decoding)
 SCORE_CHUNK = 64  # rows with logits per step: bounds the logits buffer (64 x vocabulary floats)

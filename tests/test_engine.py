@@ -234,7 +234,7 @@ def test_a_lone_greedy_job_is_decoded_exactly_as_llama_cpp_python_decodes_it(bat
     on "auto") gave other greedy tokens than llama-cpp-python's Llama from the second token on."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(resolve("gemma-3-270m").path), n_ctx=256, verbose=False)
+    llm = llama_cpp.Llama(str(resolve("gemma-3-270m").path), n_ctx=256, flash_attn=True, verbose=False)
     try:
         for prompt in ("Write a long story about a dragon who learns to cook.", "The capital of France is"):
             direct = []

@@ -24,7 +24,7 @@ def direct_greedy_tokens(model_path, prompt: str, max_tokens: int, n_ctx: int) -
     """The baseline: llama-cpp-python alone, greedy, in this process."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, verbose=False)
+    llm = llama_cpp.Llama(str(model_path), n_ctx=n_ctx, flash_attn=True, verbose=False)
     tokens = []
     for tok in llm.generate(llm.tokenize(prompt.encode(), add_bos=True), temp=0.0, reset=True):
         tokens.append(tok)
