@@ -2,8 +2,8 @@
 
 :func:`load_models` opens an engine per configured model (llama.cpp, or the
 simulated engine for scale tests) and measures its speed.  A :class:`Worker`
-runs admitted jobs on one engine from trio, one at a time, with a bounded
-queue: llama.cpp generates in a worker thread; tokens come back to trio
+runs admitted jobs on one engine from trio, a slot each, with a bounded
+queue: llama.cpp generates in the engine's thread; tokens come back to trio
 through an unbounded channel (bounded in practice by ``max_tokens``), so the
 thread never blocks on a slow client, and a client that goes away stops the
 generation at the next token.  :class:`ExecService` is what a gateway talks
