@@ -57,6 +57,12 @@ JOB_LEVEL_CODES = frozenset({"max_tokens", "context_overflow", "invalid_prompt",
                              "not_yet_valid", "ttl_too_long", "model_mismatch"})
 
 
+# A worker this gateway never reached ranks as if it answered at once: it gets tried, and from then
+# on ranks by its measured round trip.  A pessimistic guess starved it instead: with free slots
+# everywhere, the better of two random candidates always beat the one never measured.
+UNMEASURED_RTT_S = 0.0
+
+
 class AttemptFailed(Exception):
     """One worker did not deliver; the gateway tries the next."""
 
@@ -116,7 +122,7 @@ class Router:
                 n_ctx=offer.n_ctx,
                 queued=ad.load.queued, running=ad.load.running, slots=ad.load.slots,
                 capacity=ad.load.capacity, inflight=self.inflight[ad.peer_id],
-                rtt_s=self.rtt_s.get(ad.peer_id, 0.005), staked=self.is_staked(ad),
+                rtt_s=self.rtt_s.get(ad.peer_id, UNMEASURED_RTT_S), staked=self.is_staked(ad),
                 reputation=self.reputation_of(ad.peer_id),
             ))
         return found

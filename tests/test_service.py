@@ -12,9 +12,12 @@ def test_a_draining_node_waits_until_the_answer_is_sent_after_the_job_ends():
     async def main():
         activity = Activity()
 
+        running = trio.Event()
+
         async def answer_one_request():
             with activity.request():
                 with activity.job():
+                    running.set()
                     await trio.sleep(0.01)
                 events.append("job done")
                 await trio.sleep(0.01)
@@ -22,7 +25,7 @@ def test_a_draining_node_waits_until_the_answer_is_sent_after_the_job_ends():
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(answer_one_request)
-            await trio.sleep(0)
+            await running.wait()
             assert activity.running == 1
             await activity.idle()
             events.append("stopped")
