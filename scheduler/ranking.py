@@ -54,10 +54,16 @@ class Plan:
 
 
 def estimate_seconds(c: Candidate, job: JobShape) -> float:
-    """Queue wait + prefill + decode at the advertised speed + one round trip."""
-    speed = max(c.tokens_per_s, MIN_TOKENS_PER_S)
-    one_job = job.prompt_tokens / (speed * PREFILL_SPEEDUP) + job.max_tokens / speed
+    """Queue wait + prefill + decode + one round trip.
+
+    Jobs sharing a worker's slots share its compute (processor sharing): beside ``k`` running
+    jobs a new one decodes at the advertised single-stream speed / (k + 1), a pessimistic bound
+    (batching gains some) that keeps a half-full worker ranked behind an idle one, so load
+    spreads and a newcomer gets jobs.  Beyond the slots, jobs wait their turn.
+    """
     ahead = c.queued + c.running + c.inflight
+    speed = max(c.tokens_per_s, MIN_TOKENS_PER_S) / (1 + min(ahead, max(c.slots - 1, 0)))
+    one_job = job.prompt_tokens / (speed * PREFILL_SPEEDUP) + job.max_tokens / speed
     wait = max(0, ahead - c.slots + 1) * one_job / max(c.slots, 1)
     return wait + one_job + c.rtt_s
 
