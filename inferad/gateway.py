@@ -364,8 +364,7 @@ class Gateway:
         prompt_tokens = self._prompt_size(job, local is not None, [c.peer_id for c in candidates])
         plan = self.router.plan(JobShape(prompt_tokens, job.params.max_tokens), candidates, now)
         if not plan.order:
-            raise JobRejected(plan.common_code() if plan.common_code() in ("context_overflow", "busy", "unstaked")
-                              else "no_worker", f"no eligible worker for {job.model.name}: {plan.explain()}")
+            raise JobRejected(refusal_code(plan), f"no eligible worker for {job.model.name}: {plan.explain()}")
         if await self.store.has_job(job_id):
             raise JobRejected("replay", f"job {job_id[:16]}… was already submitted")
         reserved = await self.billing.reserve(job)
@@ -498,6 +497,17 @@ class Gateway:
                     await trio.sleep(0.1 * (retry + 1))
         reason = f"{type(error).__name__}: {error}" if error else f"timed out after {self.config.connect_timeout} s"
         raise AttemptFailed(f"cannot reach worker ({reason})")
+
+
+def refusal_code(plan: Plan) -> str:
+    """The code for a job no worker is eligible for: the client's own mistake when every worker
+    that could run jobs now refuses it for one (its context), else what they share, else no_worker.
+    Unstaked, backed-off and distrusted workers take no jobs anyway: they do not hide the mistake."""
+    codes = {code for code, _ in plan.excluded.values()}
+    if "context_overflow" in codes and codes <= {"context_overflow", "unstaked", "backoff", "reputation"}:
+        return "context_overflow"
+    common = plan.common_code()
+    return common if common in ("busy", "unstaked") else "no_worker"
 
 
 def _log_job(job_id: str, job: wire.JobRequest, **fields: Any) -> None:

@@ -189,6 +189,8 @@ def guarded(name: str, handler: Callable[[Any], Awaitable[None]]) -> Callable[[A
         except Exception as exc:
             if _malformed_by_the_peer(exc):
                 log.warning("%s: the peer sent a malformed message (%s); resetting the stream", name, exc)
+            elif _host_stopping(exc):
+                log.info("%s: a stream arrived while the node stops; resetting it", name)
             else:  # a bug here: tests fail on this line (tests/conftest.py BUG_SIGNS)
                 log.warning("%s handler failed (%s); resetting the stream", name, exc)
                 log.debug("handler failure", exc_info=True)
@@ -207,6 +209,12 @@ def _malformed_by_the_peer(exc: Exception) -> bool:
     from google.protobuf.message import DecodeError
 
     return isinstance(exc, DecodeError)
+
+
+def _host_stopping(exc: Exception) -> bool:
+    """py-libp2p's pubsub starts a task per inbound stream in its service's nursery; a stream that
+    arrives while the node stops finds that nursery closed (trio's RuntimeError says so)."""
+    return isinstance(exc, RuntimeError) and "Nursery is closed to new arrivals" in str(exc)
 
 
 def guard_all_handlers(host: Any) -> None:
