@@ -28,6 +28,13 @@ def peer_hung_up(exc: BaseException | None) -> bool:
     return False
 
 
+def _hung_up_record(record: logging.LogRecord) -> bool:
+    if record.exc_info and peer_hung_up(record.exc_info[1]):
+        return True
+    args = record.args if isinstance(record.args, tuple) else ()
+    return any(isinstance(a, BaseException) and peer_hung_up(a) for a in args)
+
+
 class _Formatter(logging.Formatter):
     """Text or JSON lines.  A py-libp2p record whose exception is a peer hanging up gets a note
     instead of a traceback: py-libp2p logs those with ``exc_info`` (identify, for one, when a
@@ -39,10 +46,13 @@ class _Formatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
-        if record.exc_info and record.name.startswith("libp2p") and peer_hung_up(record.exc_info[1]):
+        if record.name.startswith("libp2p") and _hung_up_record(record):
+            # py-libp2p passes the traceback as exc_info, or (identify) as a formatted argument
+            args = tuple("" if isinstance(a, str) and a.startswith("Traceback (most recent call last)") else a
+                         for a in (record.args if isinstance(record.args, tuple) else ()))
+            message = (record.msg % args if args else str(record.msg)).rstrip()
             record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None,
-                                            "msg": f"{record.getMessage()} (the peer closed the connection)",
-                                            "args": ()})
+                                            "msg": f"{message} (the peer closed the connection)", "args": ()})
         if self.as_json:
             entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
                      "logger": record.name, "msg": record.getMessage(), **fields}

@@ -71,3 +71,24 @@ def test_a_peer_hanging_up_on_py_libp2p_is_a_line_not_a_traceback():
     assert bug_lines(line) == [] and "the peer closed the connection" in line
     assert bug_lines(formatted("inferad.gateway", hung_up))  # ours keep their traceback
     assert bug_lines(formatted("libp2p.pubsub", KeyError("x")))  # and so do py-libp2p's other failures
+
+
+def test_py_libp2p_identify_printing_the_traceback_itself_for_a_hung_up_peer_is_one_line():
+    """Seen in CI: identify logs "Error sending identify response to %s: %s (type: %s)\n%s" with
+    traceback.format_exc() as the last argument."""
+    import traceback
+
+    from inferad.logs import _Formatter
+
+    try:
+        try:
+            raise BrokenPipeError(32, "Broken pipe")
+        except BrokenPipeError as cause:
+            raise RuntimeError("Write operation failed") from cause
+    except RuntimeError as exc:
+        record = logging.getLogger("libp2p.identity.identify.identify").makeRecord(
+            "libp2p.identity.identify.identify", logging.ERROR, __file__, 1,
+            "Error sending identify response to %s: %s (type: %s)\n%s", ("peer", exc, type(exc),
+                                                                           traceback.format_exc()), None)
+    line = _Formatter(as_json=False).format(record)
+    assert bug_lines(line) == [] and "the peer closed the connection" in line
