@@ -11,9 +11,15 @@ and a gateway never delivers a result signed or arrived after it
 from __future__ import annotations
 
 import functools
+import time
 
 from inferad.models import ModelMismatch, check_label
 from p2p import wire
+
+
+def now_ms() -> int:
+    """The wall clock in milliseconds: the ``now_ms`` every role hands these rules."""
+    return int(time.time() * 1000)
 
 
 class JobRejected(Exception):

@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from inferad.admission import JobRejected, check_delivery, check_model
+from inferad.admission import JobRejected, check_delivery, check_model, now_ms
 from inferad.billing import Billing
 from inferad.config import Config
 from inferad.engine import EngineError, check_vocabulary
@@ -280,9 +280,6 @@ def check_result(envelope: wire.Envelope, *, job_id: str, model_sha256: str | No
         raise AttemptFailed("result differs from the streamed tokens")
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
 
 @dataclass(kw_only=True, eq=False)
 class Gateway:
@@ -408,7 +405,7 @@ class Gateway:
                 signed = await self.local.execute(envelope, prefix, relay)
             else:
                 signed = await self.attempt_remote(peer_id, data, prefix, relay)
-            check_delivery(job, signed[1].message, now_ms=_now_ms())  # never deliver after expiry
+            check_delivery(job, signed[1].message, now_ms=now_ms())  # never deliver after expiry
             return signed
 
         with self.activity.job():

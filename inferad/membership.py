@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from inferad import __version__
-from inferad.admission import checksummed
+from inferad.admission import checksummed, now_ms
 from inferad.config import Config
 from inferad.models import ModelError, check_label
 from inferad.store import AsyncStore
@@ -39,9 +39,6 @@ REPROVIDE_S = 60
 MEMBERSHIP_S = 3
 MAX_DIALED_PEERS = 8
 
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass(kw_only=True, eq=False)
@@ -149,12 +146,12 @@ class Membership:
     # ------------------------------------------------------------------ adverts
 
     def advert(self) -> wire.Advert:
-        self._advert_seq = max(self._advert_seq + 1, _now_ms())  # grows across restarts too
+        self._advert_seq = max(self._advert_seq + 1, now_ms())  # grows across restarts too
         config = self.config
         return wire.Advert(
             peer_id=self.peer_id, addrs=tuple(self.addrs[:16]), eth=self.eth_address, engine=self.engine,
             models=self.offers(), hardware=self.hardware, load=self.load(), version=__version__,
-            seq=self._advert_seq, ts=_now_ms(), interval=config.advert_interval,
+            seq=self._advert_seq, ts=now_ms(), interval=config.advert_interval,
             limits=wire.Limits(max_tokens=config.max_tokens, max_ttl_s=config.max_job_ttl,
                                clock_skew_s=config.clock_skew, max_frame=config.max_frame),
         )
@@ -188,7 +185,7 @@ class Membership:
 
             if advert.peer_id != envelope.signer_peer_id or advert.peer_id != ID(msg.from_id).to_base58():
                 raise wire.WireError("advert is not by the peer that signed and sent it")
-            now = _now_ms()
+            now = now_ms()
             if advert.ts < now - 3 * advert.interval * 1000:
                 raise wire.WireError("stale advert")
             if advert.ts > now + self.config.clock_skew * 1000:

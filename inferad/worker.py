@@ -34,6 +34,7 @@ from inferad.admission import (
     check_served,
     check_signing,
     check_timing,
+    now_ms,
 )
 from inferad.config import Config
 from inferad.engine import Engine, EngineError, Generation, GenerationCancelled
@@ -249,9 +250,6 @@ def total_load(served: dict[str, Served]) -> wire.Load:
                      tokens_per_s=sum(x.tokens_per_s for x in loads))
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
 
 @dataclass(kw_only=True, eq=False)
 class ExecService:
@@ -332,7 +330,7 @@ class ExecService:
             text=generation.text, finish_reason=generation.finish_reason,
             usage=wire.Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=len(generation.tokens)),
             timings=wire.Timings(queue_ms=queue_ms, prompt_ms=generation.prompt_ms, decode_ms=generation.decode_ms),
-            engine=served.engine.info, worker=self.peer_id, signed_at=check_signing(job, now_ms=_now_ms()),
+            engine=served.engine.info, worker=self.peer_id, signed_at=check_signing(job, now_ms=now_ms()),
             continued_from=len(prefix),
         )
         signed = wire.sign(result, self.key)
@@ -345,4 +343,4 @@ class ExecService:
 
 def check_timing_now(job: wire.JobRequest, config: Config) -> None:
     """:func:`inferad.admission.check_timing` at this moment, with this node's limits."""
-    check_timing(job, now_ms=_now_ms(), max_ttl_s=config.max_job_ttl, clock_skew_s=config.clock_skew)
+    check_timing(job, now_ms=now_ms(), max_ttl_s=config.max_job_ttl, clock_skew_s=config.clock_skew)

@@ -46,6 +46,17 @@ def test_tracebacks_and_crashes_are_reported_with_what_follows():
     assert found[1].startswith("Fatal Python error: Segmentation fault")
 
 
+def hung_up() -> RuntimeError:
+    """py-libp2p's write error, raised from the peer's broken pipe (its traceback attached)."""
+    try:
+        try:
+            raise BrokenPipeError(32, "Broken pipe")
+        except BrokenPipeError as cause:
+            raise RuntimeError("Write operation failed") from cause
+    except RuntimeError as exc:
+        return exc
+
+
 def formatted(logger: str, exc: Exception) -> str:
     from inferad.logs import _Formatter
 
@@ -60,16 +71,9 @@ def formatted(logger: str, exc: Exception) -> str:
 def test_a_peer_hanging_up_on_py_libp2p_is_a_line_not_a_traceback():
     """Seen in CI: py-libp2p's identify logs a BrokenPipeError with its traceback when a peer
     disconnects while it answers, and the log check took it for a bug of ours."""
-    try:
-        try:
-            raise BrokenPipeError(32, "Broken pipe")
-        except BrokenPipeError as cause:
-            raise RuntimeError("Write operation failed") from cause
-    except RuntimeError as exc:
-        hung_up = exc
-    line = formatted("libp2p.identity.identify.identify", hung_up)
+    line = formatted("libp2p.identity.identify.identify", hung_up())
     assert bug_lines(line) == [] and "the peer closed the connection" in line
-    assert bug_lines(formatted("inferad.gateway", hung_up))  # ours keep their traceback
+    assert bug_lines(formatted("inferad.gateway", hung_up()))  # ours keep their traceback
     assert bug_lines(formatted("libp2p.pubsub", KeyError("x")))  # and so do py-libp2p's other failures
 
 
@@ -80,15 +84,10 @@ def test_py_libp2p_identify_printing_the_traceback_itself_for_a_hung_up_peer_is_
 
     from inferad.logs import _Formatter
 
-    try:
-        try:
-            raise BrokenPipeError(32, "Broken pipe")
-        except BrokenPipeError as cause:
-            raise RuntimeError("Write operation failed") from cause
-    except RuntimeError as exc:
-        record = logging.getLogger("libp2p.identity.identify.identify").makeRecord(
-            "libp2p.identity.identify.identify", logging.ERROR, __file__, 1,
-            "Error sending identify response to %s: %s (type: %s)\n%s", ("peer", exc, type(exc),
-                                                                           traceback.format_exc()), None)
+    exc = hung_up()
+    printed = "".join(traceback.format_exception(exc))
+    record = logging.getLogger("libp2p.identity.identify.identify").makeRecord(
+        "libp2p.identity.identify.identify", logging.ERROR, __file__, 1,
+        "Error sending identify response to %s: %s (type: %s)\n%s", ("peer", exc, type(exc), printed), None)
     line = _Formatter(as_json=False).format(record)
     assert bug_lines(line) == [] and "the peer closed the connection" in line
