@@ -69,8 +69,13 @@ def estimate_seconds(c: Candidate, job: JobShape) -> float:
 
 
 def score(c: Candidate, job: JobShape) -> float:
-    """Lower is better: completion time discounted by reputation (factor 0.5 to 1.5)."""
-    return estimate_seconds(c, job) / (0.5 + min(max(c.reputation, 0.0), 1.0))
+    """Lower is better: completion time divided by a reputation factor of 0.5 to 1.
+
+    Only a record worse than a newcomer's (reputation below 0.5) costs rank; a long good record
+    earns no edge over an unknown worker, which must get jobs to be verified and build one (with
+    an edge, the better of two random candidates never was the newcomer while the established
+    workers had free slots)."""
+    return estimate_seconds(c, job) / (0.5 + min(max(c.reputation, 0.0), 0.5))
 
 
 def exclusion(c: Candidate, job: JobShape, *, backed_off: frozenset[str] | set[str],
