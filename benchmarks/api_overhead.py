@@ -138,7 +138,7 @@ def main() -> None:
     direct = []
     for _ in range(args.runs + 1):
         started = time.perf_counter()
-        engine.generate(engine.prompt_tokens(job), job.params, lambda tok, delta: True)
+        engine.generate(engine.prompt_tokens(job), job.params)
         direct.append(time.perf_counter() - started)
     e_times = direct[1:]
     a, b, c, d, e = (statistics.median(x) * 1000 for x in (a_times, b_times, c_times, d_times, e_times))

@@ -27,8 +27,8 @@ from inferad.models import resolve
 from p2p import wire
 engine = Engine(resolve("gemma-3-270m"), n_ctx={n_ctx}, n_slots={slots})
 prompt = engine.tokenize("Hello")
-threads = [threading.Thread(target=engine.generate, args=(prompt, wire.SamplingParams(max_tokens=4),
-                                                          lambda tok, text: True)) for _ in range({slots})]
+params = wire.SamplingParams(max_tokens=4)
+threads = [threading.Thread(target=engine.generate, args=(prompt, params)) for _ in range({slots})]
 [t.start() for t in threads]
 [t.join() for t in threads]
 rss = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS:"))

@@ -99,7 +99,7 @@ def main() -> None:
     outputs: list[list[int]] = [[] for _ in specs]
 
     def generate(i: int) -> None:
-        outputs[i] = engine.generate(engine.prompt_tokens(specs[i]), specs[i].params, lambda tok, delta: True).tokens
+        outputs[i] = engine.generate(engine.prompt_tokens(specs[i]), specs[i].params).tokens
 
     for first in range(0, len(specs), args.batched):  # generated side by side, a slot each
         threads = [threading.Thread(target=generate, args=(i,)) for i in range(first, min(first + args.batched,

@@ -51,7 +51,7 @@ def main() -> None:
                 job = make_job(PROMPT, model=engine.ref, max_tokens=tokens, seed=run, **params)
                 prompt = engine.prompt_tokens(job)
                 t0 = time.perf_counter()
-                output = engine.generate(prompt, job.params, lambda tok, delta: True).tokens
+                output = engine.generate(prompt, job.params).tokens
                 t1 = time.perf_counter()
                 verdict = rescore(engine, job, forged_result(engine, "00" * 32, job, prompt, output, WORKER),
                                   Thresholds())

@@ -275,8 +275,11 @@ def _check_result(envelope: wire.Envelope, data: bytes, job_id: str, tokens: lis
         raise BadResponse(f"result is for model {result.model.sha256[:12]}…, not {job.model.sha256[:12]}…")
     if job is not None and result.signed_at >= job.expires_at:
         raise BadResponse("the worker signed its result after the job expired")
-    if "".join(t.text for t in tokens) != result.text or \
-            tuple(t.id for t in tokens) != result.output_tokens:
-        raise BadResponse("the streamed tokens differ from the signed result")
+    if job is not None and len(result.all_choices()) != job.params.n:
+        raise BadResponse(f"the result has {len(result.all_choices())} choice(s); the job asked for {job.params.n}")
+    mismatch = wire.stream_mismatch(result, tokens)
+    if mismatch or any("".join(t.text for t in tokens if t.choice == i) != choice.text
+                       for i, choice in enumerate(result.all_choices())):
+        raise BadResponse(f"the streamed tokens differ from the signed result ({mismatch or 'text'})")
     return Completion(job_id=job_id, result=result, result_hash=envelope.digest,
                       signed_result=data, worker_public_key=envelope.signer)

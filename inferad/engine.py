@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import dataclasses
 import logging
 import math
 import os
@@ -33,7 +34,7 @@ from proofs.check import Position
 
 log = logging.getLogger("inferad.engine")
 
-OnToken = Callable[[int, str], bool]  # (token id, text delta) -> keep going?
+OnToken = Callable[[wire.Token], bool]  # a streamed token -> keep going?
 
 
 def _route_llama_logs() -> None:
@@ -71,16 +72,25 @@ class GenerationCancelled(Exception):
 
 @dataclass(frozen=True)
 class Generation:
+    """A job's output: choice 0 in the first fields (as :class:`p2p.wire.JobResult` has it), choices
+    1 to n-1 in ``choices``; ``logprobs`` one entry per output token when the job asked for them."""
+
     tokens: list[int]
     text: str
     finish_reason: str  # "stop" (end of sequence or a stop string) | "length"
     prompt_tokens: int
     prompt_ms: int
     decode_ms: int
+    logprobs: tuple[wire.TokenLogprob, ...] | None = None
+    choices: tuple[wire.Choice, ...] = ()
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.tokens) + sum(len(c.output_tokens) for c in self.choices)
 
     @property
     def tokens_per_second(self) -> float:
-        return len(self.tokens) / max(self.decode_ms + self.prompt_ms, 1) * 1000
+        return self.completion_tokens / max(self.decode_ms + self.prompt_ms, 1) * 1000
 
 
 class StopScanner:
@@ -126,27 +136,36 @@ class OutputStream:
     """
 
     def __init__(self, params: wire.SamplingParams, piece: Callable[[int], bytes],
-                 is_eog: Callable[[int], bool], on_token: OnToken) -> None:
+                 is_eog: Callable[[int], bool], on_token: OnToken | None = None, choice: int = 0) -> None:
         self.params, self._piece, self._is_eog, self._on_token = params, piece, is_eog, on_token
+        self.choice = choice
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._stops = StopScanner(params.stop)
         self.tokens: list[int] = []
         self._text: list[str] = []
+        self.logprobs: list[wire.TokenLogprob] | None = [] if params.logprobs is not None else None
         self.finish_reason: str | None = None
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
 
-    def replay(self, prefix: list[int]) -> None:
+    def replay(self, prefix: list[int], logprobs: Sequence[wire.TokenLogprob] = ()) -> None:
+        """Take a continuation's ``prefix`` (with its ``logprobs`` when the job wants them) unstreamed."""
         for tok in prefix:
             if self.finish_reason is None:
                 self._take(tok)
+        if self.logprobs is not None:
+            self.logprobs.extend(logprobs)
 
-    def push(self, tok: int) -> bool:
-        """Take one generated token; True when generation should end."""
+    def push(self, tok: int, logprob: wire.TokenLogprob | None = None) -> bool:
+        """Take one generated token (and its log-probability entry); True when generation should end.
+        Raises GenerationCancelled when the consumer says stop."""
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         delta = self._take(tok)
-        if not self._on_token(tok, delta):
+        if self.logprobs is not None:
+            self.logprobs.append(logprob)
+        token = wire.Token(index=len(self.tokens) - 1, id=tok, text=delta, choice=self.choice, logprob=logprob)
+        if self._on_token is not None and not self._on_token(token):
             raise GenerationCancelled()
         return self.finish_reason is not None
 
@@ -167,12 +186,40 @@ class OutputStream:
     def text(self) -> str:
         return "".join(self._text)
 
-    def result(self, prompt_tokens: int) -> Generation:
+    def choice_result(self) -> wire.Choice:
+        return wire.Choice(output_tokens=tuple(self.tokens), text=self.text,
+                           finish_reason=self.finish_reason or "length",
+                           logprobs=tuple(self.logprobs) if self.logprobs is not None else None)
+
+    def result(self, prompt_tokens: int, others: Sequence[OutputStream] = ()) -> Generation:
+        """The generation: this stream is choice 0, ``others`` choices 1 to n-1."""
         ended = time.perf_counter()
         first = self.first_token_at or ended
         return Generation(tokens=self.tokens, text=self.text, finish_reason=self.finish_reason or "length",
                           prompt_tokens=prompt_tokens, prompt_ms=int((first - self.started) * 1000),
-                          decode_ms=int((ended - first) * 1000))
+                          decode_ms=int((ended - first) * 1000),
+                          logprobs=tuple(self.logprobs) if self.logprobs is not None else None,
+                          choices=tuple(out.choice_result() for out in others))
+
+
+def logprob_entry(row, token: int, top: int, piece: Callable[[int], bytes]) -> wire.TokenLogprob:
+    """``token``'s log-probability under one position's logits (log-softmax of the raw logits,
+    float64), its bytes, and the ``top`` most likely tokens (probability descending, id ascending)."""
+    import numpy as np
+
+    logits = np.asarray(row, dtype=np.float64)
+    best = float(logits.max())
+    lse = best + math.log(float(np.exp(logits - best).sum()))
+
+    def logprob(tok: int) -> float:
+        return min(max(float(logits[tok]) - lse, -1e9), 0.0) + 0.0
+
+    alternatives = []
+    if top:
+        ids = np.argpartition(-logits, top - 1)[:top]
+        ids = sorted(ids.tolist(), key=lambda t: (-logits[t], t))
+        alternatives = [wire.TopLogprob(id=t, piece=piece(t), logprob=logprob(t)) for t in ids]
+    return wire.TokenLogprob(logprob=logprob(token), piece=piece(token), top=tuple(alternatives))
 
 
 def check_vocabulary(tokens: Sequence[int], n_vocab: int) -> list[int]:
@@ -302,24 +349,46 @@ class Engine:
     def _piece(self, tok: int) -> bytes:
         return self._llm.detokenize([tok], special=False)
 
-    def generate(self, prompt: list[int], params: wire.SamplingParams, on_token: OnToken,
+    def generate(self, prompt: list[int], params: wire.SamplingParams, on_token: OnToken | None = None,
                  prefix: Sequence[int] = (), *, cancelled: Callable[[], bool] = lambda: False) -> Generation:
-        """Decode until the job's end; blocking, from any thread (each call takes a slot).
+        """Decode until the job's end, its ``params.n`` choices side by side; blocking, from any thread.
 
-        ``prefix`` continues a generation another worker began: those output tokens are
-        evaluated with the prompt and not streamed again.  ``on_token`` runs in the engine's
-        thread and must not block; returning False (or ``cancelled()`` turning true) stops
-        the job at the next step.  Raises GenerationCancelled then, EngineError when
-        llama.cpp fails.
+        The prompt is evaluated once in one slot; with n > 1 its KV cache is then copied to n - 1
+        more slots (:mod:`inferad.slots`), choice i drawing with ``params.seed + i``.  ``prefix``
+        continues a generation another worker began (n = 1 only): those output tokens are evaluated
+        with the prompt and not streamed again (with ``params.logprobs``, their logits are
+        re-evaluated for their entries).  ``on_token`` runs in the engine's thread and must not
+        block; returning False (or ``cancelled()`` turning true) stops every choice at the next
+        step.  Raises GenerationCancelled then, EngineError when llama.cpp fails or a prefix
+        comes with n > 1.
         """
-        out = OutputStream(params, self._piece, self._is_eog, on_token)
-        out.replay(list(prefix))
-        if out.finish_reason is not None:
-            return out.result(len(prompt))
-        task = _Task(Task(id=object(), tokens=tuple(prompt) + tuple(prefix)), cancelled, out=out,
-                     sampler=sampler_chain(params))
+        if prefix and params.n > 1:
+            raise EngineError("a job with several choices cannot be continued after a prefix")
+        outs = [OutputStream(params, self._piece, self._is_eog, on_token, choice=i) for i in range(params.n)]
+        prefix = list(prefix)
+        if prefix and params.logprobs is not None:
+            outs[0].replay(prefix, self._logprobs_of(prompt, prefix, params.logprobs))
+        else:
+            outs[0].replay(prefix)
+        if outs[0].finish_reason is not None:
+            return outs[0].result(len(prompt))
+        samplers = [sampler_chain(dataclasses.replace(params, seed=(params.seed + i) % 2**32))
+                    for i in range(params.n)]
+        task = _Task(Task(id=object(), tokens=tuple(prompt) + tuple(prefix), n=params.n), cancelled, outs=outs,
+                     samplers=samplers, logprobs=params.logprobs)
         self._run(task)
-        return out.result(len(prompt))
+        return outs[0].result(len(prompt), outs[1:])
+
+    def _logprobs_of(self, prompt: list[int], output: list[int], top: int) -> list[wire.TokenLogprob]:
+        """Log-probability entries of known ``output`` tokens after ``prompt`` (one scoring pass)."""
+        tokens = prompt + output
+        entries: list[wire.TokenLogprob] = []
+
+        def on_logits(pos: int, row) -> None:
+            entries.append(logprob_entry(row, tokens[pos + 1], top, self._piece))
+
+        self._score_rows(tokens, len(prompt), on_logits)
+        return entries
 
     def replay(self, output: Sequence[int], params: wire.SamplingParams) -> Replay:
         """What claimed output tokens decode to under the job's stop rules (for verifiers)."""
@@ -336,20 +405,21 @@ class Engine:
         if not output:
             return []
         positions: list[Position] = []
-        n_vocab = self.n_vocab
 
-        def on_logits(pos: int, logits) -> None:
-            import numpy as np
-
-            row = np.ctypeslib.as_array(logits, shape=(n_vocab,))
+        def on_logits(pos: int, row) -> None:
             tok = tokens[pos + 1]
             positions.append(position_of(row, tok, params, bool(self._is_eog(tok)), margin))
 
+        self._score_rows(tokens, len(prompt), on_logits)
+        return positions
+
+    def _score_rows(self, tokens: list[int], n_prompt: int, on_logits: Callable[[int, Any], None]) -> None:
+        """Evaluate ``tokens`` in a slot, handing ``on_logits(pos, row)`` the logits row (a numpy view,
+        valid during the call) of every position that predicts a token after the first ``n_prompt``."""
         # logits at position i predict token i + 1: the last prompt position predicts the first output
         evaluated = tuple(tokens[:-1])
-        self._run(_Task(Task(id=object(), tokens=evaluated, logits_from=len(prompt) - 1), lambda: False,
+        self._run(_Task(Task(id=object(), tokens=evaluated, logits_from=n_prompt - 1), lambda: False,
                         on_logits=on_logits))
-        return positions
 
     def close(self) -> None:
         """Stop the loop (running tasks fail with EngineError) and free the context and model."""
@@ -390,17 +460,22 @@ class Engine:
             for task in arrived:
                 self._admit(task)
             self._drop_cancelled()
+            for seated, slots in self._slots.seat():
+                task = self._queued.pop(seated.id)
+                task.slots = slots
+                for slot in slots:
+                    self._running[slot] = task
             rows = self._slots.next_batch()
             if rows:
                 try:
                     self._step(rows)
                 except Exception as exc:  # a bug: fail this batch's tasks, keep serving the others
                     log.exception("engine step failed")
-                    for slot in {row.slot for row in rows} & set(self._running):
-                        self._end(slot, EngineError(f"engine step failed: {type(exc).__name__}: {exc}"))
+                    for task in {self._running[row.slot] for row in rows if row.slot in self._running}:
+                        self._end(task, EngineError(f"engine step failed: {type(exc).__name__}: {exc}"))
         closed = EngineError("the engine was closed")
-        for slot in list(self._running):
-            self._end(slot, closed)
+        for task in set(self._running.values()):
+            self._end(task, closed)
         for task in [*self._queued.values(), *self._inbox]:
             task.fail(closed)
 
@@ -416,8 +491,8 @@ class Engine:
         status = llama_cpp.llama_decode(self._ctx, batch)
         if status != 0:
             log.error("llama_decode failed (%d) on a batch of %d rows: failing its slots", status, len(rows))
-            for slot in {row.slot for row in rows} & set(self._running):
-                self._end(slot, EngineError(f"llama.cpp could not decode (status {status})"))
+            for task in {self._running[row.slot] for row in rows if row.slot in self._running}:
+                self._end(task, EngineError(f"llama.cpp could not decode (status {status})"))
             return
         for j, row in enumerate(rows):
             if row.logits and row.slot in self._running:
@@ -425,20 +500,17 @@ class Engine:
 
     def _admit(self, task: _Task) -> None:
         try:
-            slot = self._slots.submit(task.task)
+            self._slots.submit(task.task)
         except ValueError as exc:
             task.fail(EngineError(str(exc)))
             return
-        if slot is None:
-            self._queued[task.task.id] = task
-        else:
-            self._running[slot] = task
+        self._queued[task.task.id] = task
 
     def _drop_cancelled(self) -> None:
-        """Tasks whose consumer left: out of the queue, or out of their slot (before the next step)."""
-        for slot, task in list(self._running.items()):
+        """Tasks whose consumer left: out of the queue, or out of their slots (before the next step)."""
+        for task in set(self._running.values()):
             if task.cancelled():
-                self._end(slot, GenerationCancelled())
+                self._end(task, GenerationCancelled())
         for key, task in list(self._queued.items()):
             if task.cancelled():
                 self._slots.cancel(key)
@@ -446,35 +518,58 @@ class Engine:
                 task.fail(GenerationCancelled())
 
     def _after_decode(self, row: Row, j: int) -> None:
-        """Use the logits of batch row ``j``: sample the slot's next token, or hand them to a scorer."""
+        """Use the logits of batch row ``j``: sample the next token of its slot (of every choice, at the
+        lead's last prompt row, after copying the prompt's KV cache to the other choices' slots), or
+        hand them to a scorer."""
         import llama_cpp
+        import numpy as np
 
         task = self._running[row.slot]
         if task.on_logits is not None:
-            task.on_logits(row.pos, llama_cpp.llama_get_logits_ith(self._ctx, j))
+            task.on_logits(row.pos, np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, j),
+                                                          shape=(self.n_vocab,)))
             if row.pos == len(task.task.tokens) - 1:
-                self._end(row.slot)
+                self._end(task)
             return
-        token = llama_cpp.llama_sampler_sample(task.sampler, self._ctx, j)
-        try:
-            finished = task.out.push(token)
-        except GenerationCancelled as exc:
-            self._end(row.slot, exc)
-            return
-        if finished:
-            self._end(row.slot)
-        else:
-            self._slots.sampled(row.slot, token)
+        choices = [row.slot]
+        if row.pos == len(task.task.tokens) - 1 and len(task.slots) > 1:  # the prompt is in: fork
+            for slot in task.slots[1:]:  # whole streams: llama.cpp copies no part of one across streams
+                llama_cpp.llama_memory_seq_cp(self._memory, row.slot, slot, -1, -1)
+            choices = task.slots
+        logits = None
+        for slot in choices:
+            i = task.slots.index(slot)
+            token = llama_cpp.llama_sampler_sample(task.samplers[i], self._ctx, j)
+            entry = None
+            if task.logprobs is not None:
+                if logits is None:
+                    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, j), shape=(self.n_vocab,))
+                entry = logprob_entry(logits, token, task.logprobs, self._piece)
+            try:
+                finished = task.outs[i].push(token, entry)
+            except GenerationCancelled as exc:
+                self._end(task, exc)
+                return
+            if finished:
+                self._free(slot)
+                if not any(self._running.get(s) is task for s in task.slots):
+                    task.finish()
+            else:
+                self._slots.sampled(slot, token)
 
-    def _end(self, slot: int, error: BaseException | None = None) -> None:
-        """The task in ``slot`` is over: free its sequence, wake its caller, seat the next waiting task."""
+    def _free(self, slot: int) -> None:
+        """Clear ``slot``'s sequence from the KV cache and give the slot back."""
         import llama_cpp
 
-        task = self._running.pop(slot)
+        del self._running[slot]
         llama_cpp.llama_memory_seq_rm(self._memory, slot, -1, -1)
-        seated = self._slots.release(slot)
-        if seated is not None:
-            self._running[slot] = self._queued.pop(seated.id)
+        self._slots.release(slot)
+
+    def _end(self, task: _Task, error: BaseException | None = None) -> None:
+        """``task`` is over: free every slot it still holds, wake its caller."""
+        for slot in task.slots:
+            if self._running.get(slot) is task:
+                self._free(slot)
         if error is None:
             task.finish()
         else:
@@ -507,9 +602,11 @@ class _Task:
 
     task: Task
     cancelled: Callable[[], bool]
-    out: OutputStream | None = None  # a generation's output
-    sampler: Any = None  # its llama.cpp sampler chain, freed when it ends
+    outs: list[OutputStream] = field(default_factory=list)  # a generation's output, by choice
+    samplers: list[Any] = field(default_factory=list)  # their llama.cpp sampler chains, freed when it ends
+    logprobs: int | None = None  # alternatives per token, when the job wants log-probabilities
     on_logits: Callable[[int, Any], None] | None = None  # a scoring's consumer of logits rows
+    slots: list[int] = field(default_factory=list)  # seated: its slots, the lead first
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -522,11 +619,11 @@ class _Task:
         self.finish()
 
     def _free(self) -> None:
-        if self.sampler is not None:
-            import llama_cpp
+        import llama_cpp
 
-            llama_cpp.llama_sampler_free(self.sampler)
-            self.sampler = None
+        for sampler in self.samplers:
+            llama_cpp.llama_sampler_free(sampler)
+        self.samplers = []
 
 
 # Flash attention on: with it, greedy tokens decoded 16 slots at a time stayed within 0.324 nats of

@@ -54,7 +54,7 @@ Follow = Callable[[str, bytes, bytes], Awaitable[None]]
 
 # Refusals about the job, not the worker: try the next worker, but do not back off.
 JOB_LEVEL_CODES = frozenset({"max_tokens", "context_overflow", "invalid_prompt", "busy", "replay", "expired",
-                             "not_yet_valid", "ttl_too_long", "model_mismatch"})
+                             "not_yet_valid", "ttl_too_long", "model_mismatch", "too_many_choices"})
 
 
 # A worker this gateway never reached ranks as if it answered at once: it gets tried, and from then
@@ -151,10 +151,15 @@ class Router:
                 is a failure).
         """
         max_tokens = job.params.max_tokens if job is not None else wire.MAX_TOKENS_LIMIT
+        choices = job.params.n if job is not None else 1
         delivered: list[wire.Token] = []
         workers: list[dict] = []
         codes: set[str] = set()
         for peer_id in plan.order[: self.max_attempts]:
+            if delivered and choices > 1:  # a continuation carries one choice's prefix
+                raise JobRejected("no_worker", f"worker {workers[-1]['peer'][-8:]} failed after streaming "
+                                               f"{len(delivered)} tokens of {choices} choices, and a job with several "
+                                               f"choices is not continued by another worker: submit it again")
             prefix = [t.id for t in delivered]
             from_this: list[wire.Token] = []
             broken: list[AttemptFailed] = []  # the rule this attempt's stream broke, if it did
@@ -164,7 +169,8 @@ class Router:
             async def forward(tokens: list[wire.Token], prefix=prefix, from_this=from_this, broken=broken,
                               arrivals=arrivals) -> None:
                 try:
-                    check_tokens(tokens, prefix=len(prefix), streamed=len(from_this), max_tokens=max_tokens)
+                    check_tokens(tokens, prefix=len(prefix), streamed=from_this, max_tokens=max_tokens,
+                                 choices=choices)
                 except AttemptFailed as rule:
                     broken.append(rule)  # the local engine reports a failed relay as "cancelled"
                     raise
@@ -176,8 +182,7 @@ class Router:
             self.inflight[peer_id] += 1
             try:
                 data, envelope = await attempt(peer_id, prefix, forward)
-                check_result(envelope, job_id=job_id, model_sha256=job.model.sha256 if job is not None else None,
-                             worker=peer_id, prefix=prefix, streamed=[t.id for t in from_this])
+                check_result(envelope, job_id=job_id, job=job, worker=peer_id, prefix=prefix, streamed=from_this)
             except (AttemptFailed, JobRejected) as failure:
                 exc = broken[0] if broken else failure
                 if isinstance(exc, JobRejected) and exc.code == "cancelled":
@@ -230,36 +235,44 @@ class Router:
                         self.speeds.overclaims[peer_id])
 
 
-def check_tokens(tokens: Sequence[wire.Token], *, prefix: int, streamed: int, max_tokens: int) -> None:
+def check_tokens(tokens: Sequence[wire.Token], *, prefix: int, streamed: Sequence[wire.Token], max_tokens: int,
+                 choices: int = 1) -> None:
     """Tokens a worker streams must continue the client's stream, checked before they are relayed.
 
     ``prefix``: tokens delivered before this attempt (the worker was asked to continue after
-    them); ``streamed``: tokens this attempt already relayed.  Indices go up one at a time
-    from ``prefix + streamed`` and stay below ``max_tokens``, so a worker that ignores the
-    prefix (numbers from 0), skips or repeats a token, or runs past the job's limit never
-    puts a token in front of the client that no honest continuation could sign.
+    them); ``streamed``: the tokens this attempt already relayed.  Each of the job's ``choices``
+    numbers its tokens from 0 (choice 0 from ``prefix``), one at a time and below
+    ``max_tokens``, so a worker that ignores the prefix (numbers from 0), skips or repeats a
+    token, invents a choice or runs past the job's limit never puts a token in front of the
+    client that no honest continuation could sign.
 
-    Raises: AttemptFailed, naming the first bad index.
+    Raises: AttemptFailed, naming the first bad token.
     """
-    for offset, token in enumerate(tokens):
-        due = prefix + streamed + offset
+    counts = Counter(t.choice for t in streamed)
+    for token in tokens:
+        if token.choice >= choices:
+            raise AttemptFailed(f"streamed a token of choice {token.choice}; the job has {choices} choice(s)")
+        earlier = counts[token.choice]
+        due = earlier + (prefix if token.choice == 0 else 0)
         if token.index != due:
-            raise AttemptFailed(f"streamed token {token.index} where {due} was due (after a prefix of {prefix} "
-                                f"and {streamed + offset} streamed)")
+            raise AttemptFailed(f"streamed token {token.index} of choice {token.choice} where {due} was due (after "
+                                f"a prefix of {prefix} and {earlier} streamed)")
         if token.index >= max_tokens:
             raise AttemptFailed(f"streamed token {token.index} is beyond the job's max_tokens ({max_tokens})")
+        counts[token.choice] += 1
 
 
-def check_result(envelope: wire.Envelope, *, job_id: str, model_sha256: str | None, worker: str,
-                 prefix: Sequence[int], streamed: Sequence[int]) -> None:
+def check_result(envelope: wire.Envelope, *, job_id: str, job: wire.JobRequest | None, worker: str,
+                 prefix: Sequence[int], streamed: Sequence[wire.Token]) -> None:
     """A worker's answer must be the result of this attempt, or the attempt failed.
 
     It must be a ``result`` for ``job_id``, signed by ``worker`` (the peer asked) and naming
-    it, for the job's model (``model_sha256``; None: not checked); its output must begin with ``prefix`` (token
-    ids delivered before this attempt) with ``continued_from == len(prefix)``, and the rest
-    must be exactly ``streamed`` (the ids this attempt relayed).  So the client, which checks
-    the same, always gets a result it accepts, and a worker cannot pass off another job's,
-    another key's or another model's output.
+    it; with ``job``, for its model and with its ``params.n`` choices.  Its output must begin
+    with ``prefix`` (token ids delivered before this attempt) with ``continued_from ==
+    len(prefix)``, and the rest must be exactly ``streamed`` (the tokens this attempt
+    relayed, by choice, log-probabilities included).  So the client, which checks the same,
+    always gets a result it accepts, and a worker cannot pass off another job's, another
+    key's or another model's output.
 
     Raises: AttemptFailed, saying which rule the result broke.
     """
@@ -271,14 +284,16 @@ def check_result(envelope: wire.Envelope, *, job_id: str, model_sha256: str | No
     if envelope.signer_peer_id != worker or result.worker != worker:
         raise AttemptFailed(f"result not signed by the worker asked (signed by {envelope.signer_peer_id}, "
                             f"naming {result.worker})")
-    if model_sha256 is not None and result.model.sha256 != model_sha256:
-        raise AttemptFailed(f"result names another model ({result.model.sha256[:12]}…, not {model_sha256[:12]}…)")
+    if job is not None and result.model.sha256 != job.model.sha256:
+        raise AttemptFailed(f"result names another model ({result.model.sha256[:12]}…, not {job.model.sha256[:12]}…)")
+    if job is not None and len(result.all_choices()) != job.params.n:
+        raise AttemptFailed(f"result has {len(result.all_choices())} choice(s); the job asked for {job.params.n}")
     if result.continued_from != len(prefix) or list(result.output_tokens[: len(prefix)]) != list(prefix):
         raise AttemptFailed(f"result does not continue the prefix of {len(prefix)} delivered tokens "
                             f"(continued_from {result.continued_from})")
-    if list(result.output_tokens[len(prefix):]) != list(streamed):
-        raise AttemptFailed("result differs from the streamed tokens")
-
+    mismatch = wire.stream_mismatch(result, streamed, len(prefix))
+    if mismatch:
+        raise AttemptFailed(mismatch)
 
 
 @dataclass(kw_only=True, eq=False)
@@ -359,7 +374,7 @@ class Gateway:
             raise JobRejected("unknown_model", f"no node in this network serves {job.model.name} "
                                                f"({job.model.sha256[:12]}…)")
         prompt_tokens = self._prompt_size(job, local is not None, [c.peer_id for c in candidates])
-        plan = self.router.plan(JobShape(prompt_tokens, job.params.max_tokens), candidates, now)
+        plan = self.router.plan(JobShape(prompt_tokens, job.params.max_tokens, job.params.n), candidates, now)
         if not plan.order:
             raise JobRejected(refusal_code(plan), f"no eligible worker for {job.model.name}: {plan.explain()}")
         if await self.store.has_job(job_id):
@@ -501,8 +516,9 @@ def refusal_code(plan: Plan) -> str:
     that could run jobs now refuses it for one (its context), else what they share, else no_worker.
     Unstaked, backed-off and distrusted workers take no jobs anyway: they do not hide the mistake."""
     codes = {code for code, _ in plan.excluded.values()}
-    if "context_overflow" in codes and codes <= {"context_overflow", "unstaked", "backoff", "reputation"}:
-        return "context_overflow"
+    for mistake in ("context_overflow", "too_many_choices"):
+        if mistake in codes and codes <= {mistake, "unstaked", "backoff", "reputation"}:
+            return mistake
     common = plan.common_code()
     return common if common in ("busy", "unstaked") else "no_worker"
 

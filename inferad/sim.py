@@ -65,8 +65,12 @@ class SimEngine:
         seed = hashlib.sha256(repr((prompt, position)).encode()).digest()
         return 1000 + int.from_bytes(seed[:4], "big") % 30000
 
-    def generate(self, prompt: list[int], params: wire.SamplingParams, on_token: OnToken,
+    def generate(self, prompt: list[int], params: wire.SamplingParams, on_token: OnToken | None = None,
                  prefix: Sequence[int] = (), *, cancelled: Callable[[], bool] = lambda: False) -> Generation:
+        """Pseudo-random tokens at ``tokens_per_s``.  Raises EngineError for logprobs (it has no logits)
+        and for n > 1 (its one slot; workers refuse such jobs first)."""
+        if params.logprobs is not None or params.n > 1:
+            raise EngineError("a simulated engine has one slot and no logits: no n > 1, no logprobs")
         out = OutputStream(params, lambda tok: f" w{tok}".encode(), lambda tok: tok == EOG, on_token)
         out.replay(list(prefix))
         interval = 1.0 / self.tokens_per_s

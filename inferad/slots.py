@@ -1,4 +1,4 @@
-"""Slots: N sequences sharing one llama.cpp context, scheduled one decode step at a time (sans-I/O).
+r"""Slots: N sequences sharing one llama.cpp context, scheduled one decode step at a time (sans-I/O).
 
 Two rules, as h11 states its own: every slot transition lives in this file, and this file knows
 nothing of threads, trio or llama.cpp.  The engine's loop (:class:`inferad.engine.Engine`) asks
@@ -9,8 +9,15 @@ A slot is one sequence id of the context's KV cache, with its own share of the c
 (``n_ctx_slot`` positions).  Its life, after llama.cpp's server (``server_slot``,
 tools/server/server-context.cpp)::
 
-    IDLE --assign--> PREFILL --last prompt row planned--> GENERATING --release--> IDLE
-                         \\--(a scoring task: every row planned)--> SCORED --release--> IDLE
+    IDLE --seat--> PREFILL --last prompt row planned--> GENERATING --release--> IDLE
+      \               \--(a scoring task: every row planned)--> SCORED --release--> IDLE
+       \--seat--> RESERVED --its lead's last prompt row planned--> GENERATING
+
+A generation with ``n`` choices takes n slots at once: the first (its lead) prefills the
+prompt, the others wait RESERVED; once the prompt is in, the engine copies the lead's KV
+cache to them (``llama_memory_seq_cp``), every choice samples its first token from the
+lead's last logits row, and from then on each decodes on its own.  So the prompt is
+evaluated once for all n choices.
 
 One step (``update_slots`` there) is one batch of at most ``n_batch`` rows:
 
@@ -22,9 +29,10 @@ One step (``update_slots`` there) is one batch of at most ``n_batch`` rows:
    scoring task at every row from ``logits_from`` on, at most ``max_outputs`` rows with
    logits per step (each is a vocabulary of floats: 1 MiB for a 262k vocabulary).
 
-Tasks that find every slot busy wait in a queue, first come first served, and take the
-next slot released.  Cancelling a waiting task drops it; cancelling a running one frees
-its slot (the engine then clears that sequence from the KV cache).
+Submitted tasks wait in a queue, first come first served; :meth:`Scheduler.seat` gives the
+head of the queue its slots as soon as that many are idle (a task of n choices is not
+overtaken by smaller ones behind it).  Cancelling a waiting task drops it; cancelling a
+running one frees its slots (the engine then clears their sequences from the KV cache).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from dataclasses import dataclass, field
 class SlotState(enum.Enum):
     IDLE = "idle"  # no task
     PREFILL = "prefill"  # evaluating the task's tokens
+    RESERVED = "reserved"  # a further choice of a generation in PREFILL: takes the prompt's KV cache when it is in
     GENERATING = "generating"  # prompt done: one sampled token per step
     SCORED = "scored"  # a scoring task whose rows are all planned: released once the engine read them
 
@@ -53,11 +62,13 @@ class Task:
     ``tokens``: what to evaluate first (prompt, then any output already delivered).
     ``logits_from``: None for a generation (logits at the last row, then it samples);
     for a scoring task, the first row whose logits are wanted (every later row too).
+    ``n``: a generation's choices, one slot each.
     """
 
     id: Hashable
     tokens: tuple[int, ...]
     logits_from: int | None = None
+    n: int = 1
 
     @property
     def generates(self) -> bool:
@@ -114,31 +125,45 @@ class Scheduler:
 
     # ------------------------------------------------------------------ events
 
-    def submit(self, task: Task) -> int | None:
-        """Give ``task`` an idle slot (its index), or queue it (None).
-        Raises ValueError for a task that cannot fit a slot's context."""
+    def submit(self, task: Task) -> None:
+        """Queue ``task``; :meth:`seat` gives it its slots.
+        Raises ValueError for a task that cannot fit a slot's context, or wants more slots than there are."""
         if not task.tokens or len(task.tokens) > self.n_ctx_slot:
             raise ValueError(f"task {task.id!r}: {len(task.tokens)} tokens to evaluate; a slot holds 1 to "
                              f"{self.n_ctx_slot}")
-        idle = next((s for s in self.slots if s.state is SlotState.IDLE), None)
-        if idle is None:
-            self.waiting.append(task)
-            return None
-        self._assign(idle, task)
-        return idle.index
+        if not 1 <= task.n <= self.n_slots or (task.n > 1 and not task.generates):
+            raise ValueError(f"task {task.id!r}: {task.n} choices; this context decodes 1 to {self.n_slots} "
+                             f"side by side (only a generation has several)")
+        self.waiting.append(task)
 
-    def cancel(self, task_id: Hashable) -> int | None:
-        """Drop a waiting task, or release a running one's slot: that slot's index (its sequence must
-        be cleared from the KV cache), else None."""
+    def seat(self) -> list[tuple[Task, list[int]]]:
+        """Give waiting tasks, oldest first, the slots they need while enough are idle: each task
+        seated now with its slots' indices (the lead, which prefills, first)."""
+        seated = []
+        while self.waiting:
+            idle = [s for s in self.slots if s.state is SlotState.IDLE][: self.waiting[0].n]
+            if len(idle) < self.waiting[0].n:
+                break
+            task = self.waiting.popleft()
+            self._tickets += 1
+            for slot in idle:
+                slot._expect("seat", SlotState.IDLE)
+                slot.state = SlotState.PREFILL if slot is idle[0] else SlotState.RESERVED
+                slot.task, slot.n_past, slot.last, slot.ticket = task, 0, None, self._tickets
+            seated.append((task, [s.index for s in idle]))
+        return seated
+
+    def cancel(self, task_id: Hashable) -> list[int]:
+        """Drop a waiting task, or release a running one's slots: those slots' indices (their sequences
+        must be cleared from the KV cache), empty when it was waiting or is unknown."""
         for task in self.waiting:
             if task.id == task_id:
                 self.waiting.remove(task)
-                return None
-        for slot in self.slots:
-            if slot.task is not None and slot.task.id == task_id:
-                self.release(slot.index)
-                return slot.index
-        return None
+                return []
+        held = [s.index for s in self.slots if s.task is not None and s.task.id == task_id]
+        for index in held:
+            self.release(index)
+        return held
 
     def sampled(self, index: int, token: int) -> None:
         """The engine sampled ``token`` for a generating slot; it is evaluated next step.
@@ -149,16 +174,11 @@ class Scheduler:
             raise SlotStateError(f"slot {index}: its {self.n_ctx_slot} positions are full")
         slot.last = token
 
-    def release(self, index: int) -> Task | None:
-        """The slot's task is over: the slot goes idle, and takes the next waiting task (returned)."""
+    def release(self, index: int) -> None:
+        """The slot's task (or this choice of it) is over: the slot goes idle (:meth:`seat` fills it)."""
         slot = self.slots[index]
-        slot._expect("release", SlotState.PREFILL, SlotState.GENERATING, SlotState.SCORED)
+        slot._expect("release", SlotState.PREFILL, SlotState.RESERVED, SlotState.GENERATING, SlotState.SCORED)
         slot.state, slot.task, slot.n_past, slot.last = SlotState.IDLE, None, 0, None
-        if self.waiting:
-            task = self.waiting.popleft()
-            self._assign(slot, task)
-            return task
-        return None
 
     # ------------------------------------------------------------------ planning
 
@@ -184,13 +204,11 @@ class Scheduler:
                 slot.n_past += 1
                 if last:
                     slot.state = SlotState.GENERATING if task.generates else SlotState.SCORED
+                    for choice in self.slots:  # the further choices start from the same prompt
+                        if choice.state is SlotState.RESERVED and choice.task is task:
+                            choice.state, choice.n_past = SlotState.GENERATING, slot.n_past
         return rows
 
     def busy(self) -> bool:
         """Whether any slot holds a task."""
         return any(s.state is not SlotState.IDLE for s in self.slots)
-
-    def _assign(self, slot: Slot, task: Task) -> None:
-        slot._expect("assign", SlotState.IDLE)
-        self._tickets += 1
-        slot.state, slot.task, slot.n_past, slot.last, slot.ticket = SlotState.PREFILL, task, 0, None, self._tickets

@@ -29,8 +29,7 @@ def tokens_per_second(engine, hardware: wire.Hardware, *, threads: int = 0) -> f
     known = _load(cache)
     if key in known:
         return known[key]
-    generation = engine.generate(engine.tokenize(PROBE_PROMPT), wire.SamplingParams(max_tokens=PROBE_TOKENS),
-                                 lambda tok, text: True)
+    generation = engine.generate(engine.tokenize(PROBE_PROMPT), wire.SamplingParams(max_tokens=PROBE_TOKENS))
     speed = round(len(generation.tokens) / max((generation.prompt_ms + generation.decode_ms) / 1000, 1e-3), 1)
     log.info("measured %s: %.1f tokens/s", engine.ref.name, speed)
     known[key] = speed

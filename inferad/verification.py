@@ -39,7 +39,7 @@ from inferad.store import AsyncStore, jsonable
 from p2p import wire
 from p2p.mesh import PROTOCOL_SETTLEMENT, PROTOCOL_VERIFY, TOPIC_ATTESTATIONS, GossipSettings
 from p2p.streams import FramedStream
-from proofs.check import INCONCLUSIVE, Claim, Thresholds, Verdict, check_claim, judge
+from proofs.check import INCONCLUSIVE, INVALID, Claim, Thresholds, Verdict, check_claim, check_logprobs, combine, judge
 from proofs.draw import SPACE, draw_value, is_drawn, named_verifiers
 from proofs.reputation import (
     Evidence,
@@ -70,24 +70,38 @@ def expiry_s(job: wire.JobRequest) -> int:
 
 
 def rescore(engine: Any, job: wire.JobRequest, result: wire.JobResult, thresholds: Thresholds) -> Verdict:
-    """The verdict on a result from one teacher-forced evaluation; blocking (engine thread)."""
+    """The verdict on a result, one teacher-forced evaluation per choice; blocking (engine thread).
+
+    Each choice is judged on its own (its usage share: what ``usage.completion_tokens`` claims
+    beyond the other choices' tokens; its reported log-probabilities, when the job asked for
+    them), and the verdicts combine as :func:`proofs.check.combine` says."""
+    choices = result.all_choices()
+    if len(choices) != job.params.n:
+        return Verdict(INVALID, f"the result has {len(choices)} choice(s); the job asked for {job.params.n}")
+    verdicts = []
     try:
         prompt = engine.prompt_tokens(job)
-        replay = engine.replay(result.output_tokens, job.params)
-        bad = check_claim(Claim(
-            model_sha256=result.model.sha256, expected_model_sha256=job.model.sha256,
-            prompt_tokens=result.usage.prompt_tokens, expected_prompt_tokens=len(prompt),
-            completion_tokens=result.usage.completion_tokens, output_tokens=len(result.output_tokens),
-            text=result.text, replayed_text=replay.text, finish_reason=result.finish_reason,
-            replayed_finish_reason=replay.finish_reason, tokens_after_end=replay.tokens_after_end,
-            max_tokens=job.params.max_tokens))
-        if bad is not None:
-            return bad
-        positions = engine.score(prompt, result.output_tokens, job.params, thresholds.boundary_margin)
+        for choice in choices:
+            others = sum(len(c.output_tokens) for c in choices if c is not choice)
+            replay = engine.replay(choice.output_tokens, job.params)
+            bad = check_claim(Claim(
+                model_sha256=result.model.sha256, expected_model_sha256=job.model.sha256,
+                prompt_tokens=result.usage.prompt_tokens, expected_prompt_tokens=len(prompt),
+                completion_tokens=result.usage.completion_tokens - others, output_tokens=len(choice.output_tokens),
+                text=choice.text, replayed_text=replay.text, finish_reason=choice.finish_reason,
+                replayed_finish_reason=replay.finish_reason, tokens_after_end=replay.tokens_after_end,
+                max_tokens=job.params.max_tokens))
+            if bad is None:
+                positions = engine.score(prompt, choice.output_tokens, job.params, thresholds.boundary_margin)
+                if (job.params.logprobs is None) != (choice.logprobs is None):
+                    bad = Verdict(INVALID, "log-probabilities where the job asked for none, or none where it did")
+                elif choice.logprobs is not None:
+                    bad = check_logprobs([e.logprob for e in choice.logprobs], positions, thresholds)
+            verdicts.append(bad or judge(positions, temperature=job.params.temperature, top_k=job.params.top_k,
+                                         top_p=job.params.top_p, thresholds=thresholds))
     except EngineError as exc:
         return Verdict(INCONCLUSIVE, f"cannot re-score: {exc}")
-    return judge(positions, temperature=job.params.temperature, top_k=job.params.top_k, top_p=job.params.top_p,
-                 thresholds=thresholds)
+    return combine(verdicts)
 
 
 @dataclass(kw_only=True, eq=False)

@@ -118,34 +118,33 @@ class Worker:
         stop = threading.Event()
         trio_token = trio.lowlevel.current_trio_token()
 
-        def deliver(item: tuple[int, str]) -> None:  # runs in trio; must not raise
+        def deliver(token: wire.Token) -> None:  # runs in trio; must not raise
             self.meter.add(1, time.monotonic())
             try:
-                send.send_nowait(item)
+                send.send_nowait(token)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 stop.set()
 
-        def on_token(token_id: int, delta: str) -> bool:
+        def on_token(token: wire.Token) -> bool:
             # Fire and forget: the llama.cpp thread never waits for the event loop.
             try:
-                trio_token.run_sync_soon(deliver, (token_id, delta))
+                trio_token.run_sync_soon(deliver, token)
             except trio.RunFinishedError:
                 return False
             return not stop.is_set()
 
         async def forward() -> None:
             try:
-                index = len(prefix)  # a continuation numbers tokens after the delivered ones
+                first_batch = True
                 async for first in receive:
-                    if index > len(prefix) and self.batch_s:
+                    if not first_batch and self.batch_s:
                         await trio.sleep(self.batch_s)
+                    first_batch = False
                     batch = [first]
                     with contextlib.suppress(trio.WouldBlock, trio.EndOfChannel):
                         while True:
                             batch.append(receive.receive_nowait())
-                    await send_tokens([wire.Token(index=index + i, id=token_id, text=delta)
-                                       for i, (token_id, delta) in enumerate(batch)])
-                    index += len(batch)
+                    await send_tokens(batch)
             except Exception as exc:  # the consumer failed (client gone): stop, report below
                 log.debug("token consumer failed: %r", exc)
             finally:
@@ -320,6 +319,9 @@ class ExecService:
         served = self.served[job.model.sha256]
         prompt = self.prompt_tokens(job)
         check_context(len(prompt), job.params.max_tokens, served.engine.n_ctx)
+        if job.params.n > served.worker.slots:
+            raise JobRejected("too_many_choices", f"{job.params.n} choices: this node decodes at most "
+                                                  f"{served.worker.slots} side by side (its --parallel)")
         self.load_changed()
         try:
             generation, queue_ms = await served.worker.run(prompt, job.params, send_tokens, prefix)
@@ -327,15 +329,16 @@ class ExecService:
             self.load_changed()
         result = wire.JobResult(
             job_id=envelope.digest, model=served.engine.ref, output_tokens=tuple(generation.tokens),
-            text=generation.text, finish_reason=generation.finish_reason,
-            usage=wire.Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=len(generation.tokens)),
+            text=generation.text, finish_reason=generation.finish_reason, logprobs=generation.logprobs,
+            choices=generation.choices,
+            usage=wire.Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens),
             timings=wire.Timings(queue_ms=queue_ms, prompt_ms=generation.prompt_ms, decode_ms=generation.decode_ms),
             engine=served.engine.info, worker=self.peer_id, signed_at=check_signing(job, now_ms=now_ms()),
             continued_from=len(prefix),
         )
         signed = wire.sign(result, self.key)
         log.info("ran job", extra={"fields": {"id": envelope.digest[:16], "model": served.engine.ref.name,
-                                              "tokens": len(generation.tokens) - len(prefix),
+                                              "tokens": generation.completion_tokens - len(prefix),
                                               "tokens_per_s": round(generation.tokens_per_second, 1),
                                               "continued_from": len(prefix)}})
         return signed, wire.decode(signed)

@@ -27,6 +27,7 @@ sockets, like h11.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -58,9 +59,11 @@ from p2p.schema import (
 
 __all__ = [
     "WireError", "SchemaError", "MalformedMessage", "BadSignature", "FrameTooLarge",
-    "ModelRef", "ChatMessage", "SamplingParams", "JobRequest", "JobResult", "Usage",
+    "ModelRef", "ChatMessage", "SamplingParams", "JobRequest", "JobResult", "Choice", "TokenLogprob",
+    "TopLogprob", "Usage",
     "Timings", "EngineInfo", "Token", "ErrorFrame", "Envelope", "ExecRequest", "Advert", "ModelOffer",
-    "Hardware", "Gpu", "Load", "Limits", "provider_key", "VerifyRequest", "VerifyMetrics", "Attestation",
+    "Hardware", "Gpu", "Load", "Limits", "provider_key", "stream_mismatch", "VerifyRequest", "VerifyMetrics",
+    "Attestation",
     "EvidenceRequest", "Evidence", "AttestationsRequest", "AttestationSet",
     "canonical", "digest", "sign", "sign_body", "encode_unsigned", "decode", "encode_frame", "unparse", "view",
     "FrameDecoder", "peer_id_from_public_key", "DEFAULT_MAX_FRAME",
@@ -72,6 +75,11 @@ MAX_NESTING = 16
 MAX_TOKENS_LIMIT = 32768
 MAX_PROMPT_CHARS = 512 * 1024
 MAX_PROMPT_TOKENS = 1 << 17
+MAX_CHOICES = 16  # params.n: choices of one job, decoded side by side from one prefill
+MAX_TOP_LOGPROBS = 20  # params.logprobs: alternatives per output token (OpenAI's top_logprobs bound)
+# A job's output tokens (all choices) times (1 + params.logprobs), when logprobs are asked for:
+# bounds the result frame (about 25 bytes per entry: 16384 entries stay well under 1 MiB).
+MAX_LOGPROB_ENTRIES = 1 << 14
 
 
 class MalformedMessage(WireError):
@@ -111,8 +119,19 @@ class SamplingParams:
     temperature: float = field(number(0.0, 2.0), 0.0)
     top_p: float = field(number(0.0, 1.0), 1.0)
     top_k: int = field(integer(0, 1000), 0)
-    seed: int = field(integer(0, 2**32 - 1), 0)
+    seed: int = field(integer(0, 2**32 - 1), 0)  # choice i draws with seed + i (mod 2**32)
     stop: tuple = field(sequence(text(64, 1), 8), ())
+    n: int = field(integer(1, MAX_CHOICES), 1)  # choices, each of up to max_tokens
+    # None: no log-probabilities; k: each output token's, with the k most likely alternatives
+    logprobs: int | None = field(optional(integer(0, MAX_TOP_LOGPROBS)), None)
+
+    def __post_init__(self) -> None:
+        if self.n * self.max_tokens > MAX_TOKENS_LIMIT:
+            raise ValueError(f"n x max_tokens = {self.n * self.max_tokens}: a job's choices together may "
+                             f"produce at most {MAX_TOKENS_LIMIT} tokens")
+        if self.logprobs is not None and self.n * self.max_tokens * (1 + self.logprobs) > MAX_LOGPROB_ENTRIES:
+            raise ValueError(f"n x max_tokens x (1 + logprobs) = {self.n * self.max_tokens * (1 + self.logprobs)}: "
+                             f"at most {MAX_LOGPROB_ENTRIES} log-probabilities per job")
 
 
 @dataclass(frozen=True)
@@ -166,6 +185,35 @@ class EngineInfo:
 
 
 @dataclass(frozen=True)
+class TopLogprob:
+    """An alternative at one output position: token ``id``, its bytes and its log-probability."""
+
+    id: int = field(integer(0, 2**31 - 1))
+    piece: bytes = field(blob(256))
+    logprob: float = field(number(-1e9, 0.0))
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One output token's log-probability under the model (the log-softmax of the logits it was sampled
+    from, before temperature and truncation), its bytes, and the ``params.logprobs`` most likely tokens."""
+
+    logprob: float = field(number(-1e9, 0.0))
+    piece: bytes = field(blob(256))
+    top: tuple = field(sequence(nested(TopLogprob), MAX_TOP_LOGPROBS), ())
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Choice 1 to n-1 of a job with ``params.n`` > 1 (choice 0 is the result's own fields)."""
+
+    output_tokens: tuple = field(sequence(integer(0, 2**31 - 1), MAX_TOKENS_LIMIT))
+    text: str = field(text(4 * MAX_PROMPT_CHARS))
+    finish_reason: str = field(choice("stop", "length"))
+    logprobs: tuple | None = field(optional(sequence(nested(TokenLogprob), MAX_TOKENS_LIMIT)), None)
+
+
+@dataclass(frozen=True)
 class JobResult:
     """A worker-signed result; ``sha256(canonical body)`` is the result hash."""
 
@@ -187,12 +235,45 @@ class JobResult:
     # A continuation after another worker failed: the first ``continued_from``
     # output tokens were given to this worker, which generated the rest.
     continued_from: int = field(integer(0, MAX_TOKENS_LIMIT), 0)
+    # With params.logprobs: one entry per output token (all of them, a continuation's prefix too).
+    logprobs: tuple | None = field(optional(sequence(nested(TokenLogprob), MAX_TOKENS_LIMIT)), None)
+    choices: tuple = field(sequence(nested(Choice), MAX_CHOICES - 1), ())  # choices 1..n-1 when n > 1
 
     def __post_init__(self) -> None:
-        if self.usage.completion_tokens != len(self.output_tokens):
-            raise ValueError("usage.completion_tokens must equal the number of output tokens")
+        if self.usage.completion_tokens != sum(len(c.output_tokens) for c in self.all_choices()):
+            raise ValueError("usage.completion_tokens must equal the number of output tokens of every choice")
         if self.continued_from > len(self.output_tokens):
             raise ValueError("continued_from exceeds the number of output tokens")
+        if self.continued_from and self.choices:
+            raise ValueError("a job with several choices is never continued")
+        for c in self.all_choices():
+            if c.logprobs is not None and len(c.logprobs) != len(c.output_tokens):
+                raise ValueError("logprobs must hold one entry per output token")
+
+    def all_choices(self) -> tuple[Choice, ...]:
+        """Every choice, choice 0 (this result's own fields) first."""
+        first = Choice(output_tokens=self.output_tokens, text=self.text, finish_reason=self.finish_reason,
+                       logprobs=self.logprobs)
+        return (first, *self.choices)
+
+
+def stream_mismatch(result: JobResult, tokens: Sequence[Token], prefix: int = 0) -> str | None:
+    """Why ``tokens``, streamed after the first ``prefix`` output tokens of choice 0, are not the
+    signed ``result``'s (ids, and log-probabilities where streamed), or None when they are."""
+    choices = result.all_choices()
+    streamed: list[list[Token]] = [[] for _ in choices]
+    for token in tokens:
+        if token.choice >= len(choices):
+            return f"a token of choice {token.choice} was streamed; the result has {len(choices)} choice(s)"
+        streamed[token.choice].append(token)
+    for i, (signed, got) in enumerate(zip(choices, streamed, strict=True)):
+        start = prefix if i == 0 else 0
+        if tuple(t.id for t in got) != tuple(signed.output_tokens[start:]):
+            return f"choice {i}: the result differs from the streamed tokens"
+        if signed.logprobs is not None and any(t.logprob is not None and t.logprob != signed.logprobs[start + k]
+                                               for k, t in enumerate(got)):
+            return f"choice {i}: the result's log-probabilities differ from the streamed ones"
+    return None
 
 
 @dataclass(frozen=True)
@@ -300,9 +381,11 @@ class Token:
     type: ClassVar[str] = "token"
     signed: ClassVar[bool] = False
 
-    index: int = field(integer(0, MAX_TOKENS_LIMIT))
+    index: int = field(integer(0, MAX_TOKENS_LIMIT))  # position in its choice's output
     id: int = field(integer(0, 2**31 - 1))
     text: str = field(text(1024))
+    choice: int = field(integer(0, MAX_CHOICES - 1), 0)
+    logprob: TokenLogprob | None = field(optional(nested(TokenLogprob)), None)  # with params.logprobs
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,9 @@ class Thresholds:
     boundary_margin: float = 1.0
     top_p_slack: float = 0.05
     logprob_floor: float = -25.0  # no honest sampler emits a token this unlikely (p < 1.4e-11)
+    # A log-probability the result reports may differ from the re-scored one by float noise only:
+    # the same rounding as greedy_margin (both are differences of the same logits).
+    logprob_margin: float = 0.5
     eog_floor: float = -12.0  # an end of sequence this unlikely was forced, not sampled
     min_z: float = -4.0  # total sampled log-probability this many sd below its mean is not sampled text
     min_positions_for_z: int = 8
@@ -109,6 +112,35 @@ def check_claim(c: Claim) -> Verdict | None:
     if c.replayed_text != c.text:
         return Verdict(INVALID, "the text is not what the tokens decode to")
     return None
+
+
+def check_logprobs(claimed: Sequence[float], positions: Sequence[Position],
+                   thresholds: Thresholds = Thresholds()) -> Verdict | None:
+    """Log-probabilities a result reports, one per output token, against the re-scored ones:
+    INVALID at the first that differs by more than ``logprob_margin`` nats, else None."""
+    for i, (reported, p) in enumerate(zip(claimed, positions, strict=False)):
+        if abs(reported - p.logprob) > thresholds.logprob_margin:
+            return Verdict(INVALID, f"token {i}'s reported log-probability {reported:.3f} is not the model's "
+                                    f"{p.logprob:.3f}", {"positions": len(positions), "position": i})
+    return None
+
+
+def combine(verdicts: Sequence[Verdict]) -> Verdict:
+    """One verdict on a result of several choices (one verdict each, in order): the first invalid
+    one, naming its choice; else the first inconclusive one; else valid, with the positions
+    summed and the worst greedy gap and z-score."""
+    if len(verdicts) == 1:
+        return verdicts[0]
+    for wanted in (INVALID, INCONCLUSIVE):
+        for i, v in enumerate(verdicts):
+            if v.verdict == wanted:
+                return Verdict(wanted, f"choice {i}: {v.reason}", v.metrics)
+    metrics: dict = {"positions": sum(v.metrics.get("positions", 0) for v in verdicts)}
+    for key, worst in (("max_gap", max), ("z", min)):
+        values = [v.metrics[key] for v in verdicts if key in v.metrics]
+        if values:
+            metrics[key] = worst(values)
+    return Verdict(VALID, f"every one of {len(verdicts)} choices: {verdicts[0].reason}", metrics)
 
 
 def judge(positions: Sequence[Position], *, temperature: float, top_k: int, top_p: float,

@@ -21,7 +21,8 @@ MIN_TOKENS_PER_S = 0.1
 @dataclass(frozen=True)
 class JobShape:
     prompt_tokens: int  # exact if known, else an estimate
-    max_tokens: int
+    max_tokens: int  # per choice
+    choices: int = 1  # decoded side by side, a slot each
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ def estimate_seconds(c: Candidate, job: JobShape) -> float:
     spreads and a newcomer gets jobs.  Beyond the slots, jobs wait their turn.
     """
     ahead = c.queued + c.running + c.inflight
-    speed = max(c.tokens_per_s, MIN_TOKENS_PER_S) / (1 + min(ahead, max(c.slots - 1, 0)))
+    sharing = min(ahead + job.choices - 1, max(c.slots - 1, 0))  # its own further choices share too
+    speed = max(c.tokens_per_s, MIN_TOKENS_PER_S) / (1 + sharing)
     one_job = job.prompt_tokens / (speed * PREFILL_SPEEDUP) + job.max_tokens / speed
     wait = max(0, ahead - c.slots + 1) * one_job / max(c.slots, 1)
     return wait + one_job + c.rtt_s
@@ -89,6 +91,8 @@ def exclusion(c: Candidate, job: JobShape, *, backed_off: frozenset[str] | set[s
         return "reputation", f"reputation {c.reputation:.2f} below the floor {reputation_floor:.2f}"
     if job.prompt_tokens + job.max_tokens > c.n_ctx:
         return "context_overflow", f"context {c.n_ctx} too small for ~{job.prompt_tokens}+{job.max_tokens} tokens"
+    if job.choices > c.slots:
+        return "too_many_choices", f"{c.slots} slot(s), fewer than the job's {job.choices} choices"
     if c.queued + c.running + c.inflight >= c.capacity:
         return "busy", f"at capacity ({c.queued + c.running + c.inflight}/{c.capacity})"
     return None

@@ -1,5 +1,7 @@
 """The llama.cpp engine on the real gemma-3-270m model, and its stop-string logic."""
 
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -7,6 +9,7 @@ from hypothesis import strategies as st
 from inferad.engine import Engine, StopScanner
 from inferad.models import resolve
 from p2p import wire
+from proofs.check import Thresholds
 
 
 def scan(pieces, stops):
@@ -50,9 +53,9 @@ def tokens_of(engine, prompt, **params):
     job_tokens = engine.tokenize(prompt)
     streamed = []
     generation = engine.generate(job_tokens, wire.SamplingParams(**params),
-                                 lambda tok, text: streamed.append((tok, text)) or True)
-    assert [t for t, _ in streamed] == generation.tokens
-    assert "".join(text for _, text in streamed) == generation.text
+                                 lambda token: streamed.append(token) or True)
+    assert [t.id for t in streamed] == generation.tokens and [t.index for t in streamed] == list(range(len(streamed)))
+    assert "".join(t.text for t in streamed) == generation.text
     return generation
 
 
@@ -89,7 +92,7 @@ def test_generation_stops_when_the_consumer_goes_away(engine):
     seen = []
     with pytest.raises(GenerationCancelled):
         engine.generate(engine.tokenize("Count: 1, 2, 3,"),
-                        wire.SamplingParams(max_tokens=50), lambda tok, text: seen.append(tok) or len(seen) < 3)
+                        wire.SamplingParams(max_tokens=50), lambda token: seen.append(token.id) or len(seen) < 3)
     assert len(seen) == 3
 
 
@@ -190,12 +193,10 @@ def parts_at_a_near_tie(engine, prompt, serial, batched_tokens) -> float | None:
 
 @pytest.mark.model
 def test_sixteen_concurrent_greedy_jobs_equal_their_serial_outputs_but_at_near_ties(batched):
-    from proofs.check import Thresholds
-
     prompts = [batched.tokenize(f"Write one sentence about the number {i}.") for i in range(16)]
     params = wire.SamplingParams(max_tokens=24)
-    serial = [batched.generate(p, params, lambda tok, text: True).tokens for p in prompts]
-    together = side_by_side([lambda p=p: batched.generate(p, params, lambda tok, text: True).tokens for p in prompts])
+    serial = [batched.generate(p, params).tokens for p in prompts]
+    together = side_by_side([lambda p=p: batched.generate(p, params).tokens for p in prompts])
     gaps = [parts_at_a_near_tie(batched, p, s, t) for p, s, t in zip(prompts, serial, together, strict=True)]
     parted = [g for g in gaps if g is not None]
     print(f"{len(parted)} of 16 batched greedy outputs part from the serial ones; gaps (nats) {parted}")
@@ -210,8 +211,8 @@ def test_a_job_whose_consumer_leaves_mid_batch_frees_its_slot_and_the_others_fin
     prompt = batched.tokenize("Count: 1, 2, 3,")
     seen = []
     results = side_by_side(
-        [lambda: batched.generate(prompt, params, lambda tok, text: seen.append(tok) or len(seen) < 3)]
-        + [lambda: batched.generate(prompt, params, lambda tok, text: True) for _ in range(15)])
+        [lambda: batched.generate(prompt, params, lambda token: seen.append(token.id) or len(seen) < 3)]
+        + [lambda: batched.generate(prompt, params) for _ in range(15)])
     assert isinstance(results[0], GenerationCancelled) and len(seen) == 3
     assert all(len(r.tokens) == 20 for r in results[1:])
     assert not batched._slots.busy()  # every slot is free again, the cancelled one first of all
@@ -221,9 +222,9 @@ def test_a_job_whose_consumer_leaves_mid_batch_frees_its_slot_and_the_others_fin
 def test_a_rescoring_runs_in_the_same_batches_as_generations(batched):
     prompt = batched.tokenize("The capital of France is")
     params = wire.SamplingParams(max_tokens=12)
-    alone = batched.generate(prompt, params, lambda tok, text: True)
+    alone = batched.generate(prompt, params)
     results = side_by_side([lambda: batched.score(prompt, alone.tokens, params, 0.5)]
-                           + [lambda: batched.generate(prompt, params, lambda tok, text: True) for _ in range(4)])
+                           + [lambda: batched.generate(prompt, params) for _ in range(4)])
     assert [p.token for p in results[0]] == alone.tokens and all(p.rank == 0 for p in results[0])
     assert all(len(r.tokens) == 12 for r in results[1:])
 
@@ -246,3 +247,51 @@ def test_a_lone_greedy_job_is_decoded_exactly_as_llama_cpp_python_decodes_it(bat
             assert tokens_of(batched, prompt, max_tokens=12).tokens == direct, prompt
     finally:
         llm.close()
+
+
+@pytest.mark.model
+def test_n_choices_share_one_prefill_and_each_draws_as_a_lone_job_seeded_seed_plus_its_index(batched):
+    prompt = batched.tokenize("Once upon a time")
+    params = wire.SamplingParams(max_tokens=10, temperature=1.0, seed=7, n=3)
+    streamed = []
+    three = batched.generate(prompt, params, lambda token: streamed.append(token) or True)
+    choices = [(three.tokens, three.text)] + [(list(c.output_tokens), c.text) for c in three.choices]
+    assert len(choices) == 3 and three.completion_tokens == sum(len(t) for t, _ in choices)
+    for i, (tokens, text) in enumerate(choices):
+        assert [t.id for t in streamed if t.choice == i] == tokens
+        assert [t.index for t in streamed if t.choice == i] == list(range(len(tokens)))
+        assert "".join(t.text for t in streamed if t.choice == i) == text
+    assert len({tuple(t) for t, _ in choices}) == 3  # three draws, not one copied
+    # every first token is drawn from the prompt's logits, which one evaluation gave all three
+    lone = [batched.generate(prompt, wire.SamplingParams(max_tokens=1, temperature=1.0, seed=7 + i)).tokens[0]
+            for i in range(3)]
+    assert [t[0] for t, _ in choices] == lone
+    assert batched.generate(prompt, params).choices == three.choices  # reproducible
+    assert not batched._slots.busy()
+
+
+@pytest.mark.model
+def test_logprobs_are_the_models_log_softmax_with_the_most_likely_alternatives(batched):
+    prompt = batched.tokenize("The capital of France is")
+    params = wire.SamplingParams(max_tokens=8, logprobs=3)
+    generation = batched.generate(prompt, params)
+    rescored = batched.score(prompt, generation.tokens, params, 0.0)
+    assert len(generation.logprobs) == len(generation.tokens) == 8
+    # a verifier's one-pass evaluation rounds differently from the decode (0.05 nats seen here)
+    margin = Thresholds().logprob_margin
+    for tok, entry, position in zip(generation.tokens, generation.logprobs, rescored, strict=True):
+        assert [t.logprob for t in entry.top] == sorted((t.logprob for t in entry.top), reverse=True)
+        assert len(entry.top) == 3 and entry.top[0].id == tok and entry.top[0].logprob == entry.logprob  # greedy
+        assert entry.piece == batched._piece(tok) and abs(entry.logprob - position.logprob) < margin
+        assert sum(math.exp(t.logprob) for t in entry.top) <= 1.0 + 1e-9
+
+
+@pytest.mark.model
+def test_a_continuation_reports_the_logprobs_of_its_prefix_too(batched):
+    prompt = batched.tokenize("The capital of France is")
+    params = wire.SamplingParams(max_tokens=8, logprobs=1)
+    whole = batched.generate(prompt, params)
+    continued = batched.generate(prompt, params, prefix=whole.tokens[:3])
+    assert continued.tokens == whole.tokens and len(continued.logprobs) == 8
+    assert all(abs(a.logprob - b.logprob) < Thresholds().logprob_margin
+               for a, b in zip(whole.logprobs, continued.logprobs, strict=True))

@@ -15,7 +15,7 @@ from inferad.gateway import AttemptFailed, ClientGone, Router, check_result, che
 from p2p import wire
 from scheduler.peers import PeerTable
 from scheduler.ranking import Plan
-from tests.factories import GEMMA, make_job, make_result
+from tests.factories import make_job, make_result
 
 CLIENT = SigningKey(b"c" * 32)
 LIAR, HONEST, GATEWAY = SigningKey(b"l" * 32), SigningKey(b"h" * 32), SigningKey(b"g" * 32)
@@ -39,8 +39,8 @@ def tokens(ids, start=0) -> list[wire.Token]:
 
 
 def check(envelope, *, worker=HONEST, prefix=(), streamed=OUTPUT) -> None:
-    check_result(envelope, job_id=JOB.digest, model_sha256=GEMMA.sha256, worker=peer(worker), prefix=list(prefix),
-                 streamed=list(streamed))
+    check_result(envelope, job_id=JOB.digest, job=JOB.message, worker=peer(worker), prefix=list(prefix),
+                 streamed=tokens(streamed, start=len(prefix)))
 
 
 # ---------------------------------------------------------------------- check_result
@@ -89,19 +89,28 @@ def test_a_message_that_is_not_a_result_is_refused():
 # ---------------------------------------------------------------------- check_tokens
 
 def test_streamed_tokens_must_continue_the_stream_one_index_at_a_time():
-    check_tokens(tokens([1, 2, 3]), prefix=0, streamed=0, max_tokens=6)
-    check_tokens(tokens([4, 5], start=3), prefix=2, streamed=1, max_tokens=6)
+    check_tokens(tokens([1, 2, 3]), prefix=0, streamed=[], max_tokens=6)
+    check_tokens(tokens([4, 5], start=3), prefix=2, streamed=tokens([3], start=2), max_tokens=6)
     with pytest.raises(AttemptFailed, match="prefix"):  # a continuation that numbers from 0: it ignored the prefix
-        check_tokens(tokens([1, 2]), prefix=2, streamed=0, max_tokens=6)
+        check_tokens(tokens([1, 2]), prefix=2, streamed=[], max_tokens=6)
     with pytest.raises(AttemptFailed, match="was due"):  # a skipped index
         check_tokens([wire.Token(index=0, id=1, text=""), wire.Token(index=2, id=2, text="")], prefix=0,
-                     streamed=0, max_tokens=6)
+                     streamed=[], max_tokens=6)
+
+
+def test_each_choice_numbers_its_own_tokens_and_no_choice_beyond_the_jobs_is_relayed():
+    first, second = tokens([1, 2]), [wire.Token(index=i, id=7, text="", choice=1) for i in range(2)]
+    check_tokens([first[0], second[0], first[1], second[1]], prefix=0, streamed=[], max_tokens=6, choices=2)
+    with pytest.raises(AttemptFailed, match="of choice 1 where 0 was due"):  # choice 0's tokens count for it only
+        check_tokens(second[1:], prefix=0, streamed=first, max_tokens=6, choices=2)
+    with pytest.raises(AttemptFailed, match="the job has 2 choice"):
+        check_tokens([wire.Token(index=0, id=1, text="", choice=2)], prefix=0, streamed=[], max_tokens=6, choices=2)
 
 
 def test_no_token_beyond_max_tokens_is_relayed():
-    check_tokens(tokens([6], start=5), prefix=5, streamed=0, max_tokens=6)
+    check_tokens(tokens([6], start=5), prefix=5, streamed=[], max_tokens=6)
     with pytest.raises(AttemptFailed, match="max_tokens"):
-        check_tokens(tokens([6, 7], start=5), prefix=5, streamed=0, max_tokens=6)
+        check_tokens(tokens([6, 7], start=5), prefix=5, streamed=[], max_tokens=6)
 
 
 # ---------------------------------------------------------------------- Router.route

@@ -27,7 +27,7 @@ def engine():
 def run(engine, prompt, params, forge=None, seed=0):
     job = make_job(prompt, model=engine.ref, **params)
     tokens = engine.prompt_tokens(job)
-    honest = engine.generate(tokens, job.params, lambda tok, delta: True).tokens
+    honest = engine.generate(tokens, job.params).tokens
     claimed = forge(engine, tokens, honest, job.params, random.Random(seed)) if forge else honest
     result = forged_result(engine, "00" * 32, job, tokens, claimed, WORKER)
     return rescore(engine, job, result, Thresholds())
@@ -50,7 +50,7 @@ def test_forged_results_are_invalid(engine, kind, params):
 def test_a_result_naming_another_model_is_invalid(engine):
     job = make_job("Hello", model=engine.ref, **GREEDY)
     tokens = engine.prompt_tokens(job)
-    honest = engine.generate(tokens, job.params, lambda tok, delta: True).tokens
+    honest = engine.generate(tokens, job.params).tokens
     result = forged_result(engine, "00" * 32, job, tokens, honest, WORKER)
     other = wire.JobResult(**{**result.__dict__, "model": wire.ModelRef(sha256="bb" * 32, name="gemma-3-270m")})
     verdict = rescore(engine, job, other, Thresholds())

@@ -21,7 +21,7 @@ from tests.adversaries.forgeries import FORGERIES
 def cheating_engine(forge) -> type:
     class CheatingEngine(engine_module.Engine):
         def generate(self, prompt, params, on_token, prefix=(), **options):
-            honest = super().generate(prompt, params, lambda tok, delta: True, prefix, **options)
+            honest = super().generate(prompt, params, None, prefix, **options)
             forged = forge(self, prompt, honest.tokens, params, random.Random(len(prompt)))
             out = engine_module.OutputStream(params, lambda tok: self._llm.detokenize([tok], special=False),
                                              self._is_eog, on_token)

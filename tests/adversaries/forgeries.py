@@ -36,7 +36,7 @@ def one_token_changed(engine, prompt, honest, params, rng) -> list[int]:
 
 def other_prompt(engine, prompt, honest, params, rng) -> list[int]:
     tokens = engine.tokenize(rng.choice(OTHER_PROMPTS))
-    return engine.generate(tokens, params, lambda tok, delta: True).tokens
+    return engine.generate(tokens, params).tokens
 
 
 def prefix_then_other(engine, prompt, honest, params, rng) -> list[int]:
@@ -49,7 +49,7 @@ def prefix_then_other(engine, prompt, honest, params, rng) -> list[int]:
 def other_model(other: Engine):
     """The output of a different (cheaper) model, claimed as the job's model."""
     def forge(engine, prompt, honest, params, rng) -> list[int]:
-        return other.generate(prompt, params, lambda tok, delta: True).tokens
+        return other.generate(prompt, params).tokens
     return forge
 
 

@@ -77,9 +77,9 @@ def held_engine(gate: Gate) -> type:
         def generate(self, prompt, params, on_token, prefix=(), **options):
             produced = 0
 
-            def gated(tok: int, text: str) -> bool:
+            def gated(token) -> bool:
                 nonlocal produced
-                go_on = on_token(tok, text)
+                go_on = on_token(token)
                 produced += 1
                 gate.pass_token(produced)
                 return go_on
