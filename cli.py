@@ -248,6 +248,11 @@ def _node_control(node_home: Path) -> Path:
 @click.option("--top-k", type=click.IntRange(0, 1000), default=0, show_default=True, help="0 disables top-k.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--stop", multiple=True, help="Stop sequence, repeatable.")
+@click.option("--n", "n", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Choices: the prompt is evaluated once, then each is decoded in its own slot (choice i draws "
+                   "with seed + i).  With more than one, the choices are printed when all are done.")
+@click.option("--logprobs", type=click.IntRange(0, 20), default=None, metavar="K",
+              help="Report each output token's log-probability and its K most likely alternatives.")
 @click.option("--ttl", type=click.IntRange(1, Config.max_job_ttl), default=60, show_default=True,
               help=f"Seconds before the job expires (it must be answered by then; at most a default node's "
                    f"limit, {Config.max_job_ttl}); with a chain, the verification draw waits for the first "
@@ -257,8 +262,8 @@ def _node_control(node_home: Path) -> Path:
 @click.option("--timeout", type=click.FloatRange(0.1), default=600, show_default=True,
               help="Seconds to wait for the whole answer.")
 @json_option
-def submit(home, prompt, node, node_home, model, max_tokens, temperature, top_p, top_k, seed, stop, ttl,
-           max_price, timeout, as_json) -> None:
+def submit(home, prompt, node, node_home, model, max_tokens, temperature, top_p, top_k, seed, stop, n, logprobs,
+           ttl, max_price, timeout, as_json) -> None:
     """Sign a job with the client key, run it on a node and stream the text.
 
     --node-home talks to a node on this machine through its control socket
@@ -277,11 +282,15 @@ def submit(home, prompt, node, node_home, model, max_tokens, temperature, top_p,
         ref = model_ref(model)
     except (ModelError, ValueError) as exc:
         fail(str(exc), EXIT_USAGE)
-    job = new_job(ref, h.eth_address, prompt=prompt, ttl_s=ttl, max_price=max_price, max_tokens=max_tokens,
-                  temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop))
+    try:
+        job = new_job(ref, h.eth_address, prompt=prompt, ttl_s=ttl, max_price=max_price, max_tokens=max_tokens,
+                      temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop), n=n,
+                      logprobs=logprobs)
+    except ValueError as exc:  # n x max_tokens, or the log-probabilities, beyond one job's bounds
+        fail(str(exc), EXIT_USAGE)
 
     def show(token) -> None:
-        if not as_json:
+        if not as_json and n == 1:
             click.echo(token.text, nl=False)
 
     def run():
@@ -311,7 +320,15 @@ def submit(home, prompt, node, node_home, model, max_tokens, temperature, top_p,
         emit_json(completion.to_json())
         return
     result = completion.result
-    click.echo()
+    for i, choice in enumerate(result.all_choices()):
+        if n > 1:
+            click.secho(f"--- choice {i} ({choice.finish_reason}) ---", fg="cyan", err=True)
+            click.echo(choice.text, nl=False)
+        click.echo()
+        for entry in choice.logprobs or ():
+            alternatives = ", ".join(f"{t.piece.decode(errors='replace')!r} {t.logprob:.3f}" for t in entry.top)
+            click.echo(f"  {entry.piece.decode(errors='replace')!r:>16} {entry.logprob:8.3f}"
+                       + (f"   ({alternatives})" if alternatives else ""), err=True)
     click.secho(
         f"[{result.usage.completion_tokens} tokens, {result.finish_reason}; signed by worker "
         f"{result.worker[:16]}…, signature verified; job {completion.job_id[:16]}…]",

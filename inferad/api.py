@@ -40,6 +40,7 @@ from inferad.openai_request import (
     completion_request,
     parse_json,
 )
+from inferad.openai_response import Shape
 from p2p import wire
 
 log = logging.getLogger("inferad.api")
@@ -232,7 +233,8 @@ class Api:
             for job in admitted:
                 await self.gateway.abandon(job, "abandoned")
             raise rejected(exc) from None
-        shape = Shape(chat=request.chat, job_ids=[envelope.digest for _, envelope in jobs], model=ref.name)
+        shape = Shape(chat=request.chat, job_ids=[envelope.digest for _, envelope in jobs], model=ref.name,
+                      n=request.params.n, logprobs=request.params.logprobs is not None)
         if not request.stream:
             return JSONResponse(shape.whole(await self._run_all(admitted)))
         send, receive = trio.open_memory_channel(math.inf)
@@ -286,24 +288,21 @@ class Api:
         started, first = time.perf_counter(), True
         results: list[wire.Envelope] = []
         with receive:
-            if shape.chat:
-                for index in range(len(shape.job_ids)):
-                    yield _event(shape.chunk({"role": "assistant", "content": ""}, index=index))
-            async for kind, index, item in receive:
+            for chunk in shape.opening_chunks():
+                yield _event(chunk)
+            async for kind, job, item in receive:
                 if kind == "tokens":
-                    text = "".join(t.text for t in item)
                     if first:
                         self.metrics.first_token.observe(time.perf_counter() - started)
                         first = False
-                    if text:
-                        yield _event(shape.chunk({"content": text} if shape.chat else text, index=index))
+                    for chunk in shape.token_chunks(job, item):
+                        yield _event(chunk)
                 elif kind == "error":
                     yield _event(item.body())
                 else:
-                    result: wire.JobResult = item.message
                     results.append(item)
-                    yield _event(shape.chunk({} if shape.chat else "", index=index, finish=result.finish_reason,
-                                             envelope=item))
+                    for chunk in shape.finish_chunks(job, item):
+                        yield _event(chunk)
             if include_usage and results:
                 yield _event(shape.usage_chunk(results))
             yield "data: [DONE]\n\n"
@@ -322,63 +321,6 @@ def _send_quietly(send, item) -> None:
 
 def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
-
-
-class Shape:
-    """OpenAI's response objects for one request (chat or text completion), one choice per job."""
-
-    def __init__(self, *, chat: bool, job_ids: list[str], model: str) -> None:
-        self.chat, self.job_ids, self.model = chat, job_ids, model
-        self.id = ("chatcmpl-" if chat else "cmpl-") + job_ids[0][:29]
-        self.created = int(time.time())
-        self.object = "chat.completion" if chat else "text_completion"
-
-    def _base(self, streaming: bool) -> dict:
-        obj = self.object + (".chunk" if streaming and self.chat else "")
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
-
-    def inferad(self, index: int, envelope: wire.Envelope | None) -> dict:
-        """The extension field: the job behind a choice, its worker and result hash."""
-        out: dict[str, Any] = {"job_id": self.job_ids[index], "verification": "pending: drawn after the job expires"}
-        if envelope is not None:
-            out.update(worker=envelope.message.worker, result_hash=envelope.digest, worker_signature_valid=True)
-        return out
-
-    @staticmethod
-    def _usage(results: list[wire.Envelope]) -> dict:
-        prompt = sum(e.message.usage.prompt_tokens for e in results)
-        completion = sum(e.message.usage.completion_tokens for e in results)
-        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
-
-    def whole(self, results: list[wire.Envelope]) -> dict:
-        choices = []
-        for index, envelope in enumerate(results):
-            result: wire.JobResult = envelope.message
-            choice: dict[str, Any] = {"index": index, "finish_reason": result.finish_reason, "logprobs": None}
-            if self.chat:
-                choice["message"] = {"role": "assistant", "content": result.text}
-            else:
-                choice["text"] = result.text
-            if len(results) > 1:
-                choice["inferad"] = self.inferad(index, envelope)
-            choices.append(choice)
-        return {**self._base(False), "choices": choices, "usage": self._usage(results),
-                "inferad": self.inferad(0, results[0])}
-
-    def chunk(self, delta: dict | str, *, index: int = 0, finish: str | None = None,
-              envelope: wire.Envelope | None = None) -> dict:
-        choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": None}
-        if self.chat:
-            choice["delta"] = delta
-        else:
-            choice["text"] = delta
-        out = {**self._base(True), "choices": [choice]}
-        if envelope is not None:
-            out["inferad"] = self.inferad(index, envelope)
-        return out
-
-    def usage_chunk(self, results: list[wire.Envelope]) -> dict:
-        return {**self._base(True), "choices": [], "usage": self._usage(results)}
 
 
 async def serve(api: Api, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

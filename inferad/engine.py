@@ -646,7 +646,7 @@ class Replay:
 
 def replay_output(output: Sequence[int], params: wire.SamplingParams, piece: Callable[[int], bytes],
                   is_eog: Callable[[int], bool]) -> Replay:
-    out = OutputStream(params, piece, is_eog, lambda tok, delta: True)
+    out = OutputStream(params, piece, is_eog)
     for i, tok in enumerate(output):
         if out.push(tok):
             return Replay(out.text, out.finish_reason, len(output) - i - 1)

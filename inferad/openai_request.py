@@ -4,8 +4,8 @@ Everything a client can get wrong is decided here, before a job is signed or a
 stream opened, and raised as an :class:`ApiError`: a 4xx carrying OpenAI's
 error object with ``message``, ``type``, ``param`` and ``code`` filled (``param``
 is null only when no single field is at fault).  A feature OpenAI has and this
-node does not (``n`` > 1, ``logprobs``, tools, JSON mode) is refused with 400
-naming the parameter, never silently ignored.
+node does not (tools, penalties, JSON mode) is refused with 400 naming the
+parameter, never silently ignored.
 
 JSON is parsed by orjson, which refuses nesting deeper than 1024 levels
 without recursing on the C stack (a 100,000-deep array from a client must
@@ -97,18 +97,16 @@ def _request(body: dict, max_tokens_limit: int, *, chat: bool, inputs: tuple[dic
                                                                                  bool)):
         raise ApiError(400, "'stream_options' must be an object like {\"include_usage\": true}",
                        param="stream_options", code="invalid_type")
-    return CompletionRequest(model=model, chat=chat, inputs=inputs, params=sampling(body, max_tokens_limit),
+    return CompletionRequest(model=model, chat=chat, inputs=inputs, params=sampling(body, max_tokens_limit, chat=chat),
                              stream=stream, include_usage=bool(options and options.get("include_usage")))
 
 
 # Parameters that change what OpenAI returns, which this node cannot honour yet; each is
 # refused when set to anything but its neutral value.  (name, neutral values, what to say)
 _UNSUPPORTED: tuple[tuple[str, tuple, str], ...] = (
-    ("n", (1,), "only n=1 is supported for now; send one request per choice"),
     ("best_of", (1,), "best_of is not supported"),
     ("echo", (False,), "echo is not supported"),
     ("suffix", ("",), "suffix (insertion) is not supported"),
-    ("top_logprobs", (0,), "logprobs are not supported yet"),
     ("frequency_penalty", (0,), "frequency_penalty is not supported; leave it at 0"),
     ("presence_penalty", (0,), "presence_penalty is not supported; leave it at 0"),
     ("logit_bias", ({},), "logit_bias is not supported"),
@@ -122,9 +120,6 @@ def _refuse_unsupported(body: dict, *, chat: bool) -> None:
         value = body.get(name)
         if value is not None and not any(type(value) is type(n) and value == n for n in neutral):
             raise ApiError(400, why, param=name, code="unsupported_parameter")
-    logprobs = body.get("logprobs")
-    if logprobs is not None and logprobs is not False:  # chat: a bool; completions: an int, even 0 asks for some
-        raise ApiError(400, "logprobs are not supported yet", param="logprobs", code="unsupported_parameter")
     response_format = body.get("response_format")
     if response_format is not None:
         kind = response_format.get("type") if isinstance(response_format, dict) else None
@@ -149,9 +144,12 @@ def _field(body: dict, name: str, kind: type | tuple, default: Any = None, *, lo
     return value
 
 
-def sampling(body: dict, max_tokens_limit: int) -> wire.SamplingParams:
+def sampling(body: dict, max_tokens_limit: int, *, chat: bool = True) -> wire.SamplingParams:
     """The job's sampling parameters: OpenAI's defaults (temperature 1, top_p 1), and max_tokens 256
-    or the node's limit when lower (the protocol's own default is greedy: docs/protocol.md)."""
+    or the node's limit when lower (the protocol's own default is greedy: docs/protocol.md).
+    ``n`` choices (1-16) and log-probabilities: chat's ``logprobs: true`` with ``top_logprobs``
+    alternatives (0-20), the legacy completions' ``logprobs: k`` (0-20: 0 gives the sampled
+    token's only)."""
     stop = body.get("stop") or ()
     if isinstance(stop, str):
         stop = (stop,)
@@ -161,11 +159,26 @@ def sampling(body: dict, max_tokens_limit: int) -> wire.SamplingParams:
     max_tokens = _field(body, "max_completion_tokens", int, None, lo=1, hi=max_tokens_limit)
     max_tokens = _field(body, "max_tokens", int, max_tokens or min(DEFAULT_MAX_TOKENS, max_tokens_limit), lo=1,
                         hi=max_tokens_limit)
-    return wire.SamplingParams(
-        max_tokens=max_tokens, temperature=float(_field(body, "temperature", (int, float), 1.0, lo=0, hi=2)),
-        top_p=float(_field(body, "top_p", (int, float), 1.0, lo=0, hi=1)),
-        top_k=_field(body, "top_k", int, 0, lo=0, hi=1000), seed=_field(body, "seed", int, 0, lo=0, hi=2**32 - 1),
-        stop=tuple(stop))
+    n = _field(body, "n", int, 1, lo=1, hi=wire.MAX_CHOICES)
+    logprobs = _logprobs(body) if chat else _field(body, "logprobs", int, None, lo=0, hi=wire.MAX_TOP_LOGPROBS)
+    try:
+        return wire.SamplingParams(
+            max_tokens=max_tokens, temperature=float(_field(body, "temperature", (int, float), 1.0, lo=0, hi=2)),
+            top_p=float(_field(body, "top_p", (int, float), 1.0, lo=0, hi=1)),
+            top_k=_field(body, "top_k", int, 0, lo=0, hi=1000), seed=_field(body, "seed", int, 0, lo=0, hi=2**32 - 1),
+            stop=tuple(stop), n=n, logprobs=logprobs)
+    except ValueError as exc:  # the bounds of one job's output (p2p.wire.SamplingParams)
+        raise ApiError(400, f"{exc}: lower max_tokens, n or logprobs", param="logprobs" if logprobs else "n") \
+            from None
+
+
+def _logprobs(body: dict) -> int | None:
+    """Chat: ``logprobs`` (a boolean) turns them on; ``top_logprobs`` asks for alternatives too."""
+    on = _field(body, "logprobs", bool, False)
+    top = _field(body, "top_logprobs", int, None, lo=0, hi=wire.MAX_TOP_LOGPROBS)
+    if top is not None and not on:
+        raise ApiError(400, "'top_logprobs' needs 'logprobs': true", param="top_logprobs")
+    return (top or 0) if on else None
 
 
 def chat_messages(body: dict) -> tuple[wire.ChatMessage, ...]:

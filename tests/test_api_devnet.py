@@ -108,8 +108,8 @@ CHAT = {"model": "gemma-3-270m", "max_tokens": 4, "temperature": 0}
 USER = [{"role": "user", "content": "Hi"}]
 MISTAKES = {
     "empty_content_parts": ({**CHAT, "messages": [{"role": "user", "content": []}]}, "messages[0].content"),
-    "n_above_one": ({**CHAT, "messages": USER, "n": 2}, "n"),
-    "logprobs": ({**CHAT, "messages": USER, "logprobs": True}, "logprobs"),
+    "n_above_sixteen": ({**CHAT, "messages": USER, "n": 17}, "n"),
+    "top_logprobs_without_logprobs": ({**CHAT, "messages": USER, "top_logprobs": 2}, "top_logprobs"),
     "unknown_response_format": ({**CHAT, "messages": USER, "response_format": {"type": "yaml"}}, "response_format"),
     "json_mode_not_yet": ({**CHAT, "messages": USER, "response_format": {"type": "json_object"}}, "response_format"),
     "stream_options_without_stream": ({**CHAT, "messages": USER, "stream_options": {"include_usage": True}},
@@ -166,6 +166,29 @@ def test_a_streamed_list_of_prompts_tags_each_chunk_with_its_choice(openai_clien
                                                    temperature=0, stream=True))
     finished = sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason)
     assert finished == [0, 1]
+
+
+def test_n_choices_are_one_signed_job_with_logprobs_and_usage_counting_every_choice(openai_client):
+    reply = openai_client.chat.completions.create(
+        model="gemma-3-270m", messages=[{"role": "user", "content": "Name a colour."}], max_tokens=6, temperature=1,
+        seed=3, n=3, logprobs=True, top_logprobs=2)
+    assert [c.index for c in reply.choices] == [0, 1, 2]
+    assert len({c.message.content for c in reply.choices}) > 1  # three draws, not one copied
+    assert reply.usage.completion_tokens == sum(len(c.logprobs.content) for c in reply.choices)
+    for choice in reply.choices:
+        for token in choice.logprobs.content:
+            assert token.logprob <= 0 and len(token.top_logprobs) == 2 and bytes(token.bytes).decode(errors="ignore")
+            assert [t.logprob for t in token.top_logprobs] == sorted((t.logprob for t in token.top_logprobs),
+                                                                     reverse=True)
+
+
+def test_streamed_choices_of_several_prompts_are_numbered_prompt_by_prompt_with_their_logprobs(openai_client):
+    chunks = list(openai_client.completions.create(model="gemma-3-270m", prompt=["Hello", "Bye"], max_tokens=3,
+                                                   temperature=1, n=2, logprobs=1, stream=True))
+    finished = sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason)
+    assert finished == [0, 1, 2, 3]
+    logprobs = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+    assert sum(len(lp.tokens) for lp in logprobs) == 12 and all(len(t) == 1 for lp in logprobs for t in lp.top_logprobs)
 
 
 def test_token_id_prompts_are_served_and_ids_outside_the_vocabulary_are_400(devnet):

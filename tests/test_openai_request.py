@@ -41,9 +41,12 @@ def test_a_body_that_is_not_a_json_object_is_a_400(raw):
     ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ({"messages": ["hi"]}, "messages[0]"),
     ({"messages": []}, "messages"),
-    ({"messages": USER, "n": 2}, "n"),
-    ({"messages": USER, "logprobs": True}, "logprobs"),
+    ({"messages": USER, "n": 17}, "n"),
+    ({"messages": USER, "n": 0}, "n"),
+    ({"messages": USER, "logprobs": 1}, "logprobs"),
     ({"messages": USER, "top_logprobs": 3}, "top_logprobs"),
+    ({"messages": USER, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"messages": USER, "max_tokens": 64, "n": 16, "logprobs": True, "top_logprobs": 20}, "logprobs"),
     ({"messages": USER, "response_format": {"type": "yaml"}}, "response_format"),
     ({"messages": USER, "response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
     ({"messages": USER, "response_format": "json"}, "response_format"),
@@ -66,7 +69,8 @@ def test_chat_mistakes_name_their_parameter(body, param):
     ({"prompt": [1, -2]}, "prompt"),
     ({"prompt": ["a", 3]}, "prompt"),
     ({"prompt": ["a"] * 17}, "prompt"),
-    ({"prompt": "a", "logprobs": 0}, "logprobs"),
+    ({"prompt": "a", "logprobs": True}, "logprobs"),
+    ({"prompt": "a", "logprobs": 21}, "logprobs"),
     ({"prompt": "a", "echo": True}, "echo"),
     ({"prompt": "a", "best_of": 3}, "best_of"),
 ])
@@ -126,3 +130,11 @@ def test_the_ethereum_stack_leaves_pythons_recursion_limit_sane():
             "print(sys.getrecursionlimit())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert int(out.stdout) == 1000
+
+
+def test_n_and_logprobs_become_the_jobs_sampling_parameters():
+    chat = chat_request({"model": "m", "messages": USER, "n": 3, "logprobs": True, "top_logprobs": 2}, 64).params
+    assert (chat.n, chat.logprobs) == (3, 2)
+    assert chat_request({"model": "m", "messages": USER, "logprobs": True}, 64).params.logprobs == 0
+    assert chat_request({"model": "m", "messages": USER}, 64).params.logprobs is None
+    assert completion_request({"model": "m", "prompt": "a", "logprobs": 0}, 64).params.logprobs == 0

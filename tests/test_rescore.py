@@ -1,5 +1,6 @@
 """Re-scoring on the real model: honest results pass, every kind of forgery is caught."""
 
+import dataclasses
 import random
 
 import pytest
@@ -55,3 +56,40 @@ def test_a_result_naming_another_model_is_invalid(engine):
     other = wire.JobResult(**{**result.__dict__, "model": wire.ModelRef(sha256="bb" * 32, name="gemma-3-270m")})
     verdict = rescore(engine, job, other, Thresholds())
     assert verdict.verdict == "invalid" and "model" in verdict.reason
+
+
+def honest_result(engine, job):
+    """What an honest worker signs for ``job``: every choice, log-probabilities when asked."""
+    generation = engine.generate(engine.prompt_tokens(job), job.params)
+    return wire.JobResult(
+        job_id="00" * 32, model=engine.ref, output_tokens=tuple(generation.tokens), text=generation.text,
+        finish_reason=generation.finish_reason, logprobs=generation.logprobs, choices=generation.choices,
+        usage=wire.Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens),
+        timings=wire.Timings(queue_ms=0, prompt_ms=0, decode_ms=0), engine=engine.info, worker=WORKER, signed_at=1)
+
+
+def test_every_choice_of_a_job_is_judged_and_one_forged_choice_makes_the_result_invalid(engine):
+    job = make_job("Write a haiku about rain.", model=engine.ref, n=3, **SAMPLED)
+    honest = honest_result(engine, job)
+    assert rescore(engine, job, honest, Thresholds()).verdict == "valid"
+    tokens = engine.prompt_tokens(job)
+    other = engine.generate(engine.tokenize("A recipe for bread:"), job.params).tokens  # another prompt's text
+    forged = forged_result(engine, "00" * 32, job, tokens, other, WORKER)
+    lie = dataclasses.replace(honest, choices=(honest.choices[0], wire.Choice(
+        output_tokens=forged.output_tokens, text=forged.text, finish_reason=forged.finish_reason)),
+        usage=wire.Usage(honest.usage.prompt_tokens, len(honest.output_tokens) + len(honest.choices[0].output_tokens)
+                         + len(forged.output_tokens)))
+    verdict = rescore(engine, job, lie, Thresholds())
+    assert verdict.verdict == "invalid" and verdict.reason.startswith("choice 2:"), verdict
+    fewer = dataclasses.replace(honest, choices=honest.choices[:1], usage=wire.Usage(
+        honest.usage.prompt_tokens, honest.usage.completion_tokens - len(honest.choices[1].output_tokens)))
+    assert rescore(engine, job, fewer, Thresholds()).verdict == "invalid"
+
+
+def test_reported_logprobs_that_are_not_the_models_make_the_result_invalid(engine):
+    job = make_job("The capital of France is", model=engine.ref, logprobs=2, **GREEDY)
+    honest = honest_result(engine, job)
+    assert rescore(engine, job, honest, Thresholds()).verdict == "valid"
+    certain = tuple(dataclasses.replace(e, logprob=0.0) for e in honest.logprobs)  # "the model was sure"
+    verdict = rescore(engine, job, dataclasses.replace(honest, logprobs=certain), Thresholds())
+    assert verdict.verdict == "invalid" and "log-probability" in verdict.reason, verdict
