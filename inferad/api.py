@@ -51,6 +51,7 @@ STATUS = {
     "unknown_model": (404, "invalid_request_error"), "max_tokens": (400, "invalid_request_error"),
     "context_overflow": (400, "invalid_request_error"), "invalid_prompt": (400, "invalid_request_error"),
     "ttl_too_long": (400, "invalid_request_error"), "model_mismatch": (400, "invalid_request_error"),
+    "too_many_choices": (400, "invalid_request_error"),
     "insufficient_deposit": (402, "insufficient_quota"), "busy": (429, "rate_limit_error"),
     "no_worker": (503, "service_unavailable"), "unstaked": (503, "service_unavailable"),
     "chain_unavailable": (503, "service_unavailable"), "shutting_down": (503, "service_unavailable"),
@@ -60,7 +61,7 @@ STATUS = {
 def rejected(exc: JobRejected) -> ApiError:
     status, type_ = STATUS.get(exc.code, (502, "api_error"))
     param = {"unknown_model": "model", "model_mismatch": "model", "max_tokens": "max_tokens",
-             "context_overflow": "messages", "invalid_prompt": "prompt"}.get(exc.code)
+             "context_overflow": "messages", "invalid_prompt": "prompt", "too_many_choices": "n"}.get(exc.code)
     return ApiError(status, exc.message, type_=type_, code=exc.code, param=param)
 
 

@@ -109,6 +109,7 @@ USER = [{"role": "user", "content": "Hi"}]
 MISTAKES = {
     "empty_content_parts": ({**CHAT, "messages": [{"role": "user", "content": []}]}, "messages[0].content"),
     "n_above_sixteen": ({**CHAT, "messages": USER, "n": 17}, "n"),
+    "n_above_every_workers_slots": ({**CHAT, "messages": USER, "n": 16}, "n"),
     "top_logprobs_without_logprobs": ({**CHAT, "messages": USER, "top_logprobs": 2}, "top_logprobs"),
     "unknown_response_format": ({**CHAT, "messages": USER, "response_format": {"type": "yaml"}}, "response_format"),
     "json_mode_not_yet": ({**CHAT, "messages": USER, "response_format": {"type": "json_object"}}, "response_format"),
