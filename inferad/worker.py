@@ -40,7 +40,7 @@ from inferad.config import Config
 from inferad.engine import Engine, EngineError, Generation, GenerationCancelled
 from inferad.models import ModelError, check_label, naming_note, resolve
 from inferad.sim import SimEngine
-from inferad.speed import tokens_per_second
+from inferad.speed import cache_key, faster, remember, tokens_per_second
 from inferad.store import AsyncStore
 from p2p import wire
 from p2p.streams import FramedStream
@@ -199,7 +199,17 @@ class Served:
 
     engine: Any  # Engine | SimEngine
     worker: Worker
-    tokens_per_s: float
+    tokens_per_s: float  # one stream alone (inferad.speed)
+    speed_key: str = ""  # its entry in the speed cache
+
+    async def observed(self, generation: Generation, new_tokens: int) -> None:
+        """A job's stream speed: raises ``tokens_per_s`` (and the cache) when it shows the engine
+        faster than advertised (:func:`inferad.speed.faster`)."""
+        if self.speed_key and faster(generation.tokens_per_second, self.tokens_per_s, new_tokens):
+            log.info("%s streamed a job at %.1f tokens/s, above the %.1f advertised: advertising that",
+                     self.engine.ref.name, generation.tokens_per_second, self.tokens_per_s)
+            self.tokens_per_s = round(generation.tokens_per_second, 1)
+            await trio.to_thread.run_sync(remember, self.speed_key, self.tokens_per_s)
 
 
 async def load_models(config: Config, hardware: wire.Hardware, *, engine: str = "llama",
@@ -224,14 +234,14 @@ async def load_models(config: Config, hardware: wire.Hardware, *, engine: str = 
                 opened = await trio.to_thread.run_sync(
                     lambda m=model: Engine(m, n_ctx=config.n_ctx, n_threads=config.n_threads,
                                            n_gpu_layers=config.n_gpu_layers, n_slots=config.parallel))
-            speed = await trio.to_thread.run_sync(
-                lambda e=opened: tokens_per_second(e, hardware, threads=config.n_threads))
+            key = cache_key(opened, hardware, threads=config.n_threads)
+            speed = await trio.to_thread.run_sync(tokens_per_second, opened, key)
         except (ModelError, EngineError, ValueError) as exc:
             for each in served.values():
                 each.engine.close()
             raise ModelUnusable(f"cannot serve model {spec}: {exc}") from None
         worker = Worker(opened, queue_size=config.queue_size, batch_ms=config.stream_batch_ms)
-        served[opened.ref.sha256] = Served(opened, worker, speed)
+        served[opened.ref.sha256] = Served(opened, worker, speed, key if engine != "sim" else "")
     return served
 
 
@@ -337,6 +347,8 @@ class ExecService:
             continued_from=len(prefix),
         )
         signed = wire.sign(result, self.key)
+        if job.params.n == 1:
+            await served.observed(generation, generation.completion_tokens - len(prefix))
         log.info("ran job", extra={"fields": {"id": envelope.digest[:16], "model": served.engine.ref.name,
                                               "tokens": generation.completion_tokens - len(prefix),
                                               "tokens_per_s": round(generation.tokens_per_second, 1),
