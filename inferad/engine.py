@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import dataclasses
 import logging
 import math
 import os
@@ -30,11 +29,13 @@ from typing import Any
 from inferad.models import LocalModel
 from inferad.slots import Row, Scheduler, Task
 from p2p import wire
-from proofs.check import Position
+from proofs.check import Drawn, Position
+from proofs.sampler import draw, interval, sample
 
 log = logging.getLogger("inferad.engine")
 
 OnToken = Callable[[wire.Token], bool]  # a streamed token -> keep going?
+NO_JOB = "00" * 32  # the job id whose draws a generation outside any job (a probe, a test) samples with
 
 
 def _route_llama_logs() -> None:
@@ -350,11 +351,13 @@ class Engine:
         return self._llm.detokenize([tok], special=False)
 
     def generate(self, prompt: list[int], params: wire.SamplingParams, on_token: OnToken | None = None,
-                 prefix: Sequence[int] = (), *, cancelled: Callable[[], bool] = lambda: False) -> Generation:
+                 prefix: Sequence[int] = (), *, cancelled: Callable[[], bool] = lambda: False,
+                 job_id: str = NO_JOB) -> Generation:
         """Decode until the job's end, its ``params.n`` choices side by side; blocking, from any thread.
 
-        The prompt is evaluated once in one slot; with n > 1 its KV cache is then copied to n - 1
-        more slots (:mod:`inferad.slots`), choice i drawing with ``params.seed + i``.  ``prefix``
+        Tokens are picked by :func:`pick`: greedy, or the replayable sampler with the public draws of
+        job ``job_id`` (:func:`proofs.sampler.draw`).  The prompt is evaluated once in one slot; with
+        n > 1 its KV cache is then copied to n - 1 more slots (:mod:`inferad.slots`).  ``prefix``
         continues a generation another worker began (n = 1 only): those output tokens are evaluated
         with the prompt and not streamed again (with ``params.logprobs``, their logits are
         re-evaluated for their entries).  ``on_token`` runs in the engine's thread and must not
@@ -372,10 +375,8 @@ class Engine:
             outs[0].replay(prefix)
         if outs[0].finish_reason is not None:
             return outs[0].result(len(prompt))
-        samplers = [sampler_chain(dataclasses.replace(params, seed=(params.seed + i) % 2**32))
-                    for i in range(params.n)]
         task = _Task(Task(id=object(), tokens=tuple(prompt) + tuple(prefix), n=params.n), cancelled, outs=outs,
-                     samplers=samplers, logprobs=params.logprobs)
+                     params=params, job_id=job_id)
         self._run(task)
         return outs[0].result(len(prompt), outs[1:])
 
@@ -394,10 +395,12 @@ class Engine:
         """What claimed output tokens decode to under the job's stop rules (for verifiers)."""
         return replay_output(output, params, self._piece, self._is_eog)
 
-    def score(self, prompt: list[int], output: Sequence[int], params: wire.SamplingParams,
-              margin: float) -> list[Position]:
+    def score(self, prompt: list[int], output: Sequence[int], params: wire.SamplingParams, *,
+              job_id: str = NO_JOB, choice: int = 0, slack: float = 0.0) -> list[Position]:
         """Teacher-forced re-scoring: one evaluation of prompt + output in a slot, with logits only
         where an output token is predicted (one :class:`Position` per output token); blocking.
+        A sampled job's positions hold the claimed tokens' intervals against the public draws of
+        ``job_id``'s ``choice``, the nucleus reaching ``slack`` past top_p for float noise.
         Raises EngineError when prompt + output do not fit a slot."""
         tokens = list(prompt) + list(output)
         if len(tokens) > self.n_ctx:
@@ -408,7 +411,9 @@ class Engine:
 
         def on_logits(pos: int, row) -> None:
             tok = tokens[pos + 1]
-            positions.append(position_of(row, tok, params, bool(self._is_eog(tok)), margin))
+            index = pos + 1 - len(prompt)  # in the output
+            u = draw(job_id, params.seed, choice, index) if params.temperature > 0 else None
+            positions.append(position_of(row, tok, params, bool(self._is_eog(tok)), u, slack))
 
         self._score_rows(tokens, len(prompt), on_logits)
         return positions
@@ -536,15 +541,15 @@ class Engine:
             for slot in task.slots[1:]:  # whole streams: llama.cpp copies no part of one across streams
                 llama_cpp.llama_memory_seq_cp(self._memory, row.slot, slot, -1, -1)
             choices = task.slots
-        logits = None
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, j), shape=(self.n_vocab,))
+        params = task.params
         for slot in choices:
             i = task.slots.index(slot)
-            token = llama_cpp.llama_sampler_sample(task.samplers[i], self._ctx, j)
+            u = draw(task.job_id, params.seed, i, len(task.outs[i].tokens)) if params.temperature > 0 else 0.0
+            token = pick(logits, params, u)
             entry = None
-            if task.logprobs is not None:
-                if logits is None:
-                    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, j), shape=(self.n_vocab,))
-                entry = logprob_entry(logits, token, task.logprobs, self._piece)
+            if params.logprobs is not None:
+                entry = logprob_entry(logits, token, params.logprobs, self._piece)
             try:
                 finished = task.outs[i].push(token, entry)
             except GenerationCancelled as exc:
@@ -576,24 +581,14 @@ class Engine:
             task.fail(error)
 
 
-def sampler_chain(params: wire.SamplingParams):
-    """A llama.cpp sampler chain for one job, as llama-cpp-python's ``Llama.generate`` builds it:
-    greedy, or top-k, typical (off), top-p, min-p (off), temperature, then a draw seeded by the
-    job.  Free it with ``llama_sampler_free``."""
-    import llama_cpp
+def pick(logits, params: wire.SamplingParams, u: float) -> int:
+    """The token for one position: the most likely (lowest id among equals, as llama.cpp's greedy
+    sampler picks) at temperature 0, else the replayable sampler's for the public draw ``u``."""
+    import numpy as np
 
-    chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
     if params.temperature == 0.0:
-        llama_cpp.llama_sampler_chain_add(chain, llama_cpp.llama_sampler_init_greedy())
-        return chain
-    for sampler in (llama_cpp.llama_sampler_init_top_k(params.top_k),
-                    llama_cpp.llama_sampler_init_typical(1.0, 1),
-                    llama_cpp.llama_sampler_init_top_p(params.top_p, 1),
-                    llama_cpp.llama_sampler_init_min_p(0.0, 1),
-                    llama_cpp.llama_sampler_init_temp(params.temperature),
-                    llama_cpp.llama_sampler_init_dist(params.seed)):
-        llama_cpp.llama_sampler_chain_add(chain, sampler)
-    return chain
+        return int(np.argmax(logits))
+    return sample(logits, u, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
 
 
 @dataclass(eq=False)
@@ -603,27 +598,19 @@ class _Task:
     task: Task
     cancelled: Callable[[], bool]
     outs: list[OutputStream] = field(default_factory=list)  # a generation's output, by choice
-    samplers: list[Any] = field(default_factory=list)  # their llama.cpp sampler chains, freed when it ends
-    logprobs: int | None = None  # alternatives per token, when the job wants log-probabilities
+    params: wire.SamplingParams | None = None  # a generation's sampler
+    job_id: str = ""  # whose public draws it samples with
     on_logits: Callable[[int, Any], None] | None = None  # a scoring's consumer of logits rows
     slots: list[int] = field(default_factory=list)  # seated: its slots, the lead first
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
     def finish(self) -> None:
-        self._free()
         self.done.set()
 
     def fail(self, error: BaseException) -> None:
         self.error = error
         self.finish()
-
-    def _free(self) -> None:
-        import llama_cpp
-
-        for sampler in self.samplers:
-            llama_cpp.llama_sampler_free(sampler)
-        self.samplers = []
 
 
 # Flash attention on: with it, greedy tokens decoded 16 slots at a time stayed within 0.324 nats of
@@ -634,7 +621,6 @@ FLASH_ATTENTION = True
 N_BATCH = 512  # rows per decode step: llama-cpp-python's default n_batch, so a lone job is decoded as it decodes
 MODEL_ONLY_CTX = 64  # the context of the Llama object that holds weights and vocabulary (unused for decoding)
 SCORE_CHUNK = 64  # rows with logits per step: bounds the logits buffer (64 x vocabulary floats)
-NUCLEUS_CUTOFF = math.log(1e-9)  # tokens below this probability never decide a top-p boundary below 0.9997
 
 
 @dataclass(frozen=True)
@@ -653,41 +639,20 @@ def replay_output(output: Sequence[int], params: wire.SamplingParams, piece: Cal
     return Replay(out.text, out.finish_reason, 0)
 
 
-def position_of(row, token: int, params: wire.SamplingParams, is_eog: bool, margin: float) -> Position:
-    """Where ``token`` stood among one position's logits, and under the job's sampler.
-
-    Mirrors llama.cpp's sampler chain as the engine runs it: top-k on the raw
-    logits, top-p on their (top-k renormalised) softmax, then temperature.
-    Only tokens more than ``margin`` above the claimed one count as more
-    likely: a batched evaluation and an incremental decode round differently.
-    """
+def position_of(row, token: int, params: wire.SamplingParams, is_eog: bool, u: float | None = None,
+                slack: float = 0.0) -> Position:
+    """Where ``token`` stood among one position's logits: its log-probability, the best one's,
+    how many tokens were more likely; and for a sampled job (``u``: the position's public draw)
+    the interval of the job's distribution it owns (:func:`proofs.sampler.interval`)."""
     import numpy as np
 
     best = float(row.max())
-    shifted = row - best
-    lse = best + math.log(float(np.exp(shifted).sum(dtype=np.float64)))
+    lse = best + math.log(float(np.exp(row - np.float32(best)).sum(dtype=np.float64)))
     claimed = float(row[token])
-    above = row > claimed + margin
-    rank = int(above.sum())
-    logprob, top = claimed - lse, best - lse
-    if params.temperature == 0.0:
-        return Position(token=token, logprob=logprob, top_logprob=top, rank=rank, mass_above=0.0,
-                        sampled_logprob=logprob, expected=0.0, variance=0.0, is_eog=is_eog)
-    logits = row.astype(np.float64)
-    k = params.top_k if 0 < params.top_k < len(logits) else len(logits)
-    kept_logits = logits[np.argpartition(-logits, k - 1)[:k]] if k < len(logits) else logits
-    k_lse = best + math.log(np.exp(kept_logits - best).sum())
-    mass_above = float(np.exp(logits[above] - k_lse).sum()) if rank < k else 1.0
-    if params.top_p < 1.0:  # the nucleus: the most likely tokens until their mass reaches top_p
-        ordered = np.sort(kept_logits[kept_logits - k_lse > NUCLEUS_CUTOFF])[::-1]
-        mass = np.cumsum(np.exp(ordered - k_lse))
-        kept_logits = ordered[: min(int(np.searchsorted(mass, params.top_p)) + 1, len(ordered))]
-    scaled = kept_logits / params.temperature
-    s_lse = scaled.max() + math.log(np.exp(scaled - scaled.max()).sum())
-    logp = scaled - s_lse
-    probs = np.exp(logp)
-    expected = float((probs * logp).sum())
-    variance = max(float((probs * logp * logp).sum()) - expected * expected, 0.0)
-    return Position(token=token, logprob=logprob, top_logprob=top, rank=rank, mass_above=mass_above,
-                    sampled_logprob=claimed / params.temperature - s_lse, expected=expected, variance=variance,
-                    is_eog=is_eog)
+    drawn = None
+    if u is not None:
+        share = interval(row, token, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+                         slack=slack, u=u)
+        drawn = Drawn(u=u, lo=share.lo, hi=share.hi, kept=share.kept, stretched=share.stretched)
+    return Position(token=token, logprob=claimed - lse, top_logprob=best - lse, rank=int((row > claimed).sum()),
+                    is_eog=is_eog, drawn=drawn)

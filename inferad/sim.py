@@ -66,7 +66,8 @@ class SimEngine:
         return 1000 + int.from_bytes(seed[:4], "big") % 30000
 
     def generate(self, prompt: list[int], params: wire.SamplingParams, on_token: OnToken | None = None,
-                 prefix: Sequence[int] = (), *, cancelled: Callable[[], bool] = lambda: False) -> Generation:
+                 prefix: Sequence[int] = (), *, cancelled: Callable[[], bool] = lambda: False,
+                 job_id: str = "") -> Generation:
         """Pseudo-random tokens at ``tokens_per_s``.  Raises EngineError for logprobs (it has no logits)
         and for n > 1 (its one slot; workers refuse such jobs first)."""
         if params.logprobs is not None or params.n > 1:

@@ -69,19 +69,23 @@ def expiry_s(job: wire.JobRequest) -> int:
     return -(-job.expires_at // 1000)
 
 
-def rescore(engine: Any, job: wire.JobRequest, result: wire.JobResult, thresholds: Thresholds) -> Verdict:
-    """The verdict on a result, one teacher-forced evaluation per choice; blocking (engine thread).
+def rescore(engine: Any, job_id: str, job: wire.JobRequest, result: wire.JobResult,
+            thresholds: Thresholds) -> Verdict:
+    """The verdict on a result of job ``job_id``, one teacher-forced evaluation per choice; blocking.
 
     Each choice is judged on its own (its usage share: what ``usage.completion_tokens`` claims
-    beyond the other choices' tokens; its reported log-probabilities, when the job asked for
-    them), and the verdicts combine as :func:`proofs.check.combine` says."""
+    beyond the other choices' tokens; a sampled choice against the public draws of ``job_id``;
+    its reported log-probabilities, when the job asked for them), and the verdicts combine as
+    :func:`proofs.check.combine` says."""
+    if result.job_id != job_id:
+        return Verdict(INVALID, f"the result answers job {result.job_id[:16]}…, not {job_id[:16]}…")
     choices = result.all_choices()
     if len(choices) != job.params.n:
         return Verdict(INVALID, f"the result has {len(choices)} choice(s); the job asked for {job.params.n}")
     verdicts = []
     try:
         prompt = engine.prompt_tokens(job)
-        for choice in choices:
+        for index, choice in enumerate(choices):
             others = sum(len(c.output_tokens) for c in choices if c is not choice)
             replay = engine.replay(choice.output_tokens, job.params)
             bad = check_claim(Claim(
@@ -92,13 +96,13 @@ def rescore(engine: Any, job: wire.JobRequest, result: wire.JobResult, threshold
                 replayed_finish_reason=replay.finish_reason, tokens_after_end=replay.tokens_after_end,
                 max_tokens=job.params.max_tokens))
             if bad is None:
-                positions = engine.score(prompt, choice.output_tokens, job.params, thresholds.boundary_margin)
+                positions = engine.score(prompt, choice.output_tokens, job.params, job_id=job_id, choice=index,
+                                         slack=thresholds.draw_band)
                 if (job.params.logprobs is None) != (choice.logprobs is None):
                     bad = Verdict(INVALID, "log-probabilities where the job asked for none, or none where it did")
                 elif choice.logprobs is not None:
                     bad = check_logprobs([e.logprob for e in choice.logprobs], positions, thresholds)
-            verdicts.append(bad or judge(positions, temperature=job.params.temperature, top_k=job.params.top_k,
-                                         top_p=job.params.top_p, thresholds=thresholds))
+            verdicts.append(bad or judge(positions, temperature=job.params.temperature, thresholds=thresholds))
     except EngineError as exc:
         return Verdict(INCONCLUSIVE, f"cannot re-score: {exc}")
     return combine(verdicts)
@@ -391,7 +395,7 @@ class Verification:
         keep it and gossip it; the signed attestation.  Verifiers and the oracle (as arbiter) use it."""
         started = time.perf_counter()
         verdict = await served.worker.run_in_slot(
-            lambda: rescore(served.engine, job.message, result.message, self.thresholds))
+            lambda: rescore(served.engine, job.digest, job.message, result.message, self.thresholds))
         elapsed = int((time.perf_counter() - started) * 1000)
         metrics = verdict.metrics
         attestation = wire.Attestation(
@@ -442,7 +446,7 @@ class Verification:
         served = self.served.get(job_env.message.model.sha256)
         if served is not None:
             verdict = await served.worker.run_in_slot(
-                lambda: rescore(served.engine, job_env.message, result_env.message, self.thresholds))
+                lambda: rescore(served.engine, job_env.digest, job_env.message, result_env.message, self.thresholds))
             view["rescored_here"] = {"verdict": verdict.verdict, "reason": verdict.reason}
         return view
 

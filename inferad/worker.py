@@ -37,7 +37,7 @@ from inferad.admission import (
     now_ms,
 )
 from inferad.config import Config
-from inferad.engine import Engine, EngineError, Generation, GenerationCancelled
+from inferad.engine import NO_JOB, Engine, EngineError, Generation, GenerationCancelled
 from inferad.models import ModelError, check_label, naming_note, resolve
 from inferad.sim import SimEngine
 from inferad.speed import cache_key, faster, remember, tokens_per_second
@@ -76,8 +76,9 @@ class Worker:
                          tokens_per_s=round(self.meter.rate(time.monotonic()), 2))
 
     async def run(self, prompt: list[int], params: wire.SamplingParams, send_tokens: SendTokens,
-                  prefix: list[int] | None = None) -> tuple[Generation, int]:
-        """Generate, streaming tokens through ``send_tokens``; returns (generation, queue ms).
+                  prefix: list[int] | None = None, *, job_id: str = NO_JOB) -> tuple[Generation, int]:
+        """Generate job ``job_id`` (whose public draws a sampled job uses), streaming tokens through
+        ``send_tokens``; returns (generation, queue ms).
 
         The first token goes out at once; later ones are sent in batches
         gathered over ``batch_ms``, which saves the network stack (and the
@@ -91,7 +92,7 @@ class Worker:
         queued_at = time.perf_counter()
         async with self._turn():
             queue_ms = int((time.perf_counter() - queued_at) * 1000)
-            return await self._generate(prompt, params, send_tokens, prefix or []), queue_ms
+            return await self._generate(prompt, params, send_tokens, prefix or [], job_id), queue_ms
 
     async def run_in_slot(self, fn: Callable[[], T]) -> T:
         """Run blocking ``fn`` (a re-scoring: :meth:`Engine.score`) in a thread while it holds a
@@ -113,7 +114,7 @@ class Worker:
             self._limiter.release()
 
     async def _generate(self, prompt: list[int], params: wire.SamplingParams, send_tokens: SendTokens,
-                        prefix: list[int]) -> Generation:
+                        prefix: list[int], job_id: str) -> Generation:
         send, receive = trio.open_memory_channel(math.inf)
         stop = threading.Event()
         trio_token = trio.lowlevel.current_trio_token()
@@ -156,7 +157,8 @@ class Worker:
             nursery.start_soon(forward)
             try:
                 generation = await trio.to_thread.run_sync(
-                    functools.partial(self.engine.generate, prompt, params, on_token, prefix, cancelled=stop.is_set),
+                    functools.partial(self.engine.generate, prompt, params, on_token, prefix, cancelled=stop.is_set,
+                                      job_id=job_id),
                     limiter=self._threads)
             except GenerationCancelled:
                 pass
@@ -334,7 +336,8 @@ class ExecService:
                                                   f"{served.worker.slots} side by side (its --parallel)")
         self.load_changed()
         try:
-            generation, queue_ms = await served.worker.run(prompt, job.params, send_tokens, prefix)
+            generation, queue_ms = await served.worker.run(prompt, job.params, send_tokens, prefix,
+                                                           job_id=envelope.digest)
         finally:
             self.load_changed()
         result = wire.JobResult(

@@ -1,69 +1,55 @@
 """Verdicts on re-scored results (proofs.check), evidence counting and checking: numbers only, no model."""
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from chain.settlement import SettlementError, verify_evidence, verify_false_accusation
 from p2p import wire
-from proofs.check import INVALID, VALID, Claim, Position, check_claim, judge
+from proofs.check import INVALID, VALID, Claim, Drawn, Position, Thresholds, check_claim, judge
 from proofs.reputation import Vote, evidence_by_worker, false_accusers, job_outcome
 from tests.factories import make_job, make_result
 
 
 def greedy(gap=0.0, rank=0):
-    return Position(token=1, logprob=-1.0 - gap, top_logprob=-1.0, rank=rank, mass_above=0.0,
-                    sampled_logprob=-1.0 - gap, expected=0.0, variance=0.0)
+    return Position(token=1, logprob=-1.0 - gap, top_logprob=-1.0, rank=rank)
 
 
-def sampled(lp=-2.0, rank=1, mass_above=0.3, expected=-2.0, variance=1.0, eog=False):
-    return Position(token=1, logprob=lp, top_logprob=-0.5, rank=rank, mass_above=mass_above,
-                    sampled_logprob=lp, expected=expected, variance=variance, is_eog=eog)
+def sampled(u=0.5, lo=0.4, hi=0.6, kept=True):
+    return Position(token=1, logprob=-2.0, top_logprob=-0.5, rank=1, drawn=Drawn(u=u, lo=lo, hi=hi, kept=kept))
 
 
 def test_greedy_tokens_that_are_the_top_choice_are_valid():
-    assert judge([greedy()] * 20, temperature=0.0, top_k=0, top_p=1.0).verdict == VALID
+    assert judge([greedy()] * 20, temperature=0.0).verdict == VALID
 
 
 def test_greedy_near_ties_within_the_margin_are_float_noise_not_lies():
-    assert judge([greedy(), greedy(gap=0.3, rank=1)], temperature=0.0, top_k=0, top_p=1.0).verdict == VALID
+    assert judge([greedy(), greedy(gap=0.3, rank=1)], temperature=0.0).verdict == VALID
 
 
 def test_one_greedy_token_beyond_the_margin_is_invalid_and_named():
-    verdict = judge([greedy()] * 5 + [greedy(gap=3.0, rank=7)], temperature=0.0, top_k=0, top_p=1.0)
+    verdict = judge([greedy()] * 5 + [greedy(gap=3.0, rank=7)], temperature=0.0)
     assert verdict.verdict == INVALID and verdict.metrics["position"] == 5
 
 
-def test_sampled_token_outside_top_k_is_invalid():
-    assert judge([sampled(rank=40)], temperature=0.8, top_k=40, top_p=1.0).verdict == INVALID
-    assert judge([sampled(rank=39)], temperature=0.8, top_k=40, top_p=1.0).verdict == VALID
+def test_a_sampled_token_whose_interval_holds_the_public_draw_is_valid():
+    assert judge([sampled()] * 8, temperature=0.8).verdict == VALID
 
 
-def test_sampled_token_outside_top_p_is_invalid():
-    assert judge([sampled(mass_above=0.97)], temperature=0.8, top_k=0, top_p=0.9).verdict == INVALID
-    assert judge([sampled(mass_above=0.89)], temperature=0.8, top_k=0, top_p=0.9).verdict == VALID
+def test_a_sampled_token_whose_interval_misses_the_public_draw_is_invalid_and_named():
+    verdict = judge([sampled()] * 3 + [sampled(u=0.9)], temperature=0.8)
+    assert verdict.verdict == INVALID and verdict.metrics["position"] == 3 and "public draw" in verdict.reason
 
 
-def test_a_token_no_sampler_emits_is_invalid():
-    assert judge([sampled(lp=-30.0)], temperature=1.0, top_k=0, top_p=1.0).verdict == INVALID
+def test_a_draw_within_the_float_noise_band_of_the_interval_is_ambiguous_not_a_lie():
+    band = Thresholds().draw_band
+    verdict = judge([sampled(u=0.6 + band / 2), sampled(u=0.4 - band / 2), sampled()], temperature=1.0)
+    assert verdict.verdict == VALID and verdict.metrics["ambiguous"] == 2
+    assert judge([sampled(u=0.6 + 2 * band)], temperature=1.0).verdict == INVALID
 
 
-def test_an_end_of_sequence_the_model_did_not_want_is_a_truncation():
-    assert judge([sampled(), sampled(lp=-14.0, eog=True)], temperature=1.0, top_k=0, top_p=1.0).verdict == INVALID
-    assert judge([sampled(), sampled(lp=-3.0, eog=True)], temperature=1.0, top_k=0, top_p=1.0).verdict == VALID
-
-
-def test_text_far_less_likely_than_the_sampler_produces_is_invalid():
-    unlikely = [sampled(lp=-9.0, expected=-2.0, variance=1.0)] * 16
-    verdict = judge(unlikely, temperature=1.0, top_k=0, top_p=1.0)
-    assert verdict.verdict == INVALID and verdict.metrics["z"] < -5
-
-
-@given(st.lists(st.floats(-1.5, 1.5), min_size=1, max_size=64))
-def test_sampled_text_near_its_expected_likelihood_is_valid(deviations):
-    positions = [sampled(lp=-2.0 + d, expected=-2.0, variance=1.0) for d in deviations]
-    assert judge(positions, temperature=0.7, top_k=0, top_p=1.0).verdict == VALID
+def test_a_token_the_jobs_top_k_or_top_p_excludes_is_invalid_wherever_the_draw_fell():
+    verdict = judge([sampled(kept=False)], temperature=1.0)
+    assert verdict.verdict == INVALID and "could not emit" in verdict.reason
 
 
 def honest_claim(**changes):

@@ -186,8 +186,8 @@ def parts_at_a_near_tie(engine, prompt, serial, batched_tokens) -> float | None:
     if at is None:
         return None
     params = wire.SamplingParams(max_tokens=len(serial))
-    ours = engine.score(prompt, batched_tokens[: at + 1], params, 0.0)[at].logprob
-    theirs = engine.score(prompt, serial[: at + 1], params, 0.0)[at].logprob
+    ours = engine.score(prompt, batched_tokens[: at + 1], params)[at].logprob
+    theirs = engine.score(prompt, serial[: at + 1], params)[at].logprob
     return theirs - ours
 
 
@@ -223,9 +223,10 @@ def test_a_rescoring_runs_in_the_same_batches_as_generations(batched):
     prompt = batched.tokenize("The capital of France is")
     params = wire.SamplingParams(max_tokens=12)
     alone = batched.generate(prompt, params)
-    results = side_by_side([lambda: batched.score(prompt, alone.tokens, params, 0.5)]
+    results = side_by_side([lambda: batched.score(prompt, alone.tokens, params)]
                            + [lambda: batched.generate(prompt, params) for _ in range(4)])
-    assert [p.token for p in results[0]] == alone.tokens and all(p.rank == 0 for p in results[0])
+    assert [p.token for p in results[0]] == alone.tokens
+    assert all(p.top_logprob - p.logprob < Thresholds().greedy_margin for p in results[0])
     assert all(len(r.tokens) == 12 for r in results[1:])
 
 
@@ -250,7 +251,7 @@ def test_a_lone_greedy_job_is_decoded_exactly_as_llama_cpp_python_decodes_it(bat
 
 
 @pytest.mark.model
-def test_n_choices_share_one_prefill_and_each_draws_as_a_lone_job_seeded_seed_plus_its_index(batched):
+def test_n_choices_share_one_prefill_and_each_draws_with_its_own_public_numbers(batched):
     prompt = batched.tokenize("Once upon a time")
     params = wire.SamplingParams(max_tokens=10, temperature=1.0, seed=7, n=3)
     streamed = []
@@ -261,13 +262,22 @@ def test_n_choices_share_one_prefill_and_each_draws_as_a_lone_job_seeded_seed_pl
         assert [t.id for t in streamed if t.choice == i] == tokens
         assert [t.index for t in streamed if t.choice == i] == list(range(len(tokens)))
         assert "".join(t.text for t in streamed if t.choice == i) == text
+        # each replays under choice i's draws; the first token exactly (the prompt's logits are shared)
+        positions = batched.score(prompt, tokens, params, choice=i)
+        assert positions[0].drawn.lo <= positions[0].drawn.u < positions[0].drawn.hi
+        assert all(p.drawn.miss() <= Thresholds().draw_band for p in positions)
     assert len({tuple(t) for t, _ in choices}) == 3  # three draws, not one copied
-    # every first token is drawn from the prompt's logits, which one evaluation gave all three
-    lone = [batched.generate(prompt, wire.SamplingParams(max_tokens=1, temperature=1.0, seed=7 + i)).tokens[0]
-            for i in range(3)]
-    assert [t[0] for t, _ in choices] == lone
     assert batched.generate(prompt, params).choices == three.choices  # reproducible
     assert not batched._slots.busy()
+
+
+@pytest.mark.model
+def test_a_sampled_job_is_a_function_of_its_id_seed_and_model(batched):
+    prompt = batched.tokenize("Once upon a time")
+    params = wire.SamplingParams(max_tokens=12, temperature=0.9, top_p=0.95, seed=1)
+    first = batched.generate(prompt, params, job_id="11" * 32).tokens
+    assert batched.generate(prompt, params, job_id="11" * 32).tokens == first
+    assert batched.generate(prompt, params, job_id="22" * 32).tokens != first
 
 
 @pytest.mark.model
@@ -275,7 +285,7 @@ def test_logprobs_are_the_models_log_softmax_with_the_most_likely_alternatives(b
     prompt = batched.tokenize("The capital of France is")
     params = wire.SamplingParams(max_tokens=8, logprobs=3)
     generation = batched.generate(prompt, params)
-    rescored = batched.score(prompt, generation.tokens, params, 0.0)
+    rescored = batched.score(prompt, generation.tokens, params)
     assert len(generation.logprobs) == len(generation.tokens) == 8
     # a verifier's one-pass evaluation rounds differently from the decode (0.05 nats seen here)
     margin = Thresholds().logprob_margin

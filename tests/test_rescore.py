@@ -25,13 +25,17 @@ def engine():
     engine.close()
 
 
+def job_id_of(job):
+    return wire.digest(wire.unparse(job))
+
+
 def run(engine, prompt, params, forge=None, seed=0):
     job = make_job(prompt, model=engine.ref, **params)
-    tokens = engine.prompt_tokens(job)
-    honest = engine.generate(tokens, job.params).tokens
-    claimed = forge(engine, tokens, honest, job.params, random.Random(seed)) if forge else honest
-    result = forged_result(engine, "00" * 32, job, tokens, claimed, WORKER)
-    return rescore(engine, job, result, Thresholds())
+    tokens, job_id = engine.prompt_tokens(job), job_id_of(job)
+    honest = engine.generate(tokens, job.params, job_id=job_id).tokens
+    claimed = forge(engine, tokens, honest, job.params, random.Random(seed), job_id) if forge else honest
+    result = forged_result(engine, job_id, job, tokens, claimed, WORKER)
+    return rescore(engine, job_id, job, result, Thresholds())
 
 
 @pytest.mark.parametrize("params", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
@@ -52,17 +56,17 @@ def test_a_result_naming_another_model_is_invalid(engine):
     job = make_job("Hello", model=engine.ref, **GREEDY)
     tokens = engine.prompt_tokens(job)
     honest = engine.generate(tokens, job.params).tokens
-    result = forged_result(engine, "00" * 32, job, tokens, honest, WORKER)
+    result = forged_result(engine, job_id_of(job), job, tokens, honest, WORKER)
     other = wire.JobResult(**{**result.__dict__, "model": wire.ModelRef(sha256="bb" * 32, name="gemma-3-270m")})
-    verdict = rescore(engine, job, other, Thresholds())
+    verdict = rescore(engine, job_id_of(job), job, other, Thresholds())
     assert verdict.verdict == "invalid" and "model" in verdict.reason
 
 
 def honest_result(engine, job):
     """What an honest worker signs for ``job``: every choice, log-probabilities when asked."""
-    generation = engine.generate(engine.prompt_tokens(job), job.params)
+    generation = engine.generate(engine.prompt_tokens(job), job.params, job_id=job_id_of(job))
     return wire.JobResult(
-        job_id="00" * 32, model=engine.ref, output_tokens=tuple(generation.tokens), text=generation.text,
+        job_id=job_id_of(job), model=engine.ref, output_tokens=tuple(generation.tokens), text=generation.text,
         finish_reason=generation.finish_reason, logprobs=generation.logprobs, choices=generation.choices,
         usage=wire.Usage(prompt_tokens=generation.prompt_tokens, completion_tokens=generation.completion_tokens),
         timings=wire.Timings(queue_ms=0, prompt_ms=0, decode_ms=0), engine=engine.info, worker=WORKER, signed_at=1)
@@ -70,26 +74,26 @@ def honest_result(engine, job):
 
 def test_every_choice_of_a_job_is_judged_and_one_forged_choice_makes_the_result_invalid(engine):
     job = make_job("Write a haiku about rain.", model=engine.ref, n=3, **SAMPLED)
-    honest = honest_result(engine, job)
-    assert rescore(engine, job, honest, Thresholds()).verdict == "valid"
+    honest, job_id = honest_result(engine, job), job_id_of(job)
+    assert rescore(engine, job_id, job, honest, Thresholds()).verdict == "valid"
     tokens = engine.prompt_tokens(job)
-    other = engine.generate(engine.tokenize("A recipe for bread:"), job.params).tokens  # another prompt's text
-    forged = forged_result(engine, "00" * 32, job, tokens, other, WORKER)
+    other = engine.generate(engine.tokenize("A recipe for bread:"), job.params, job_id=job_id).tokens
+    forged = forged_result(engine, job_id, job, tokens, other, WORKER)  # another prompt's text, same draws
     lie = dataclasses.replace(honest, choices=(honest.choices[0], wire.Choice(
         output_tokens=forged.output_tokens, text=forged.text, finish_reason=forged.finish_reason)),
         usage=wire.Usage(honest.usage.prompt_tokens, len(honest.output_tokens) + len(honest.choices[0].output_tokens)
                          + len(forged.output_tokens)))
-    verdict = rescore(engine, job, lie, Thresholds())
+    verdict = rescore(engine, job_id, job, lie, Thresholds())
     assert verdict.verdict == "invalid" and verdict.reason.startswith("choice 2:"), verdict
     fewer = dataclasses.replace(honest, choices=honest.choices[:1], usage=wire.Usage(
         honest.usage.prompt_tokens, honest.usage.completion_tokens - len(honest.choices[1].output_tokens)))
-    assert rescore(engine, job, fewer, Thresholds()).verdict == "invalid"
+    assert rescore(engine, job_id, job, fewer, Thresholds()).verdict == "invalid"
 
 
 def test_reported_logprobs_that_are_not_the_models_make_the_result_invalid(engine):
     job = make_job("The capital of France is", model=engine.ref, logprobs=2, **GREEDY)
-    honest = honest_result(engine, job)
-    assert rescore(engine, job, honest, Thresholds()).verdict == "valid"
+    honest, job_id = honest_result(engine, job), job_id_of(job)
+    assert rescore(engine, job_id, job, honest, Thresholds()).verdict == "valid"
     certain = tuple(dataclasses.replace(e, logprob=0.0) for e in honest.logprobs)  # "the model was sure"
-    verdict = rescore(engine, job, dataclasses.replace(honest, logprobs=certain), Thresholds())
+    verdict = rescore(engine, job_id, job, dataclasses.replace(honest, logprobs=certain), Thresholds())
     assert verdict.verdict == "invalid" and "log-probability" in verdict.reason, verdict

@@ -22,7 +22,8 @@ def cheating_engine(forge) -> type:
     class CheatingEngine(engine_module.Engine):
         def generate(self, prompt, params, on_token, prefix=(), **options):
             honest = super().generate(prompt, params, None, prefix, **options)
-            forged = forge(self, prompt, honest.tokens, params, random.Random(len(prompt)))
+            forged = forge(self, prompt, honest.tokens, params, random.Random(len(prompt)),
+                           options.get("job_id", engine_module.NO_JOB))
             out = engine_module.OutputStream(params, lambda tok: self._llm.detokenize([tok], special=False),
                                              self._is_eog, on_token)
             out.replay(list(prefix))

@@ -1,0 +1,163 @@
+"""The replayable sampler (docs/protocol.md, "Sampling"), pure: numpy, no I/O.
+
+A sampled job's tokens are a function of the model's logits and public numbers: at output
+position ``i`` of choice ``c`` the worker draws ``u = draw(job_id, seed, c, i)``, a uniform number
+in [0, 1) from sha256, and emits the token whose interval of the job's distribution contains it.
+The distribution, at one position:
+
+1. tokens the job's grammar forbids are out (JSON mode);
+2. every logit is divided by the temperature;
+3. with ``top_k`` > 0, only the ``top_k`` first tokens in canonical order (probability
+   descending, then token id ascending) stay in;
+4. probabilities are the softmax of the scaled logits still in; with ``top_p`` < 1, only the
+   shortest canonical prefix whose probability reaches ``top_p`` stays in, renormalised;
+5. the tokens still in own consecutive intervals of [0, 1), **in token id order**, as wide as
+   their probabilities: the token whose interval holds ``u`` is emitted.
+
+The intervals follow token ids, not probabilities, on purpose: a verifier's logits differ from
+the worker's in the last bits (llama.cpp evaluates one decoded row and a batch of rows with
+different kernels: 0.26 nats apart at worst on gemma-3-270m), and in probability order two
+near-equal tokens then swap places, moving a whole interval (boundaries moved by up to 0.46 of
+the mass in 512 honest positions; by 0.105 in id order: benchmarks/verify_calibration.py).
+
+A verifier recomputes the claimed token's interval from its own logits (:func:`interval`) and
+requires ``u`` in it, widened by a band for that noise; a ``u`` within the band is *ambiguous*,
+never a failure.  So a worker that decodes with a cheaper model, even with the same ``u``, emits
+a token whose interval under the real model misses ``u`` wherever the two models part by more
+than the band.  Probabilities are float64 sums of float32 exponentials (the logits' precision);
+one position costs about a millisecond for a 262k vocabulary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+DRAW_DOMAIN = b"inferad/draw/1\0"
+FIRST_SPREAD = 8.0  # nats below the best: the tokens sorted first, which hold most of the mass
+MAX_SPREAD = 2.0**12  # beyond this every token with a chance is in (float32 exp underflows long before)
+TOP_K_MARGIN = 0.5  # nats: a verifier keeps a claimed token this close to the k-th (greedy_margin's noise)
+
+
+def draw(job_id: str, seed: int, choice: int, position: int) -> float:
+    """``u`` at output ``position`` (0-based, continuation prefix included) of ``choice``:
+    the first 53 bits of ``sha256(DRAW_DOMAIN || job id (32 bytes) || seed (u32) || choice (u16)
+    || position (u32))``, big-endian, divided by 2**53."""
+    digest = hashlib.sha256(DRAW_DOMAIN + bytes.fromhex(job_id) + seed.to_bytes(4, "big")
+                            + choice.to_bytes(2, "big") + position.to_bytes(4, "big")).digest()
+    return (int.from_bytes(digest[:8], "big") >> 11) / 2.0**53
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The claimed token's share of [0, 1) at one position (``lo`` ≤ ``hi``), or ``kept`` False
+    when the job's sampler could not emit it at all (forbidden, outside top-k or top-p);
+    ``stretched``: it lies just outside the nucleus, kept within the verifier's slack."""
+
+    lo: float
+    hi: float
+    kept: bool = True
+    stretched: bool = False
+
+
+def _scaled(logits, temperature: float, top_k: int, allowed, token: int | None = None) -> tuple[np.ndarray, bool]:
+    """Steps 1 to 3: logits over temperature, -inf for every token out of the running; and whether
+    ``token`` (a verifier's claimed one) was kept only because its scaled logit is within
+    ``TOP_K_MARGIN`` of the k-th: float noise can swap near-equal neighbours at the edge."""
+    z = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
+    if allowed is not None:
+        z = np.where(allowed, z, np.float32(-np.inf))
+    stretched = False
+    if top_k and top_k < z.size:
+        kth = np.partition(z, z.size - top_k)[z.size - top_k]
+        ids = _canonical(z, z >= kth)[:top_k]
+        if token is not None and token not in ids and z[token] >= kth - np.float32(TOP_K_MARGIN / temperature):
+            ids, stretched = np.append(ids, token), True
+        z = _keep(z, ids)
+    return z, stretched
+
+
+def _keep(z: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    kept = np.full(z.shape, np.float32(-np.inf))
+    kept[ids] = z[ids]
+    return kept
+
+
+def _weights(z: np.ndarray) -> tuple[np.ndarray, float]:
+    """Float32 exp(z - max z) (0 for tokens out) and their float64 sum."""
+    weights = np.exp(z - z.max())
+    return weights, float(weights.sum(dtype=np.float64))
+
+
+def _canonical(z: np.ndarray, mask) -> np.ndarray:
+    """The ids of ``mask`` in canonical order (probability descending, then id ascending)."""
+    ids = np.flatnonzero(mask)
+    return ids[np.lexsort((ids, -z[ids]))]
+
+
+def _prefix(z: np.ndarray, weights: np.ndarray, total: float, mass: float) -> tuple[np.ndarray, np.ndarray]:
+    """The shortest canonical prefix whose probability reaches ``mass`` (every token with a chance
+    if none does), and its cumulative probabilities.  The tokens within ``spread`` nats of the
+    best form a canonical prefix (ties included), sorted alone; the spread widens only when
+    their mass falls short, so the vocabulary is never sorted whole in practice."""
+    best, spread = z.max(), FIRST_SPREAD
+    while True:
+        ids = _canonical(z, z >= best - np.float32(spread))
+        cumulative = np.cumsum(weights[ids], dtype=np.float64) / total
+        if cumulative[-1] >= mass or spread > MAX_SPREAD:
+            end = min(int(np.searchsorted(cumulative, mass)), len(ids) - 1) + 1
+            return ids[:end], cumulative[:end]
+        spread *= 2
+
+
+def sample(logits, u: float, *, temperature: float, top_k: int = 0, top_p: float = 1.0,
+           allowed=None) -> int:
+    """The token the sampler emits for ``u`` at a position with these ``logits`` (a vocabulary of
+    floats); ``allowed``: a boolean mask of the tokens the grammar allows, or None."""
+    z, _ = _scaled(logits, temperature, top_k, allowed)
+    weights, total = _weights(z)
+    if top_p < 1.0:
+        weights, total = _weights(_keep(z, _prefix(z, weights, total, top_p)[0]))
+    cumulative = np.cumsum(weights, dtype=np.float64)
+    token = int(np.searchsorted(cumulative, u * total, side="right"))
+    return min(token, int(np.flatnonzero(weights)[-1]))
+
+
+def interval(logits, token: int, *, temperature: float, top_k: int = 0, top_p: float = 1.0,
+             allowed=None, slack: float = 0.0, u: float | None = None) -> Interval:
+    """The share of [0, 1) that ``token`` owns at a position with these ``logits``: what a
+    verifier holds the public ``u`` against (``kept`` False: the sampler could not emit it).
+
+    With ``slack`` (a verifier's tolerance for float noise), the nucleus may end anywhere its
+    cumulative probability is within ``slack`` of ``top_p``, and the claimed token's top-k rank
+    within ``TOP_K_MARGIN``: of the plausible distributions, the one whose interval lies nearest
+    ``u`` is taken, ``stretched`` when it is not the nominal one."""
+    z, stretched = _scaled(logits, temperature, top_k, allowed, token if slack else None)
+    if not np.isfinite(z[token]):
+        return Interval(0.0, 0.0, kept=False)
+    weights, total = _weights(z)
+    if top_p >= 1.0:
+        before = float(weights[:token].sum(dtype=np.float64)) / total
+        return Interval(before, before + float(weights[token]) / total, stretched=stretched)
+    reach = max(top_p, min(top_p + slack, 1.0 - 1e-6))
+    ids, cumulative = _prefix(z, weights, total, reach)
+    where = np.flatnonzero(ids == token)
+    if not where.size:
+        return Interval(0.0, 0.0, kept=False)
+    ahead_in_id_order = np.cumsum(weights[ids] * (ids < token), dtype=np.float64) / total
+    nominal = min(int(np.searchsorted(cumulative, top_p)), len(ids) - 1)
+    before_end = np.concatenate(([0.0], cumulative[:-1]))
+    ends = [e for e in range(int(where[0]), len(ids))  # the nucleus keeps ids[: e + 1]
+            if e == nominal or (slack and cumulative[e] >= top_p - slack and before_end[e] < top_p + slack)]
+    if not ends:
+        return Interval(0.0, 0.0, kept=False)
+    shares = [(ahead_in_id_order[e] / cumulative[e], (ahead_in_id_order[e] + weights[token] / total) / cumulative[e], e)
+              for e in ends]
+    lo, hi, end = min(shares, key=lambda x: 0.0 if u is None and x[2] == nominal else _miss(u, x[0], x[1]))
+    return Interval(float(lo), float(hi), stretched=stretched or end != nominal)
+
+
+def _miss(u: float | None, lo: float, hi: float) -> float:
+    return 0.0 if u is None else max(lo - u, u - hi, 0.0)
