@@ -1,25 +1,22 @@
 """Calibrate the verifier's thresholds: false positives on honest jobs, detection per forgery kind.
 
-    .venv/bin/python benchmarks/verify_calibration.py [--honest 200] [--forged 100] [--max-tokens 32]
-                                                      [--batched N]
+    .venv/bin/python benchmarks/verify_calibration.py [--honest 500] [--batched 16] [--max-tokens 32]
+                                                      [--forged 20] [--lengths 32,64,128,256]
 
-Runs ``--honest`` honest jobs on gemma-3-270m (half greedy, half sampled
-with varied temperature, top-p, top-k and seeds, over varied prompts) and
-re-scores each with the shipped thresholds: every ``invalid`` is a false
-positive.  Then forges the first ``--forged`` of them in every way a
-cheating worker might (tests/adversaries/forgeries.py, plus the output of
-another model: the same weights re-quantized to Q4_0 and to Q2_K, a cheaper
-model claimed as the real one) and counts how many are caught.  A forgery
-whose tokens equal the honest output is no lie and is not counted.
+Runs ``--honest`` honest jobs on gemma-3-270m (a quarter greedy, the rest sampled at
+temperatures 0.3, 0.7, 1.0 and 1.5 with top-p and top-k mixes, over varied prompts), generated
+``--batched`` at a time, each in a slot of one engine's batch (continuous batching, as a busy
+node runs them), and re-scores each alone with the shipped thresholds: every ``invalid`` is a
+false positive.  Prints the worst honest figures next to the thresholds: the greedy gap (nats)
+and, for sampled jobs, how far a public draw fell outside the claimed token's interval as the
+verifier computes it (probability mass) and how many positions were ambiguous.
 
-With ``--batched N`` the honest jobs are generated N at a time, each in a
-slot of one engine's batch (continuous batching, as a busy node runs them),
-and re-scored alone: a false positive there would be batching noise the
-thresholds do not absorb.
-
-Prints the worst honest margins next to the thresholds, and a table of
-detection rates (goal: 0 false positives, >= 99 % per kind but the single
-changed token).
+Then, for each output length of ``--lengths``, forges ``--forged`` sampled jobs in every way a
+cheating worker might (tests/adversaries/forgeries.py; the spoofs decode with the job's own
+public draws: another prompt, and the same weights re-quantized to Q4_0 and to Q2_K, a cheaper
+model claimed as the real one) and prints the share caught.  A forgery whose tokens equal the
+honest output is no lie and is not counted.  Goal: 0 false positives; >= 99 % per kind at 32
+tokens, except the single changed token (caught only where it was unlikely).
 """
 
 from __future__ import annotations
@@ -40,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from inferad.engine import Engine  # noqa: E402
 from inferad.models import LocalModel, resolve  # noqa: E402
 from inferad.verification import rescore  # noqa: E402
+from p2p import wire  # noqa: E402
 from proofs.check import Thresholds  # noqa: E402
 from tests.adversaries.forgeries import FORGERIES, forged_result, other_model  # noqa: E402
 from tests.factories import WORKER, make_job  # noqa: E402
@@ -54,9 +52,9 @@ FORMS = ("Write a short story about {}.", "Explain {} to a child.", "Three facts
 
 
 def sampling(i: int, rng: random.Random, max_tokens: int) -> dict:
-    if i % 2 == 0:
+    if i % 4 == 0:
         return dict(max_tokens=max_tokens)
-    return dict(max_tokens=max_tokens, temperature=rng.choice((0.5, 0.7, 0.8, 1.0, 1.2)),
+    return dict(max_tokens=max_tokens, temperature=(0.3, 0.7, 1.0, 1.5)[i % 4],
                 top_p=rng.choice((0.8, 0.9, 0.95, 1.0)), top_k=rng.choice((0, 20, 40, 100)),
                 seed=rng.randrange(2**32))
 
@@ -73,14 +71,36 @@ def requantized(model: LocalModel, ftype_name: str, directory: Path) -> LocalMod
     return LocalModel(name=f"gemma-3-270m-{ftype_name.lower()}", path=path, sha256="00" * 32)
 
 
+def job_id_of(job: wire.JobRequest) -> str:
+    return wire.digest(wire.unparse(job))
+
+
+def generate_all(engine: Engine, specs: list, batched: int) -> list[list[int]]:
+    """The honest outputs of ``specs``, generated ``batched`` at a time (a slot each)."""
+    outputs: list[list[int]] = [[] for _ in specs]
+
+    def generate(i: int) -> None:
+        outputs[i] = engine.generate(engine.prompt_tokens(specs[i]), specs[i].params, job_id=job_id_of(specs[i])).tokens
+
+    for first in range(0, len(specs), batched):
+        threads = [threading.Thread(target=generate, args=(i,)) for i in range(first, min(first + batched, len(specs)))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return outputs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--honest", type=int, default=200)
-    parser.add_argument("--forged", type=int, default=100)
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--honest", type=int, default=500)
+    parser.add_argument("--forged", type=int, default=20, help="sampled forgeries per kind and length")
+    parser.add_argument("--max-tokens", type=int, default=32, help="of the honest jobs")
+    parser.add_argument("--lengths", default="32,64,128,256", help="output lengths of the forgeries")
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--batched", type=int, default=1, help="honest jobs generated at once, a slot each")
+    parser.add_argument("--batched", type=int, default=16, help="honest jobs generated at once, a slot each")
     args = parser.parse_args()
+    lengths = [int(x) for x in args.lengths.split(",") if x] if args.forged else []
     rng = random.Random(2026)
     thresholds = Thresholds()
     model = resolve("gemma-3-270m")
@@ -91,75 +111,73 @@ def main() -> None:
         other = Engine(requantized(model, ftype, tmp), n_ctx=512, n_threads=args.threads, n_slots=1)
         forgeries[f"other_model_{ftype.lower()}"] = other_model(other)
 
-    jobs = []
-    false_positives, gaps, zs, floors, seconds = [], [], [], [], []
+    false_positives, gaps, misses, ambiguous, positions, seconds = [], [], [], 0, 0, []
     started = time.perf_counter()
     specs = [make_job(rng.choice(FORMS).format(rng.choice(SUBJECTS)), model=engine.ref,
                       **sampling(i, rng, args.max_tokens)) for i in range(args.honest)]
-    outputs: list[list[int]] = [[] for _ in specs]
-
-    def generate(i: int) -> None:
-        outputs[i] = engine.generate(engine.prompt_tokens(specs[i]), specs[i].params).tokens
-
-    for first in range(0, len(specs), args.batched):  # generated side by side, a slot each
-        threads = [threading.Thread(target=generate, args=(i,)) for i in range(first, min(first + args.batched,
-                                                                                          len(specs)))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+    outputs = generate_all(engine, specs, args.batched)
     for i, job in enumerate(specs):
-        prompt, honest = engine.prompt_tokens(job), outputs[i]
+        prompt, honest, job_id = engine.prompt_tokens(job), outputs[i], job_id_of(job)
         t0 = time.perf_counter()
-        verdict = rescore(engine, job, forged_result(engine, "00" * 32, job, prompt, honest, WORKER), thresholds)
+        verdict = rescore(engine, job_id, job, forged_result(engine, job_id, job, prompt, honest, WORKER), thresholds)
         seconds.append(time.perf_counter() - t0)
         if job.params.temperature == 0:
             gaps.append(verdict.metrics.get("max_gap", 0.0))
         else:
-            zs.append(verdict.metrics.get("z", 0.0))
-            floors.append(verdict.metrics.get("min_logprob", 0.0))
+            misses.append(verdict.metrics.get("max_miss", 0.0))
+            ambiguous += verdict.metrics.get("ambiguous", 0)
+            positions += verdict.metrics.get("positions", 0)
         if verdict.verdict != "valid":
             false_positives.append((job.prompt, job.params, verdict))
             print(f"\nfalse positive: {job.prompt!r} {job.params}: {verdict.reason}", file=sys.stderr)
-        jobs.append((job, prompt, honest))
         print(f"\rhonest {i + 1}/{args.honest}  false positives {len(false_positives)}  "
               f"{time.perf_counter() - started:.0f} s", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
 
-    rows = []
-    for kind, forge in forgeries.items():
-        caught, counted, identical = {"greedy": 0, "sampled": 0}, {"greedy": 0, "sampled": 0}, 0
-        for n, (job, prompt, honest) in enumerate(jobs[: args.forged]):
-            claimed = forge(engine, prompt, honest, job.params, random.Random(n))
-            result = forged_result(engine, "00" * 32, job, prompt, claimed, WORKER)
-            if list(result.output_tokens) == honest:
-                identical += 1
-                continue
-            mode = "greedy" if job.params.temperature == 0 else "sampled"
-            counted[mode] += 1
-            caught[mode] += rescore(engine, job, result, thresholds).verdict == "invalid"
-            print(f"\r{kind}: {n + 1}/{args.forged}", end="", file=sys.stderr, flush=True)
-        rows.append((kind, caught, counted, identical))
+    rows = {}  # kind -> length -> (caught, counted, identical)
+    for length in lengths:
+        forged_specs = [make_job(rng.choice(FORMS).format(rng.choice(SUBJECTS)), model=engine.ref,
+                                 **sampling(4 * n + 1 + n % 3, rng, length)) for n in range(args.forged)]
+        honest_outputs = generate_all(engine, forged_specs, args.batched)
+        for kind, forge in forgeries.items():
+            caught = counted = identical = 0
+            for n, (job, honest) in enumerate(zip(forged_specs, honest_outputs, strict=True)):
+                prompt, job_id = engine.prompt_tokens(job), job_id_of(job)
+                claimed = forge(engine, prompt, honest, job.params, random.Random(n), job_id)
+                result = forged_result(engine, job_id, job, prompt, claimed, WORKER)
+                if list(result.output_tokens) == honest:
+                    identical += 1
+                    continue
+                counted += 1
+                caught += rescore(engine, job_id, job, result, thresholds).verdict == "invalid"
+                print(f"\r{length} tokens, {kind}: {n + 1}/{args.forged}", end="", file=sys.stderr, flush=True)
+            rows.setdefault(kind, {})[length] = (caught, counted, identical)
         print(file=sys.stderr)
 
-    print(f"\nhonest jobs: {args.honest} ({len(gaps)} greedy, {len(zs)} sampled), {args.max_tokens} tokens max, "
-          f"generated {args.batched} at a time, gemma-3-270m Q4_K_M on CPU")
+    print(f"\nhonest jobs: {args.honest} ({len(gaps)} greedy, {len(misses)} sampled at temperatures 0.3-1.5), "
+          f"{args.max_tokens} tokens max, generated {args.batched} at a time, gemma-3-270m Q4_K_M on CPU")
     print(f"false positives: {len(false_positives)}")
     for prompt, params, verdict in false_positives:
         print(f"  {prompt!r} {params}: {verdict.reason}")
-    print(f"greedy: largest gap to the top token {max(gaps):.3f} nats (margin {thresholds.greedy_margin}); "
-          f"median {statistics.median(gaps):.3f}")
-    print(f"sampled: lowest z {min(zs):.2f} (threshold {thresholds.min_z}); lowest token log-probability "
-          f"{min(floors):.2f} (floor {thresholds.logprob_floor})")
+    if gaps:
+        print(f"greedy: largest gap to the top token {max(gaps):.3f} nats (margin {thresholds.greedy_margin}); "
+              f"median {statistics.median(gaps):.3f}")
+    if misses:
+        print(f"sampled: largest miss of a public draw {max(misses):.4f} of the mass (band {thresholds.draw_band}); "
+              f"ambiguous positions {ambiguous}/{positions} = {100 * ambiguous / max(positions, 1):.2f} %")
     print(f"re-score time per honest job: median {statistics.median(seconds) * 1000:.0f} ms\n")
-    def rate(c: int, n: int) -> str:
-        return f"{c}/{n} = {100 * c / n:.1f} %" if n else "-"
-
-    print("| forgery | greedy caught | sampled caught | all | identical to honest (not counted) |")
-    print("|---|---|---|---|---|")
-    for kind, caught, counted, identical in rows:
-        print(f"| {kind} | {rate(caught['greedy'], counted['greedy'])} | {rate(caught['sampled'], counted['sampled'])}"
-              f" | {rate(sum(caught.values()), sum(counted.values()))} | {identical} |")
+    if not rows:
+        return
+    print("sampled forgeries caught, by output length:\n")
+    print("| forgery | " + " | ".join(f"{n} tokens" for n in lengths) + " |")
+    print("|---|" + "---|" * len(lengths))
+    for kind, by_length in rows.items():
+        cells = []
+        for n in lengths:
+            caught, counted, identical = by_length[n]
+            cells.append(f"{caught}/{counted} = {100 * caught / counted:.0f} %" if counted
+                         else f"- ({identical} identical)")
+        print(f"| {kind} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

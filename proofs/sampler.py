@@ -155,7 +155,7 @@ def interval(logits, token: int, *, temperature: float, top_k: int = 0, top_p: f
         return Interval(0.0, 0.0, kept=False)
     shares = [(ahead_in_id_order[e] / cumulative[e], (ahead_in_id_order[e] + weights[token] / total) / cumulative[e], e)
               for e in ends]
-    lo, hi, end = min(shares, key=lambda x: 0.0 if u is None and x[2] == nominal else _miss(u, x[0], x[1]))
+    lo, hi, end = min(shares, key=lambda x: (_miss(u, x[0], x[1]), x[2] != nominal))  # the nominal one on ties
     return Interval(float(lo), float(hi), stretched=stretched or end != nominal)
 
 

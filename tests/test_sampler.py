@@ -101,3 +101,9 @@ def test_a_verifier_tolerates_float_noise_at_the_nucleus_and_top_k_edges_as_stre
     near_kth = np.array([3.0, 2.0, 1.9, -5.0], dtype=np.float32)
     assert interval(near_kth, 2, temperature=1.0, top_k=2, slack=0.05).stretched
     assert not interval(near_kth, 3, temperature=1.0, top_k=2, slack=0.05).kept
+
+
+def test_an_honest_draw_inside_the_nominal_nucleus_is_not_called_stretched():
+    logits = np.array([2.0, 1.0, 1.0, -1.0], dtype=np.float32)
+    token = sample(logits, 0.2, temperature=1.0, top_p=0.9)
+    assert not interval(logits, token, temperature=1.0, top_p=0.9, slack=0.12, u=0.2).stretched
