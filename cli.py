@@ -261,9 +261,11 @@ def _node_control(node_home: Path) -> Path:
               help="Most you pay per generated token, in wei (charged from your deposit at settlement).")
 @click.option("--timeout", type=click.FloatRange(0.1), default=600, show_default=True,
               help="Seconds to wait for the whole answer.")
+@click.option("--receipt", "receipt_path", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
+              help="Write the signed job and result there: `inferad verify FILE` checks them anywhere.")
 @json_option
 def submit(home, prompt, node, node_home, model, max_tokens, temperature, top_p, top_k, seed, stop, n, logprobs,
-           ttl, max_price, timeout, as_json) -> None:
+           ttl, max_price, timeout, receipt_path, as_json) -> None:
     """Sign a job with the client key, run it on a node and stream the text.
 
     --node-home talks to a node on this machine through its control socket
@@ -316,6 +318,11 @@ def submit(home, prompt, node, node_home, model, max_tokens, temperature, top_p,
         fail(str(exc), EXIT_UNREACHABLE)
     except BadResponse as exc:
         fail(f"invalid answer: {exc}")
+    if receipt_path:
+        from inferad.receipt import make
+
+        Path(receipt_path).write_text(json.dumps(make(completion.signed_job, completion.signed_result).to_json(),
+                                                 indent=1) + "\n")
     if as_json:
         emit_json(completion.to_json())
         return
@@ -493,6 +500,56 @@ def evidence(home, key, as_json) -> None:
         click.echo(f"  {a['verifier']}: {a['verdict']} ({a['reason']})")
     if "rescored_here" in view:
         click.echo(f"  re-scored here: {view['rescored_here']['verdict']} ({view['rescored_here']['reason']})")
+
+
+@main.command()
+@click.argument("receipt_file", metavar="RECEIPT", type=click.File("r"))
+@click.option("--model", "model_path", metavar="GGUF", type=click.Path(dir_okay=False),
+              help="The job's model file, when it is not the catalog model of its sha256.")
+@click.option("--threads", type=click.IntRange(0), default=0, help="llama.cpp threads (0: every core).")
+@json_option
+def verify(receipt_file, model_path, threads, as_json) -> None:
+    """Check a receipt (from `submit --receipt` or GET /v1/jobs/ID/receipt) on this machine.
+
+    The client's and the worker's signatures and the job id are checked, then the result is
+    re-scored on the local copy of the job's model as a drawn verifier re-scores it; the verdict
+    and each position's figures are printed.  No node and no network are needed.
+    Exit codes: 0 valid, 1 invalid (forged, or signatures that do not hold), 2 usage,
+    3 inconclusive (the model is not on this machine).
+    """
+    from inferad.audit import audit
+    from inferad.receipt import ReceiptError, parse
+
+    try:
+        document = json.loads(receipt_file.read())
+    except ValueError as exc:
+        fail(f"{receipt_file.name} is not JSON: {exc}", EXIT_USAGE)
+    if not isinstance(document, dict) or "receipt" not in document:
+        fail(f"{receipt_file.name} is not an inferad receipt", EXIT_USAGE)
+    try:
+        receipt = parse(document)
+    except ReceiptError as exc:
+        if as_json:
+            emit_json({"verdict": "invalid", "reason": str(exc)})
+        else:
+            click.secho(f"invalid: {exc}", fg="red")
+        sys.exit(1)
+    checked = audit(receipt, model_path, threads=threads)
+    if as_json:
+        emit_json({"job_id": receipt.job_id, "worker": receipt.result.signer_peer_id, **checked.to_json()})
+    else:
+        colour = {"valid": "green", "invalid": "red"}.get(checked.verdict, "yellow")
+        click.echo(f"job {receipt.job_id}\nworker {receipt.result.signer_peer_id} (signature verified)")
+        for index, rows in enumerate(checked.positions):
+            if len(checked.positions) > 1:
+                click.echo(f"choice {index}:")
+            for row in rows:
+                drawn = (f"  u {row['u']:.4f} in [{row['interval'][0]:.4f}, {row['interval'][1]:.4f})"
+                         if "u" in row else "")
+                click.echo(f"  {row['index']:>4} {row['text']!r:>14} logprob {row['logprob']:8.3f} "
+                           f"gap {row['gap']:6.3f}{drawn}{'  FORBIDDEN' if row.get('forbidden') else ''}")
+        click.secho(f"{checked.verdict}: {checked.reason}", fg=colour)
+    sys.exit({"valid": 0, "invalid": 1}.get(checked.verdict, 3))
 
 
 @main.group()

@@ -109,6 +109,7 @@ class Api:
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/jobs/{job_id}", self.job, methods=["GET"]),
+            Route("/v1/jobs/{job_id}/receipt", self.receipt, methods=["GET"]),
             Route("/metrics", self.scrape, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
         ])
@@ -122,8 +123,10 @@ class Api:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope["path"] if scope["path"] in KNOWN_PATHS else "/v1/jobs/{id}" if scope["path"].startswith(
-            "/v1/jobs/") else "other"
+        path = scope["path"]
+        if path not in KNOWN_PATHS:
+            path = ("/v1/jobs/{id}/receipt" if path.endswith("/receipt") else "/v1/jobs/{id}") \
+                if path.startswith("/v1/jobs/") else "other"
 
         async def counted(message) -> None:
             if message["type"] == "http.response.start":
@@ -168,9 +171,7 @@ class Api:
             for m in found]})
 
     async def job(self, request: Request) -> JSONResponse:
-        job_id = request.path_params["job_id"]
-        if len(job_id) != 64 or any(c not in "0123456789abcdef" for c in job_id):
-            raise ApiError(400, "a job id is 64 lowercase hex digits", param="job_id")
+        job_id = _job_id(request)
         records = await self.commands.jobs(job_id)
         if not records:
             raise ApiError(404, f"job {job_id} is not known to this node", code="job_not_found")
@@ -178,6 +179,15 @@ class Api:
         settled = await self.commands.is_settled(job_id)
         record["settlement"] = "settled" if settled else "not settled by this node (the oracle settles)"
         return JSONResponse(record)
+
+    async def receipt(self, request: Request) -> JSONResponse:
+        """The signed job and its signed result, self-contained: ``inferad verify`` checks it anywhere."""
+        job_id = _job_id(request)
+        receipt = await self.commands.receipt(job_id)
+        if receipt is None:
+            raise ApiError(404, f"job {job_id} has no result on this node (unknown, running or failed)",
+                           code="job_not_found")
+        return JSONResponse(receipt)
 
     async def chat_completions(self, request: Request) -> Response:
         body = await json_body(request)
@@ -307,6 +317,13 @@ class Api:
             if include_usage and results:
                 yield _event(shape.usage_chunk(results))
             yield "data: [DONE]\n\n"
+
+
+def _job_id(request: Request) -> str:
+    job_id = request.path_params["job_id"]
+    if len(job_id) != 64 or any(c not in "0123456789abcdef" for c in job_id):
+        raise ApiError(400, "a job id is 64 lowercase hex digits", param="job_id")
+    return job_id
 
 
 async def _ignore_tokens(tokens: list[wire.Token]) -> None:

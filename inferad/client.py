@@ -22,6 +22,7 @@ signed ones.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -57,6 +58,7 @@ class Completion:
     result_hash: str
     signed_result: bytes  # the worker-signed envelope, verifiable by anyone
     worker_public_key: bytes
+    signed_job: bytes = b""  # the client-signed envelope sent (with signed_result: a receipt)
 
     def to_json(self) -> dict:
         return {
@@ -114,8 +116,9 @@ class Answer:
     """
 
     def __init__(self, job_id: str, max_frame: int, on_token: OnToken | None = None,
-                 job: wire.JobRequest | None = None) -> None:
+                 job: wire.JobRequest | None = None, signed_job: bytes = b"") -> None:
         self.job_id, self._max_frame, self._on_token, self._job = job_id, max_frame, on_token, job
+        self._signed_job = signed_job
         self.tokens: list[wire.Token] = []
 
     def feed(self, data: bytes) -> Completion | None:
@@ -131,7 +134,8 @@ class Answer:
         if envelope.type == "error":
             raise JobRejected(envelope.message.code, envelope.message.message)
         if envelope.type == "result":
-            return _check_result(envelope, data, self.job_id, self.tokens, self._job)
+            return dataclasses.replace(_check_result(envelope, data, self.job_id, self.tokens, self._job),
+                                       signed_job=self._signed_job)
         raise BadResponse(f"unexpected {envelope.type} frame")
 
 
@@ -192,7 +196,7 @@ class NodeClient:
         signed_job, job_id = _signed(job, self._key)
         try:
             with trio.fail_after(timeout):
-                return await self._exchange(signed_job, Answer(job_id, self._max_frame, on_token, job))
+                return await self._exchange(signed_job, Answer(job_id, self._max_frame, on_token, job, signed_job))
         except trio.TooSlowError:
             raise NodeUnreachable(f"no complete answer from {self.peer_id} within {timeout} s") from None
 
@@ -238,7 +242,7 @@ class LocalNode:
         from inferad import control
 
         signed_job, job_id = _signed(job, self._key)
-        answer, decoder = Answer(job_id, self._max_frame, on_token, job), wire.FrameDecoder(self._max_frame)
+        answer, decoder = Answer(job_id, self._max_frame, on_token, job, signed_job), wire.FrameDecoder(self._max_frame)
         deadline = time.monotonic() + timeout
         try:
             with control.connect(self.control_path, "submit", timeout=timeout) as sock:

@@ -121,6 +121,13 @@ class Commands:
         views = [r.to_json() for r in records]
         return views if self.verification is None else [self.verification.describe(v["job_id"], v) for v in views]
 
+    async def receipt(self, job_id: str) -> dict | None:
+        """The receipt of a finished job (inferad.receipt), or None while it has no result here."""
+        from inferad.receipt import make
+
+        record = await self.store.job(job_id)
+        return None if record is None or record.result is None else make(record.job, record.result).to_json()
+
     async def status(self) -> dict:
         me = self.membership
         return {

@@ -375,10 +375,27 @@ class Engine:
             outs[0].replay(prefix)
         if outs[0].finish_reason is not None:
             return outs[0].result(len(prompt))
+        grammars = [self._grammar(params.grammar, prefix) for _ in range(params.n)] if params.grammar else []
         task = _Task(Task(id=object(), tokens=tuple(prompt) + tuple(prefix), n=params.n), cancelled, outs=outs,
-                     params=params, job_id=job_id)
+                     params=params, job_id=job_id, grammars=grammars)
         self._run(task)
         return outs[0].result(len(prompt), outs[1:])
+
+    def _grammar(self, gbnf: str, prefix: Sequence[int] = ()):
+        """A grammar mask past ``prefix`` (tokens it must allow). Raises EngineError for a grammar
+        llama.cpp cannot parse, or a prefix it forbids."""
+        from inferad.grammar import GrammarError, GrammarMask
+
+        try:
+            mask = GrammarMask(self._llm._model.vocab, self.n_vocab, gbnf)
+        except GrammarError as exc:
+            raise EngineError(str(exc)) from None
+        for tok in prefix:
+            if not mask.allowed()[tok]:
+                mask.close()
+                raise EngineError(f"the grammar forbids token {tok} of the prefix")
+            mask.accept(tok)
+        return mask
 
     def _logprobs_of(self, prompt: list[int], output: list[int], top: int) -> list[wire.TokenLogprob]:
         """Log-probability entries of known ``output`` tokens after ``prompt`` (one scoring pass)."""
@@ -408,14 +425,29 @@ class Engine:
         if not output:
             return []
         positions: list[Position] = []
+        mask = self._grammar(params.grammar) if params.grammar else None
+        forbidden = False  # the grammar refused a claimed token: it has no state past it
 
         def on_logits(pos: int, row) -> None:
+            nonlocal forbidden
             tok = tokens[pos + 1]
             index = pos + 1 - len(prompt)  # in the output
             u = draw(job_id, params.seed, choice, index) if params.temperature > 0 else None
-            positions.append(position_of(row, tok, params, bool(self._is_eog(tok)), u, slack))
+            allowed = None
+            if mask is not None:
+                allowed = mask.allowed() if not forbidden else np.zeros(len(row), dtype=bool)
+                forbidden = forbidden or not allowed[tok]
+                if not forbidden:
+                    mask.accept(tok)
+            positions.append(position_of(row, tok, params, bool(self._is_eog(tok)), u, slack, allowed))
 
-        self._score_rows(tokens, len(prompt), on_logits)
+        import numpy as np
+
+        try:
+            self._score_rows(tokens, len(prompt), on_logits)
+        finally:
+            if mask is not None:
+                mask.close()
         return positions
 
     def _score_rows(self, tokens: list[int], n_prompt: int, on_logits: Callable[[int, Any], None]) -> None:
@@ -546,7 +578,10 @@ class Engine:
         for slot in choices:
             i = task.slots.index(slot)
             u = draw(task.job_id, params.seed, i, len(task.outs[i].tokens)) if params.temperature > 0 else 0.0
-            token = pick(logits, params, u)
+            mask = task.grammars[i] if task.grammars else None
+            token = pick(logits, params, u, mask.allowed() if mask else None)
+            if mask:
+                mask.accept(token)
             entry = None
             if params.logprobs is not None:
                 entry = logprob_entry(logits, token, params.logprobs, self._piece)
@@ -581,14 +616,16 @@ class Engine:
             task.fail(error)
 
 
-def pick(logits, params: wire.SamplingParams, u: float) -> int:
+def pick(logits, params: wire.SamplingParams, u: float, allowed=None) -> int:
     """The token for one position: the most likely (lowest id among equals, as llama.cpp's greedy
-    sampler picks) at temperature 0, else the replayable sampler's for the public draw ``u``."""
+    sampler picks) at temperature 0, else the replayable sampler's for the public draw ``u``;
+    ``allowed``: the grammar's mask, or None."""
     import numpy as np
 
     if params.temperature == 0.0:
-        return int(np.argmax(logits))
-    return sample(logits, u, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p)
+        return int(np.argmax(logits if allowed is None else np.where(allowed, logits, -np.inf)))
+    return sample(logits, u, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+                  allowed=allowed)
 
 
 @dataclass(eq=False)
@@ -600,12 +637,15 @@ class _Task:
     outs: list[OutputStream] = field(default_factory=list)  # a generation's output, by choice
     params: wire.SamplingParams | None = None  # a generation's sampler
     job_id: str = ""  # whose public draws it samples with
+    grammars: list[Any] = field(default_factory=list)  # each choice's GrammarMask (JSON mode), freed at the end
     on_logits: Callable[[int, Any], None] | None = None  # a scoring's consumer of logits rows
     slots: list[int] = field(default_factory=list)  # seated: its slots, the lead first
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
     def finish(self) -> None:
+        for mask in self.grammars:
+            mask.close()
         self.done.set()
 
     def fail(self, error: BaseException) -> None:
@@ -640,19 +680,21 @@ def replay_output(output: Sequence[int], params: wire.SamplingParams, piece: Cal
 
 
 def position_of(row, token: int, params: wire.SamplingParams, is_eog: bool, u: float | None = None,
-                slack: float = 0.0) -> Position:
+                slack: float = 0.0, allowed=None) -> Position:
     """Where ``token`` stood among one position's logits: its log-probability, the best one's,
     how many tokens were more likely; and for a sampled job (``u``: the position's public draw)
     the interval of the job's distribution it owns (:func:`proofs.sampler.interval`)."""
     import numpy as np
 
-    best = float(row.max())
-    lse = best + math.log(float(np.exp(row - np.float32(best)).sum(dtype=np.float64)))
+    top = float(row.max())
+    lse = top + math.log(float(np.exp(row - np.float32(top)).sum(dtype=np.float64)))
+    if allowed is not None:  # the best token the grammar allows
+        top = float(np.where(allowed, row, -np.inf).max()) if allowed.any() else top
     claimed = float(row[token])
     drawn = None
     if u is not None:
         share = interval(row, token, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                         slack=slack, u=u)
+                         slack=slack, u=u, allowed=allowed)
         drawn = Drawn(u=u, lo=share.lo, hi=share.hi, kept=share.kept, stretched=share.stretched)
-    return Position(token=token, logprob=claimed - lse, top_logprob=best - lse, rank=int((row > claimed).sum()),
-                    is_eog=is_eog, drawn=drawn)
+    return Position(token=token, logprob=claimed - lse, top_logprob=top - lse, rank=int((row > claimed).sum()),
+                    is_eog=is_eog, drawn=drawn, forbidden=allowed is not None and not allowed[token])

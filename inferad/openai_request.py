@@ -4,8 +4,8 @@ Everything a client can get wrong is decided here, before a job is signed or a
 stream opened, and raised as an :class:`ApiError`: a 4xx carrying OpenAI's
 error object with ``message``, ``type``, ``param`` and ``code`` filled (``param``
 is null only when no single field is at fault).  A feature OpenAI has and this
-node does not (tools, penalties, JSON mode) is refused with 400 naming the
-parameter, never silently ignored.
+node does not (tools, penalties) is refused with 400 naming the parameter,
+never silently ignored.
 
 JSON is parsed by orjson, which refuses nesting deeper than 1024 levels
 without recursing on the C stack (a 100,000-deep array from a client must
@@ -120,15 +120,6 @@ def _refuse_unsupported(body: dict, *, chat: bool) -> None:
         value = body.get(name)
         if value is not None and not any(type(value) is type(n) and value == n for n in neutral):
             raise ApiError(400, why, param=name, code="unsupported_parameter")
-    response_format = body.get("response_format")
-    if response_format is not None:
-        kind = response_format.get("type") if isinstance(response_format, dict) else None
-        if kind in ("json_object", "json_schema"):
-            raise ApiError(400, f"response_format {kind!r} (JSON mode) is not supported yet",
-                           param="response_format", code="unsupported_value")
-        if kind != "text":
-            raise ApiError(400, "response_format must be {\"type\": \"text\"} (json_object and json_schema "
-                                "are not supported yet)", param="response_format", code="invalid_value")
 
 
 def _field(body: dict, name: str, kind: type | tuple, default: Any = None, *, lo: float | None = None,
@@ -160,16 +151,34 @@ def sampling(body: dict, max_tokens_limit: int, *, chat: bool = True) -> wire.Sa
     max_tokens = _field(body, "max_tokens", int, max_tokens or min(DEFAULT_MAX_TOKENS, max_tokens_limit), lo=1,
                         hi=max_tokens_limit)
     n = _field(body, "n", int, 1, lo=1, hi=wire.MAX_CHOICES)
+    grammar = _grammar(body.get("response_format"))
     logprobs = _logprobs(body) if chat else _field(body, "logprobs", int, None, lo=0, hi=wire.MAX_TOP_LOGPROBS)
     try:
         return wire.SamplingParams(
             max_tokens=max_tokens, temperature=float(_field(body, "temperature", (int, float), 1.0, lo=0, hi=2)),
             top_p=float(_field(body, "top_p", (int, float), 1.0, lo=0, hi=1)),
             top_k=_field(body, "top_k", int, 0, lo=0, hi=1000), seed=_field(body, "seed", int, 0, lo=0, hi=2**32 - 1),
-            stop=tuple(stop), n=n, logprobs=logprobs)
+            stop=tuple(stop), n=n, logprobs=logprobs, grammar=grammar)
     except ValueError as exc:  # the bounds of one job's output (p2p.wire.SamplingParams)
         raise ApiError(400, f"{exc}: lower max_tokens, n or logprobs", param="logprobs" if logprobs else "n") \
             from None
+
+
+def _grammar(response_format: Any) -> str | None:
+    """JSON mode: ``response_format`` as the grammar the job's sampler masks with (None: text)."""
+    if response_format is None:
+        return None
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind not in ("text", "json_object", "json_schema"):
+        raise ApiError(400, "response_format must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
+                            "{\"type\": \"json_schema\", \"json_schema\": {\"name\": …, \"schema\": {…}}}",
+                       param="response_format", code="invalid_value")
+    from inferad.grammar import GrammarError, grammar_for
+
+    try:
+        return grammar_for(response_format)
+    except GrammarError as exc:
+        raise ApiError(400, str(exc), param="response_format") from None
 
 
 def _logprobs(body: dict) -> int | None:

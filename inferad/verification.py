@@ -402,8 +402,10 @@ class Verification:
             job_id=job.digest, result_hash=result.digest, worker=result.signer_peer_id,
             model=served.engine.ref.sha256, verdict=verdict.verdict, reason=verdict.reason[:512],
             metrics=wire.VerifyMetrics(positions=int(metrics.get("positions", 0)),
-                                       max_gap=_clip(metrics.get("max_gap", 0.0)), z=_clip(metrics.get("z", 0.0)),
-                                       first_bad=metrics.get("position"), elapsed_ms=elapsed),
+                                       max_gap=_clip(metrics.get("max_gap", 0.0)),
+                                       first_bad=metrics.get("position"), elapsed_ms=elapsed,
+                                       max_miss=min(max(float(metrics.get("max_miss", 0.0)), 0.0), 1.0),
+                                       ambiguous=int(metrics.get("ambiguous", 0))),
             beacon_block=beacon.number, beacon=beacon.hash, ts=int(time.time() * 1000))
         signed = wire.sign(attestation, self.key)
         self.verified_here += 1

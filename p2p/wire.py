@@ -80,6 +80,7 @@ MAX_TOP_LOGPROBS = 20  # params.logprobs: alternatives per output token (OpenAI'
 # A job's output tokens (all choices) times (1 + params.logprobs), when logprobs are asked for:
 # bounds the result frame (about 25 bytes per entry: 16384 entries stay well under 1 MiB).
 MAX_LOGPROB_ENTRIES = 1 << 14
+MAX_GRAMMAR = 64 * 1024  # characters of GBNF in params.grammar
 
 
 class MalformedMessage(WireError):
@@ -124,6 +125,8 @@ class SamplingParams:
     n: int = field(integer(1, MAX_CHOICES), 1)  # choices, each of up to max_tokens
     # None: no log-probabilities; k: each output token's, with the k most likely alternatives
     logprobs: int | None = field(optional(integer(0, MAX_TOP_LOGPROBS)), None)
+    # GBNF: only tokens this grammar allows are emitted (JSON mode: inferad.grammar)
+    grammar: str | None = field(optional(text(MAX_GRAMMAR, 1)), None)
 
     def __post_init__(self) -> None:
         if self.n * self.max_tokens > MAX_TOKENS_LIMIT:
@@ -473,9 +476,11 @@ class VerifyRequest:
 class VerifyMetrics:
     positions: int = field(integer(0, MAX_TOKENS_LIMIT), 0)
     max_gap: float = field(number(-1e9, 1e9), 0.0)  # greedy: worst nats behind the top token
-    z: float = field(number(-1e9, 1e9), 0.0)  # sampled: plausibility of the output's log-probability
+    z: float = field(number(-1e9, 1e9), 0.0)  # the statistical check's z-score (before the replayable sampler)
     first_bad: int | None = field(optional(integer(0, MAX_TOKENS_LIMIT)), None)
     elapsed_ms: int = field(integer(0, 2**40), 0)
+    max_miss: float = field(number(0.0, 1.0), 0.0)  # sampled: farthest a public draw fell outside its token's interval
+    ambiguous: int = field(integer(0, MAX_TOKENS_LIMIT), 0)  # sampled: positions within the noise band
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ class Position:
     rank: int  # tokens more likely than the claimed one
     is_eog: bool = False
     drawn: Drawn | None = None  # a sampled job's replayed draw
+    forbidden: bool = False  # the job's grammar does not allow it here
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,10 @@ def combine(verdicts: Sequence[Verdict]) -> Verdict:
 
 def judge(positions: Sequence[Position], *, temperature: float, thresholds: Thresholds = Thresholds()) -> Verdict:
     """The verdict on claimed tokens from their re-scored positions."""
+    for i, p in enumerate(positions):
+        if p.forbidden:
+            return Verdict(INVALID, f"token {i} is one the job's grammar forbids there",
+                           {"positions": len(positions), "position": i})
     if temperature == 0.0:
         return _judge_greedy(positions, thresholds)
     return _judge_sampled(positions, thresholds)
@@ -175,8 +180,8 @@ def _judge_sampled(positions: Sequence[Position], t: Thresholds) -> Verdict:
                "max_miss": round(max(misses, default=0.0), 6)}
     for i, p in enumerate(positions):
         if not p.drawn.kept:
-            return Verdict(INVALID, f"token {i} is outside the job's top-k or top-p set: its sampler could not "
-                                    f"emit it", dict(metrics, position=i))
+            return Verdict(INVALID, f"token {i} is outside the job's top-k or top-p set (or grammar): its sampler "
+                                    f"could not emit it", dict(metrics, position=i))
         if misses[i] > t.draw_band:
             return Verdict(INVALID, f"token {i} owns [{p.drawn.lo:.4f}, {p.drawn.hi:.4f}) of the job's "
                                     f"distribution, but the public draw was {p.drawn.u:.4f}", dict(metrics, position=i))

@@ -305,3 +305,21 @@ def test_a_continuation_reports_the_logprobs_of_its_prefix_too(batched):
     assert continued.tokens == whole.tokens and len(continued.logprobs) == 8
     assert all(abs(a.logprob - b.logprob) < Thresholds().logprob_margin
                for a, b in zip(whole.logprobs, continued.logprobs, strict=True))
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_json_mode_output_parses_and_follows_the_schema(batched, temperature):
+    import json
+
+    from inferad.grammar import grammar_for
+
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "people": {"type": "integer"}},
+              "required": ["city", "people"]}
+    grammar = grammar_for({"type": "json_schema", "json_schema": {"name": "place", "schema": schema}})
+    prompt = batched.tokenize("The largest city in France, as JSON:")
+    params = wire.SamplingParams(max_tokens=120, temperature=temperature, seed=2, grammar=grammar)
+    generation = batched.generate(prompt, params, job_id="0a" * 32)
+    assert generation.finish_reason == "stop", generation.text
+    value = json.loads(generation.text)
+    assert isinstance(value["city"], str) and isinstance(value["people"], int)

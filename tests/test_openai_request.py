@@ -49,6 +49,8 @@ def test_a_body_that_is_not_a_json_object_is_a_400(raw):
     ({"messages": USER, "max_tokens": 64, "n": 16, "logprobs": True, "top_logprobs": 20}, "logprobs"),
     ({"messages": USER, "response_format": {"type": "yaml"}}, "response_format"),
     ({"messages": USER, "response_format": {"type": "json_schema", "json_schema": {}}}, "response_format"),
+    ({"messages": USER, "response_format": {"type": "json_schema", "json_schema": {"schema": "object"}}},
+     "response_format"),
     ({"messages": USER, "response_format": "json"}, "response_format"),
     ({"messages": USER, "stream_options": {"include_usage": True}}, "stream_options"),
     ({"messages": USER, "stream": True, "stream_options": "usage"}, "stream_options"),
@@ -138,3 +140,15 @@ def test_n_and_logprobs_become_the_jobs_sampling_parameters():
     assert chat_request({"model": "m", "messages": USER, "logprobs": True}, 64).params.logprobs == 0
     assert chat_request({"model": "m", "messages": USER}, 64).params.logprobs is None
     assert completion_request({"model": "m", "prompt": "a", "logprobs": 0}, 64).params.logprobs == 0
+
+
+def test_json_mode_becomes_the_grammar_of_the_signed_job():
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    def grammar(response_format):
+        return chat_request({"model": "m", "messages": USER, "response_format": response_format}, 64).params.grammar
+
+    assert grammar({"type": "text"}) is None
+    assert grammar({"type": "json_object"}) == JSON_GBNF
+    schema = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+    assert 'city-kv ::= ' in grammar({"type": "json_schema", "json_schema": {"name": "place", "schema": schema}})

@@ -97,3 +97,16 @@ def test_reported_logprobs_that_are_not_the_models_make_the_result_invalid(engin
     certain = tuple(dataclasses.replace(e, logprob=0.0) for e in honest.logprobs)  # "the model was sure"
     verdict = rescore(engine, job_id, job, dataclasses.replace(honest, logprobs=certain), Thresholds())
     assert verdict.verdict == "invalid" and "log-probability" in verdict.reason, verdict
+
+
+def test_json_mode_results_are_replayed_under_the_grammar_and_a_token_it_forbids_is_invalid(engine):
+    from inferad.grammar import grammar_for
+
+    job = make_job("A person, as JSON:", model=engine.ref, grammar=grammar_for({"type": "json_object"}),
+                   **dict(SAMPLED, max_tokens=40))
+    honest, job_id = honest_result(engine, job), job_id_of(job)
+    assert rescore(engine, job_id, job, honest, Thresholds()).verdict == "valid"
+    tokens = engine.prompt_tokens(job)
+    prose = forged_result(engine, job_id, job, tokens, engine.tokenize("Hello there")[1:], WORKER)
+    verdict = rescore(engine, job_id, job, prose, Thresholds())
+    assert verdict.verdict == "invalid" and "grammar" in verdict.reason, verdict
