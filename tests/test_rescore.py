@@ -107,6 +107,7 @@ def test_json_mode_results_are_replayed_under_the_grammar_and_a_token_it_forbids
     honest, job_id = honest_result(engine, job), job_id_of(job)
     assert rescore(engine, job_id, job, honest, Thresholds()).verdict == "valid"
     tokens = engine.prompt_tokens(job)
-    prose = forged_result(engine, job_id, job, tokens, engine.tokenize("Hello there")[1:], WORKER)
+    words = engine.tokenize("Hello there, this is not JSON at all.")[1:] + [engine._llm.token_eos()]
+    prose = forged_result(engine, job_id, job, tokens, words, WORKER)  # ends as a finished answer would
     verdict = rescore(engine, job_id, job, prose, Thresholds())
     assert verdict.verdict == "invalid" and "grammar" in verdict.reason, verdict
