@@ -54,7 +54,7 @@ def audit(receipt: Receipt, model_path: str | None = None, *, threads: int = 0) 
         for index, choice in enumerate(result.all_choices()):
             try:
                 positions = engine.score(engine.prompt_tokens(job), choice.output_tokens, job.params,
-                                         job_id=receipt.job_id, choice=index, slack=thresholds.draw_band)
+                                         job_id=receipt.job_id, choice=index, slack=thresholds.nucleus_slack)
             except EngineError:
                 positions = []
             rows.append([_row(i, p, engine) for i, p in enumerate(positions)])

@@ -97,7 +97,7 @@ def rescore(engine: Any, job_id: str, job: wire.JobRequest, result: wire.JobResu
                 max_tokens=job.params.max_tokens))
             if bad is None:
                 positions = engine.score(prompt, choice.output_tokens, job.params, job_id=job_id, choice=index,
-                                         slack=thresholds.draw_band)
+                                         slack=thresholds.nucleus_slack)
                 if (job.params.logprobs is None) != (choice.logprobs is None):
                     bad = Verdict(INVALID, "log-probabilities where the job asked for none, or none where it did")
                 elif choice.logprobs is not None:

@@ -38,6 +38,7 @@ import numpy as np
 DRAW_DOMAIN = b"inferad/draw/1\0"
 FIRST_SPREAD = 8.0  # nats below the best: the tokens sorted first, which hold most of the mass
 MAX_SPREAD = 2.0**12  # beyond this every token with a chance is in (float32 exp underflows long before)
+REACH = 0.9999  # of the mass: where a verifier stops looking for the end of a nucleus
 TOP_K_MARGIN = 0.5  # nats: a verifier keeps a claimed token this close to the k-th (greedy_margin's noise)
 
 
@@ -93,8 +94,8 @@ def _weights(z: np.ndarray) -> tuple[np.ndarray, float]:
 
 def _canonical(z: np.ndarray, mask) -> np.ndarray:
     """The ids of ``mask`` in canonical order (probability descending, then id ascending)."""
-    ids = np.flatnonzero(mask)
-    return ids[np.lexsort((ids, -z[ids]))]
+    ids = np.flatnonzero(mask)  # ascending, so a stable sort keeps ties in id order
+    return ids[np.argsort(-z[ids], kind="stable")]
 
 
 def _prefix(z: np.ndarray, weights: np.ndarray, total: float, mass: float) -> tuple[np.ndarray, np.ndarray]:
@@ -141,23 +142,23 @@ def interval(logits, token: int, *, temperature: float, top_k: int = 0, top_p: f
     if top_p >= 1.0:
         before = float(weights[:token].sum(dtype=np.float64)) / total
         return Interval(before, before + float(weights[token]) / total, stretched=stretched)
-    reach = max(top_p, min(top_p + slack, 1.0 - 1e-6))
-    ids, cumulative = _prefix(z, weights, total, reach)
+    # Beyond REACH of the mass no nucleus within the slack of top_p can end (top_p <= 1 - slack),
+    # and renormalising over the rest changes an interval by less than 1e-4.
+    ids, cumulative = _prefix(z, weights, total, max(top_p, min(top_p + slack, REACH)))
     where = np.flatnonzero(ids == token)
-    if not where.size:
-        return Interval(0.0, 0.0, kept=False)
-    ahead_in_id_order = np.cumsum(weights[ids] * (ids < token), dtype=np.float64) / total
     nominal = min(int(np.searchsorted(cumulative, top_p)), len(ids) - 1)
-    before_end = np.concatenate(([0.0], cumulative[:-1]))
-    ends = [e for e in range(int(where[0]), len(ids))  # the nucleus keeps ids[: e + 1]
-            if e == nominal or (slack and cumulative[e] >= top_p - slack and before_end[e] < top_p + slack)]
-    if not ends:
+    if not where.size or (not slack and where[0] > nominal):
         return Interval(0.0, 0.0, kept=False)
-    shares = [(ahead_in_id_order[e] / cumulative[e], (ahead_in_id_order[e] + weights[token] / total) / cumulative[e], e)
-              for e in ends]
-    lo, hi, end = min(shares, key=lambda x: (_miss(u, x[0], x[1]), x[2] != nominal))  # the nominal one on ties
-    return Interval(float(lo), float(hi), stretched=stretched or end != nominal)
-
-
-def _miss(u: float | None, lo: float, hi: float) -> float:
-    return 0.0 if u is None else max(lo - u, u - hi, 0.0)
+    ahead = np.cumsum(weights[ids] * (ids < token), dtype=np.float64) / total  # kept mass with a lower id, by end
+    before_end = np.concatenate(([0.0], cumulative[:-1]))
+    ends = np.arange(len(ids))  # the nucleus keeps ids[: e + 1]
+    near = (cumulative >= top_p - slack) & (before_end < top_p + slack)
+    plausible = (ends >= where[0]) & ((ends == nominal) | near)
+    if not plausible.any():
+        return Interval(0.0, 0.0, kept=False)
+    lo = ahead / cumulative
+    hi = (ahead + weights[token] / total) / cumulative
+    miss = np.zeros(len(ids)) if u is None else np.maximum(np.maximum(lo - u, u - hi), 0.0)
+    miss = np.where(plausible, miss + 1e-12 * (ends != nominal), np.inf)  # the nominal end on ties
+    end = int(np.argmin(miss))
+    return Interval(float(lo[end]), float(hi[end]), stretched=stretched or end != nominal)

@@ -193,6 +193,31 @@ def test_streamed_choices_of_several_prompts_are_numbered_prompt_by_prompt_with_
     assert sum(len(lp.tokens) for lp in logprobs) == 12 and all(len(t) == 1 for lp in logprobs for t in lp.top_logprobs)
 
 
+def test_json_mode_answers_parse_and_their_receipt_checks_out_with_inferad_verify(openai_client, devnet, tmp_path):
+    import json
+    import subprocess
+
+    from tests.conftest import INFERAD, ROOT
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}
+    reply = openai_client.chat.completions.create(
+        model="gemma-3-270m", messages=[{"role": "user", "content": "A person, as JSON."}], max_tokens=60,
+        temperature=0.7, response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}})
+    assert reply.choices[0].finish_reason == "stop", reply.choices[0].message.content
+    person = json.loads(reply.choices[0].message.content)
+    assert isinstance(person["name"], str) and isinstance(person["age"], int)
+
+    job_id = reply.model_extra["inferad"]["job_id"]
+    receipt = httpx.get(f"{devnet['api']}/jobs/{job_id}/receipt",
+                        headers={"Authorization": f"Bearer {devnet['api_key']}"}, timeout=30)
+    assert receipt.status_code == 200, receipt.text
+    (tmp_path / "receipt.json").write_text(receipt.text)
+    checked = subprocess.run([*INFERAD, "verify", str(tmp_path / "receipt.json"), "--json"], capture_output=True,
+                             text=True, timeout=300, cwd=ROOT)
+    assert checked.returncode == 0 and json.loads(checked.stdout)["verdict"] == "valid", checked.stdout + checked.stderr
+
+
 def test_token_id_prompts_are_served_and_ids_outside_the_vocabulary_are_400(devnet):
     text = raw_post(devnet, "/completions", {"model": "gemma-3-270m", "prompt": "1, 2, 3,", "max_tokens": 3,
                                              "temperature": 0}).json()
