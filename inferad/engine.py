@@ -413,50 +413,54 @@ class Engine:
         return replay_output(output, params, self._piece, self._is_eog)
 
     def score(self, prompt: list[int], output: Sequence[int], params: wire.SamplingParams, *,
-              job_id: str = NO_JOB, choice: int = 0, slack: float = 0.0) -> list[Position]:
+              job_id: str = NO_JOB, choice: int = 0, slack: float = 0.0,
+              only: Sequence[int] | None = None) -> list[Position]:
         """Teacher-forced re-scoring: one evaluation of prompt + output in a slot, with logits only
-        where an output token is predicted (one :class:`Position` per output token); blocking.
-        A sampled job's positions hold the claimed tokens' intervals against the public draws of
-        ``job_id``'s ``choice``, the nucleus reaching ``slack`` past top_p for float noise.
+        where a re-scored output token is predicted: every one, or the output positions ``only``
+        (one :class:`Position` each, in order); blocking.  A sampled job's positions hold the
+        claimed tokens' intervals against the public draws of ``job_id``'s ``choice``, the nucleus
+        reaching ``slack`` past top_p for float noise.  With a grammar every output token is
+        checked against it, re-scored or not (a forbidden one is a position of its own).
         Raises EngineError when prompt + output do not fit a slot."""
         tokens = list(prompt) + list(output)
         if len(tokens) > self.n_ctx:
             raise EngineError(f"{len(tokens)} tokens do not fit this context of {self.n_ctx}")
         if not output:
             return []
+        wanted = set(range(len(output)) if only is None else only)
         positions: list[Position] = []
-        mask = self._grammar(params.grammar) if params.grammar else None
-        forbidden = False  # the grammar refused a claimed token: it has no state past it
+        walk = _GrammarWalk(self._grammar(params.grammar), list(output)) if params.grammar else None
 
         def on_logits(pos: int, row) -> None:
-            nonlocal forbidden
-            tok = tokens[pos + 1]
             index = pos + 1 - len(prompt)  # in the output
+            if index not in wanted:
+                return
+            tok = tokens[pos + 1]
             u = draw(job_id, params.seed, choice, index) if params.temperature > 0 else None
-            allowed = None
-            if mask is not None:
-                allowed = mask.allowed() if not forbidden else np.zeros(len(row), dtype=bool)
-                forbidden = forbidden or not allowed[tok]
-                if not forbidden:
-                    mask.accept(tok)
-            positions.append(position_of(row, tok, params, bool(self._is_eog(tok)), u, slack, allowed))
-
-        import numpy as np
+            allowed = walk.mask_at(index) if walk is not None else None
+            positions.append(position_of(row, tok, params, bool(self._is_eog(tok)), u, slack, allowed, index))
 
         try:
-            self._score_rows(tokens, len(prompt), on_logits)
+            self._score_rows(tokens, len(prompt), on_logits, wanted)
+            forbidden = walk.first_forbidden() if walk is not None else None
         finally:
-            if mask is not None:
-                mask.close()
+            if walk is not None:
+                walk.mask.close()
+        if forbidden is not None and forbidden not in wanted:  # a grammar needs no logits to refuse a token
+            positions.append(Position(token=output[forbidden], logprob=0.0, top_logprob=0.0, rank=0, forbidden=True,
+                                      index=forbidden))
         return positions
 
-    def _score_rows(self, tokens: list[int], n_prompt: int, on_logits: Callable[[int, Any], None]) -> None:
+    def _score_rows(self, tokens: list[int], n_prompt: int, on_logits: Callable[[int, Any], None],
+                    wanted: set[int] | None = None) -> None:
         """Evaluate ``tokens`` in a slot, handing ``on_logits(pos, row)`` the logits row (a numpy view,
-        valid during the call) of every position that predicts a token after the first ``n_prompt``."""
+        valid during the call) of every position that predicts a token after the first ``n_prompt``
+        (of the output positions ``wanted`` only, when given; the last row always comes)."""
         # logits at position i predict token i + 1: the last prompt position predicts the first output
         evaluated = tuple(tokens[:-1])
-        self._run(_Task(Task(id=object(), tokens=evaluated, logits_from=n_prompt - 1), lambda: False,
-                        on_logits=on_logits))
+        rows = None if wanted is None else frozenset({n_prompt - 1 + i for i in wanted} | {len(evaluated) - 1})
+        self._run(_Task(Task(id=object(), tokens=evaluated, logits_from=n_prompt - 1, logits_at=rows),
+                        lambda: False, on_logits=on_logits))
 
     def close(self) -> None:
         """Stop the loop (running tasks fail with EngineError) and free the context and model."""
@@ -663,6 +667,45 @@ MODEL_ONLY_CTX = 64  # the context of the Llama object that holds weights and vo
 SCORE_CHUNK = 64  # rows with logits per step: bounds the logits buffer (64 x vocabulary floats)
 
 
+class _GrammarWalk:
+    """A grammar advanced along known output tokens (a verifier's replay): the full mask where a
+    position is re-scored, a one-token check everywhere else; it stops at the first token the
+    grammar forbids (llama.cpp cannot advance past one)."""
+
+    def __init__(self, mask, output: list[int]) -> None:
+        self.mask, self.output = mask, output
+        self.walked = 0  # output tokens accepted so far
+        self.forbidden: int | None = None
+
+    def mask_at(self, index: int):
+        """The grammar's mask before output token ``index`` (all False past a forbidden token)."""
+        import numpy as np
+
+        self._advance(index)
+        if self.forbidden is not None:
+            return np.zeros(self.mask.n_vocab, dtype=bool)
+        allowed = self.mask.allowed()
+        if allowed[self.output[index]]:
+            self.mask.accept(self.output[index])
+            self.walked = index + 1
+        else:
+            self.forbidden = index
+        return allowed
+
+    def first_forbidden(self) -> int | None:
+        self._advance(len(self.output))
+        return self.forbidden
+
+    def _advance(self, upto: int) -> None:
+        while self.forbidden is None and self.walked < upto:
+            tok = self.output[self.walked]
+            if not self.mask.allows(tok):
+                self.forbidden = self.walked
+                return
+            self.mask.accept(tok)
+            self.walked += 1
+
+
 @dataclass(frozen=True)
 class Replay:
     text: str
@@ -680,7 +723,7 @@ def replay_output(output: Sequence[int], params: wire.SamplingParams, piece: Cal
 
 
 def position_of(row, token: int, params: wire.SamplingParams, is_eog: bool, u: float | None = None,
-                slack: float = 0.0, allowed=None) -> Position:
+                slack: float = 0.0, allowed=None, index: int | None = None) -> Position:
     """Where ``token`` stood among one position's logits: its log-probability, the best one's,
     how many tokens were more likely; and for a sampled job (``u``: the position's public draw)
     the interval of the job's distribution it owns (:func:`proofs.sampler.interval`)."""
@@ -697,4 +740,4 @@ def position_of(row, token: int, params: wire.SamplingParams, is_eog: bool, u: f
                          slack=slack, u=u, allowed=allowed)
         drawn = Drawn(u=u, lo=share.lo, hi=share.hi, kept=share.kept, stretched=share.stretched)
     return Position(token=token, logprob=claimed - lse, top_logprob=top - lse, rank=int((row > claimed).sum()),
-                    is_eog=is_eog, drawn=drawn, forbidden=allowed is not None and not allowed[token])
+                    is_eog=is_eog, drawn=drawn, forbidden=allowed is not None and not allowed[token], index=index)

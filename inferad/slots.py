@@ -63,12 +63,15 @@ class Task:
     ``logits_from``: None for a generation (logits at the last row, then it samples);
     for a scoring task, the first row whose logits are wanted (every later row too).
     ``n``: a generation's choices, one slot each.
+    ``logits_at``: a scoring task's rows with logits, when not every row from ``logits_from``
+    (a verifier re-scoring a sample of the output's positions).
     """
 
     id: Hashable
     tokens: tuple[int, ...]
     logits_from: int | None = None
     n: int = 1
+    logits_at: frozenset[int] | None = None
 
     @property
     def generates(self) -> bool:
@@ -196,7 +199,10 @@ class Scheduler:
             while slot.state is SlotState.PREFILL and len(rows) < self.n_batch:
                 pos = slot.n_past
                 last = pos == len(task.tokens) - 1
-                logits = last if task.generates else pos >= task.logits_from
+                if task.generates:
+                    logits = last
+                else:
+                    logits = pos in task.logits_at if task.logits_at is not None else pos >= task.logits_from
                 if logits and outputs >= self.max_outputs:
                     break
                 rows.append(Row(slot.index, task.tokens[pos], pos, logits))

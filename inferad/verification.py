@@ -39,8 +39,19 @@ from inferad.store import AsyncStore, jsonable
 from p2p import wire
 from p2p.mesh import PROTOCOL_SETTLEMENT, PROTOCOL_VERIFY, TOPIC_ATTESTATIONS, GossipSettings
 from p2p.streams import FramedStream
-from proofs.check import INCONCLUSIVE, INVALID, Claim, Thresholds, Verdict, check_claim, check_logprobs, combine, judge
-from proofs.draw import SPACE, draw_value, is_drawn, named_verifiers
+from proofs.check import (
+    INCONCLUSIVE,
+    INVALID,
+    VALID,
+    Claim,
+    Thresholds,
+    Verdict,
+    check_claim,
+    check_logprobs,
+    combine,
+    judge,
+)
+from proofs.draw import SPACE, checked_positions, draw_value, is_drawn, named_verifiers
 from proofs.reputation import (
     Evidence,
     Vote,
@@ -70,13 +81,15 @@ def expiry_s(job: wire.JobRequest) -> int:
 
 
 def rescore(engine: Any, job_id: str, job: wire.JobRequest, result: wire.JobResult,
-            thresholds: Thresholds) -> Verdict:
+            thresholds: Thresholds, beacon: bytes | None = None) -> Verdict:
     """The verdict on a result of job ``job_id``, one teacher-forced evaluation per choice; blocking.
 
     Each choice is judged on its own (its usage share: what ``usage.completion_tokens`` claims
     beyond the other choices' tokens; a sampled choice against the public draws of ``job_id``;
     its reported log-probabilities, when the job asked for them), and the verdicts combine as
-    :func:`proofs.check.combine` says."""
+    :func:`proofs.check.combine` says.  With the draw's ``beacon``, the positions re-scored are
+    those :func:`proofs.draw.checked_positions` draws (all of an output of up to 32 tokens);
+    without it (a receipt checked locally), every position."""
     if result.job_id != job_id:
         return Verdict(INVALID, f"the result answers job {result.job_id[:16]}…, not {job_id[:16]}…")
     choices = result.all_choices()
@@ -95,14 +108,17 @@ def rescore(engine: Any, job_id: str, job: wire.JobRequest, result: wire.JobResu
                 text=choice.text, replayed_text=replay.text, finish_reason=choice.finish_reason,
                 replayed_finish_reason=replay.finish_reason, tokens_after_end=replay.tokens_after_end,
                 max_tokens=job.params.max_tokens))
+            if bad is None and (job.params.logprobs is None) != (choice.logprobs is None):
+                bad = Verdict(INVALID, "log-probabilities where the job asked for none, or none where it did")
             if bad is None:
+                only = None if beacon is None else checked_positions(beacon, job_id, index, len(choice.output_tokens))
                 positions = engine.score(prompt, choice.output_tokens, job.params, job_id=job_id, choice=index,
-                                         slack=thresholds.nucleus_slack)
-                if (job.params.logprobs is None) != (choice.logprobs is None):
-                    bad = Verdict(INVALID, "log-probabilities where the job asked for none, or none where it did")
-                elif choice.logprobs is not None:
-                    bad = check_logprobs([e.logprob for e in choice.logprobs], positions, thresholds)
-            verdicts.append(bad or judge(positions, temperature=job.params.temperature, thresholds=thresholds))
+                                         slack=thresholds.nucleus_slack, only=only)
+                bad = judge(positions, temperature=job.params.temperature, thresholds=thresholds)
+                if bad.verdict == VALID and choice.logprobs is not None:
+                    bad = check_logprobs([choice.logprobs[p.index].logprob for p in positions], positions,
+                                         thresholds) or bad
+            verdicts.append(bad)
     except EngineError as exc:
         return Verdict(INCONCLUSIVE, f"cannot re-score: {exc}")
     return combine(verdicts)
@@ -395,7 +411,7 @@ class Verification:
         keep it and gossip it; the signed attestation.  Verifiers and the oracle (as arbiter) use it."""
         started = time.perf_counter()
         verdict = await served.worker.run_in_slot(
-            lambda: rescore(served.engine, job.digest, job.message, result.message, self.thresholds))
+            lambda: rescore(served.engine, job.digest, job.message, result.message, self.thresholds, beacon.hash))
         elapsed = int((time.perf_counter() - started) * 1000)
         metrics = verdict.metrics
         attestation = wire.Attestation(
@@ -446,9 +462,11 @@ class Verification:
                 "attestations": [dict(jsonable(wire.view(a.message)), verifier=a.signer_peer_id)
                                  for a in map(wire.decode, envelope.message.attestations)]}
         served = self.served.get(job_env.message.model.sha256)
-        if served is not None:
+        if served is not None:  # at the positions the attestations' beacon drew, as the verifiers did
+            beacon = next((wire.decode(a).message.beacon for a in envelope.message.attestations), None)
             verdict = await served.worker.run_in_slot(
-                lambda: rescore(served.engine, job_env.digest, job_env.message, result_env.message, self.thresholds))
+                lambda: rescore(served.engine, job_env.digest, job_env.message, result_env.message, self.thresholds,
+                                beacon))
             view["rescored_here"] = {"verdict": verdict.verdict, "reason": verdict.reason}
         return view
 

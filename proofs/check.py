@@ -53,6 +53,11 @@ class Position:
     is_eog: bool = False
     drawn: Drawn | None = None  # a sampled job's replayed draw
     forbidden: bool = False  # the job's grammar does not allow it here
+    index: int | None = None  # its output position, when the positions are a sample (else its place)
+
+
+def _at(i: int, p: Position) -> int:
+    return i if p.index is None else p.index
 
 
 @dataclass(frozen=True)
@@ -126,30 +131,30 @@ def check_claim(c: Claim) -> Verdict | None:
 
 def check_logprobs(claimed: Sequence[float], positions: Sequence[Position],
                    thresholds: Thresholds = Thresholds()) -> Verdict | None:
-    """Log-probabilities a result reports, one per output token, against the re-scored ones:
+    """Log-probabilities a result reports, one per re-scored position, against the re-scored ones:
     INVALID at the first that differs by more than ``logprob_margin`` nats, else None."""
-    for i, (reported, p) in enumerate(zip(claimed, positions, strict=False)):
+    for i, (reported, p) in enumerate(zip(claimed, positions, strict=True)):
         if abs(reported - p.logprob) > thresholds.logprob_margin:
-            return Verdict(INVALID, f"token {i}'s reported log-probability {reported:.3f} is not the model's "
-                                    f"{p.logprob:.3f}", {"positions": len(positions), "position": i})
+            return Verdict(INVALID, f"token {_at(i, p)}'s reported log-probability {reported:.3f} is not the "
+                                    f"model's {p.logprob:.3f}", {"positions": len(positions), "position": _at(i, p)})
     return None
 
 
 def combine(verdicts: Sequence[Verdict]) -> Verdict:
     """One verdict on a result of several choices (one verdict each, in order): the first invalid
     one, naming its choice; else the first inconclusive one; else valid, with the positions
-    summed and the worst greedy gap and z-score."""
+    summed and the worst greedy gap and draw miss."""
     if len(verdicts) == 1:
         return verdicts[0]
     for wanted in (INVALID, INCONCLUSIVE):
         for i, v in enumerate(verdicts):
             if v.verdict == wanted:
                 return Verdict(wanted, f"choice {i}: {v.reason}", v.metrics)
-    metrics: dict = {"positions": sum(v.metrics.get("positions", 0) for v in verdicts)}
-    for key, worst in (("max_gap", max), ("z", min)):
+    metrics: dict = {key: sum(v.metrics.get(key, 0) for v in verdicts) for key in ("positions", "ambiguous")}
+    for key in ("max_gap", "max_miss"):
         values = [v.metrics[key] for v in verdicts if key in v.metrics]
         if values:
-            metrics[key] = worst(values)
+            metrics[key] = max(values)
     return Verdict(VALID, f"every one of {len(verdicts)} choices: {verdicts[0].reason}", metrics)
 
 
@@ -157,8 +162,8 @@ def judge(positions: Sequence[Position], *, temperature: float, thresholds: Thre
     """The verdict on claimed tokens from their re-scored positions."""
     for i, p in enumerate(positions):
         if p.forbidden:
-            return Verdict(INVALID, f"token {i} is one the job's grammar forbids there",
-                           {"positions": len(positions), "position": i})
+            return Verdict(INVALID, f"token {_at(i, p)} is one the job's grammar forbids there",
+                           {"positions": len(positions), "position": _at(i, p)})
     if temperature == 0.0:
         return _judge_greedy(positions, thresholds)
     return _judge_sampled(positions, thresholds)
@@ -168,10 +173,10 @@ def _judge_greedy(positions: Sequence[Position], t: Thresholds) -> Verdict:
     gaps = [p.top_logprob - p.logprob for p in positions]
     metrics = {"positions": len(positions), "max_gap": round(max(gaps, default=0.0), 4),
                "not_top1": sum(1 for p in positions if p.rank > 0)}
-    for i, gap in enumerate(gaps):
+    for i, (gap, p) in enumerate(zip(gaps, positions, strict=True)):
         if gap > t.greedy_margin:
-            return Verdict(INVALID, f"greedy token {i} trails the model's choice by {gap:.2f} nats "
-                                    f"(margin {t.greedy_margin})", dict(metrics, position=i))
+            return Verdict(INVALID, f"greedy token {_at(i, p)} trails the model's choice by {gap:.2f} nats "
+                                    f"(margin {t.greedy_margin})", dict(metrics, position=_at(i, p)))
     return Verdict(VALID, "every token is the model's greedy choice", metrics)
 
 
@@ -183,9 +188,10 @@ def _judge_sampled(positions: Sequence[Position], t: Thresholds) -> Verdict:
                "max_miss": round(max(misses, default=0.0), 6)}
     for i, p in enumerate(positions):
         if not p.drawn.kept:
-            return Verdict(INVALID, f"token {i} is outside the job's top-k or top-p set (or grammar): its sampler "
-                                    f"could not emit it", dict(metrics, position=i))
+            return Verdict(INVALID, f"token {_at(i, p)} is outside the job's top-k or top-p set (or grammar): its "
+                                    f"sampler could not emit it", dict(metrics, position=_at(i, p)))
         if misses[i] > t.draw_band:
-            return Verdict(INVALID, f"token {i} owns [{p.drawn.lo:.4f}, {p.drawn.hi:.4f}) of the job's "
-                                    f"distribution, but the public draw was {p.drawn.u:.4f}", dict(metrics, position=i))
+            return Verdict(INVALID, f"token {_at(i, p)} owns [{p.drawn.lo:.4f}, {p.drawn.hi:.4f}) of the job's "
+                                    f"distribution, but the public draw was {p.drawn.u:.4f}",
+                           dict(metrics, position=_at(i, p)))
     return Verdict(VALID, "every token is the one the public draws select under this model", metrics)

@@ -22,6 +22,11 @@ from collections.abc import Iterable
 
 SPACE = 1 << 256
 VERIFIERS = 2  # k: attestations a drawn job needs
+# Output positions a verifier re-scores per choice: every one of a shorter output.  Each re-scored
+# position costs a projection onto the vocabulary (262k rows for gemma), the bulk of re-scoring;
+# 32 positions drawn after the fact catch a spoof that parts from the model at a share f of its
+# positions as often as an output of 32 tokens checked whole does (docs/verification.md).
+CHECKED_POSITIONS = 32
 REPLACEMENTS = 3  # named verifiers beyond k, for those that cannot answer
 
 
@@ -48,3 +53,15 @@ def named_verifiers(d: int, staked: Iterable[str], *, worker: str) -> list[str]:
     """The verifiers the draw names (the first ``VERIFIERS + REPLACEMENTS`` of the rendezvous
     order over the staked peers, the worker excluded): only their attestations count."""
     return [p for p in rendezvous_order(d, staked) if p != worker][:VERIFIERS + REPLACEMENTS]
+
+
+def checked_positions(beacon: bytes, job_id: str, choice: int, n: int, k: int = CHECKED_POSITIONS) -> list[int]:
+    """The output positions of ``choice`` (of ``n``) a verifier re-scores, ascending: all of them
+    when ``n`` <= ``k``, else the ``k`` with the smallest ``sha256("positions" | beacon | job id |
+    choice (u16) | position (u32))``.  The worker signed before the beacon existed, so it cannot
+    know which positions will be looked at; every verifier looks at the same ones."""
+    if n <= k:
+        return list(range(n))
+    prefix = b"positions" + beacon + bytes.fromhex(job_id) + choice.to_bytes(2, "big")
+    ranked = sorted(range(n), key=lambda i: hashlib.sha256(prefix + i.to_bytes(4, "big")).digest())
+    return sorted(ranked[:k])

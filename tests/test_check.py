@@ -178,3 +178,12 @@ def test_one_verifier_signing_twice_is_not_a_quorum():
     key = SigningKey.generate()
     with pytest.raises(SettlementError):
         verify_evidence(evidence(["invalid", "invalid"], signers=[key, key]), quorum=2, eligible=anyone)
+
+
+def test_a_verdict_on_a_sample_of_positions_names_the_output_position():
+    import dataclasses
+
+    sample = [dataclasses.replace(greedy(), index=i) for i in (3, 17)] + \
+        [dataclasses.replace(greedy(gap=2.0), index=40)]
+    verdict = judge(sample, temperature=0.0)
+    assert verdict.verdict == INVALID and verdict.metrics["position"] == 40 and "token 40" in verdict.reason

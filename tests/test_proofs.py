@@ -79,3 +79,15 @@ def test_reputation_rewards_honesty_and_punishes_lies_harder(valid, invalid, fai
 def test_one_proven_lie_outweighs_many_honest_jobs():
     honest = Evidence(valid=15)
     assert reputation(honest.add(invalid=1)) < reputation(Evidence())
+
+
+def test_a_verifier_rescores_every_position_of_a_short_output_and_a_drawn_sample_of_a_long_one():
+    from proofs.draw import CHECKED_POSITIONS, checked_positions
+
+    assert checked_positions(b"\1" * 32, "ab" * 32, 0, 20) == list(range(20))
+    sample = checked_positions(b"\1" * 32, "ab" * 32, 0, 256)
+    assert len(sample) == CHECKED_POSITIONS == len(set(sample)) and sample == sorted(sample)
+    assert all(0 <= i < 256 for i in sample)
+    assert sample == checked_positions(b"\1" * 32, "ab" * 32, 0, 256)  # every verifier: the same positions
+    assert sample != checked_positions(b"\2" * 32, "ab" * 32, 0, 256)  # the beacon decides them
+    assert sample != checked_positions(b"\1" * 32, "ab" * 32, 1, 256)  # and each choice has its own

@@ -111,3 +111,27 @@ def test_json_mode_results_are_replayed_under_the_grammar_and_a_token_it_forbids
     prose = forged_result(engine, job_id, job, tokens, words, WORKER)  # ends as a finished answer would
     verdict = rescore(engine, job_id, job, prose, Thresholds())
     assert verdict.verdict == "invalid" and "grammar" in verdict.reason, verdict
+
+
+def test_a_drawn_verifier_rescores_a_sample_of_32_positions_of_a_long_output(engine):
+    job = make_job("Write a long story about a dragon who learns to cook.", model=engine.ref,
+                   **dict(SAMPLED, max_tokens=96))
+    honest, job_id = honest_result(engine, job), job_id_of(job)
+    verdict = rescore(engine, job_id, job, honest, Thresholds(), beacon=b"\7" * 32)
+    assert verdict.verdict == "valid" and verdict.metrics["positions"] == 32, verdict
+    tokens = engine.prompt_tokens(job)
+    spoof = FORGERIES["other_prompt"](engine, tokens, list(honest.output_tokens), job.params, random.Random(1), job_id)
+    forged = forged_result(engine, job_id, job, tokens, spoof, WORKER)
+    assert rescore(engine, job_id, job, forged, Thresholds(), beacon=b"\7" * 32).verdict == "invalid"
+
+
+def test_a_token_the_grammar_forbids_is_caught_where_no_logits_were_looked_at(engine):
+    from inferad.grammar import grammar_for
+
+    job = make_job("A person, as JSON:", model=engine.ref, grammar=grammar_for({"type": "json_object"}),
+                   **dict(SAMPLED, max_tokens=64))
+    job_id, tokens = job_id_of(job), engine.prompt_tokens(job)
+    words = (engine.tokenize(" Hello there, this is not JSON at all." * 6)[1:])[:60] + [engine._llm.token_eos()]
+    prose = forged_result(engine, job_id, job, tokens, words, WORKER)
+    verdict = rescore(engine, job_id, job, prose, Thresholds(), beacon=b"\3" * 32)
+    assert verdict.verdict == "invalid" and "grammar" in verdict.reason, verdict

@@ -166,3 +166,9 @@ def test_the_rate_meter_counts_tokens_over_the_last_seconds_only():
         meter.add(2, float(t))  # 2 tokens a second for 10 s
     assert meter.rate(10.0) == 2.0
     assert meter.rate(25.0) == 0.0  # nothing lately: no claim
+
+
+def test_a_scoring_task_can_want_logits_at_chosen_rows_only():
+    s = Scheduler(n_slots=1, n_batch=16, n_ctx_slot=32)
+    submitted(s, Task(id="sample", tokens=tuple(range(8)), logits_from=2, logits_at=frozenset({3, 5, 7})))
+    assert [r.pos for r in s.next_batch() if r.logits] == [3, 5, 7]
