@@ -80,6 +80,26 @@ def _scaled(logits, temperature: float, top_k: int, allowed, token: int | None =
     return z, stretched
 
 
+def _near_nucleus(z, weights, total, token, temperature, top_p, slack) -> bool:
+    """Whether the mass ahead of ``token`` in canonical order is within ``slack`` of ``top_p``."""
+    ahead = (z > z[token]) | ((z == z[token]) & (np.arange(z.size) < token))
+    return float(weights[ahead].sum(dtype=np.float64)) / total < top_p + slack
+
+
+def _edge_interval(z, weights, total, token, temperature, top_p, slack) -> Interval:
+    """A claimed token just past the nucleus, as the verifier's logits order it: kept (stretched)
+    when the tokens *clearly* ahead of it (by more than ``TOP_K_MARGIN`` nats) hold less than
+    ``top_p + slack``, since near-equal neighbours may stand in either order under float noise;
+    its interval is then taken over the canonical prefix through it."""
+    clearly = z > z[token] + np.float32(TOP_K_MARGIN / temperature)
+    if float(weights[clearly].sum(dtype=np.float64)) / total >= top_p + slack:
+        return Interval(0.0, 0.0, kept=False)
+    kept = (z > z[token]) | ((z == z[token]) & (np.arange(z.size) <= token))
+    mass = float(weights[kept].sum(dtype=np.float64))
+    before = float(weights[:token][kept[:token]].sum(dtype=np.float64))
+    return Interval(before / mass, (before + float(weights[token])) / mass, stretched=True)
+
+
 def _keep(z: np.ndarray, ids: np.ndarray) -> np.ndarray:
     kept = np.full(z.shape, np.float32(-np.inf))
     kept[ids] = z[ids]
@@ -147,15 +167,18 @@ def interval(logits, token: int, *, temperature: float, top_k: int = 0, top_p: f
     ids, cumulative = _prefix(z, weights, total, max(top_p, min(top_p + slack, REACH)))
     where = np.flatnonzero(ids == token)
     nominal = min(int(np.searchsorted(cumulative, top_p)), len(ids) - 1)
-    if not where.size or (not slack and where[0] > nominal):
-        return Interval(0.0, 0.0, kept=False)
+    if not where.size or where[0] > nominal:
+        if not slack:
+            return Interval(0.0, 0.0, kept=False)
+        if where.size == 0 or not _near_nucleus(z, weights, total, token, temperature, top_p, slack):
+            return _edge_interval(z, weights, total, token, temperature, top_p, slack)
     ahead = np.cumsum(weights[ids] * (ids < token), dtype=np.float64) / total  # kept mass with a lower id, by end
     before_end = np.concatenate(([0.0], cumulative[:-1]))
     ends = np.arange(len(ids))  # the nucleus keeps ids[: e + 1]
     near = (cumulative >= top_p - slack) & (before_end < top_p + slack)
     plausible = (ends >= where[0]) & ((ends == nominal) | near)
     if not plausible.any():
-        return Interval(0.0, 0.0, kept=False)
+        return _edge_interval(z, weights, total, token, temperature, top_p, slack)
     lo = ahead / cumulative
     hi = (ahead + weights[token] / total) / cumulative
     miss = np.zeros(len(ids)) if u is None else np.maximum(np.maximum(lo - u, u - hi), 0.0)

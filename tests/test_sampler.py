@@ -107,3 +107,12 @@ def test_an_honest_draw_inside_the_nominal_nucleus_is_not_called_stretched():
     logits = np.array([2.0, 1.0, 1.0, -1.0], dtype=np.float32)
     token = sample(logits, 0.2, temperature=1.0, top_p=0.9)
     assert not interval(logits, token, temperature=1.0, top_p=0.9, slack=0.12, u=0.2).stretched
+
+
+def test_a_claimed_token_just_past_the_nucleus_with_near_equal_neighbours_is_stretched_not_refused():
+    # worker: [0.5, 0.3, 0.1, 0.1...]; the verifier's noise put token 3 ahead of token 2: top_p 0.9
+    # then ends at token 3 by its view, although the worker's nucleus ended at token 2
+    logits = np.log(np.array([0.5, 0.3, 0.099, 0.101], dtype=np.float32))
+    assert not interval(logits, 2, temperature=1.0, top_p=0.85).kept
+    share = interval(logits, 2, temperature=1.0, top_p=0.85, slack=0.06, u=0.9)
+    assert share.kept and share.stretched
