@@ -73,7 +73,7 @@ class Thresholds:
     # The same rounding moves the boundaries of a sampled token's interval: by how much
     # probability mass a public draw may miss the claimed token's interval and still be
     # ambiguous rather than a lie (benchmarks/verify_calibration.py measures the misses).
-    draw_band: float = 0.12
+    draw_band: float = 0.15
     # Where the nucleus ends moves with the same noise: a verifier considers every end whose
     # cumulative probability is within nucleus_slack of top_p (boundary shifts up to 0.052 seen).
     nucleus_slack: float = 0.06
