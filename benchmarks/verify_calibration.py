@@ -163,7 +163,8 @@ def main() -> None:
         print(f"greedy: largest gap to the top token {max(gaps):.3f} nats (margin {thresholds.greedy_margin}); "
               f"median {statistics.median(gaps):.3f}")
     if misses:
-        print(f"sampled: largest miss of a public draw {max(misses):.4f} of the mass (band {thresholds.draw_band}); "
+        print(f"sampled: largest miss of a public draw {max(misses):.4f} of the mass (inside what "
+              f"{thresholds.draw_margin} nats of logit noise explains); "
               f"ambiguous positions {ambiguous}/{positions} = {100 * ambiguous / max(positions, 1):.2f} %")
     print(f"re-score time per honest job: median {statistics.median(seconds) * 1000:.0f} ms\n")
     if not rows:

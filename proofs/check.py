@@ -13,13 +13,15 @@ likely one, or trail it by at most ``greedy_margin`` nats (a batched
 evaluation and an incremental decode round floats differently, so near ties
 can flip).  Sampled jobs are replayed: the worker drew each token with a
 public uniform number ``u`` (:mod:`proofs.sampler`), so each claimed token's
-interval of the job's distribution, recomputed here, must hold ``u``, give or
-take ``draw_band`` of probability mass for float noise.  A ``u`` inside the band
-but outside the interval is *ambiguous*: counted, never a failure.
+interval of the job's distribution, recomputed here, must hold ``u``, or be
+brought to it by shifting every logit by at most ``draw_margin`` nats (float
+noise).  A ``u`` that only such a shift explains is *ambiguous*: counted, never
+a failure.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -40,6 +42,15 @@ class Drawn:
     def miss(self) -> float:
         """How far ``u`` lies outside the interval, in probability mass (0 inside)."""
         return max(self.lo - self.u, self.u - self.hi, 0.0) if self.kept else 1.0
+
+    def reach(self, nats: float) -> tuple[float, float]:
+        """The interval at its widest when every logit may be off by ``nats`` (already divided by
+        the temperature): the mass before it shrunk and the mass after it grown by e**nats each,
+        and the other way round."""
+        down, up = math.exp(-nats), math.exp(nats)
+        lo = self.lo * down / (self.lo * down + (1.0 - self.lo) * up)
+        hi = self.hi * up / (self.hi * up + (1.0 - self.hi) * down)
+        return lo, hi
 
 
 @dataclass(frozen=True)
@@ -70,10 +81,12 @@ class Thresholds:
     # A log-probability the result reports may differ from the re-scored one by float noise only:
     # the same rounding as greedy_margin (both are differences of the same logits).
     logprob_margin: float = 0.5
-    # The same rounding moves the boundaries of a sampled token's interval: by how much
-    # probability mass a public draw may miss the claimed token's interval and still be
-    # ambiguous rather than a lie (benchmarks/verify_calibration.py measures the misses).
-    draw_band: float = 0.15
+    # The same rounding moves the boundaries of a sampled token's interval: a public draw outside
+    # the claimed token's interval is ambiguous, not a lie, while some shift of every logit by at
+    # most draw_margin nats (over the temperature) would bring it in (Drawn.reach).  A band of
+    # fixed mass did not hold: a draw missed by 0.126 and another by 0.158 in 500 honest jobs,
+    # where a large token ahead in id order moved (benchmarks/verify_calibration.py).
+    draw_margin: float = 0.4
     # Where the nucleus ends moves with the same noise: a verifier considers every end whose
     # cumulative probability is within nucleus_slack of top_p (boundary shifts up to 0.052 seen).
     nucleus_slack: float = 0.06
@@ -166,7 +179,7 @@ def judge(positions: Sequence[Position], *, temperature: float, thresholds: Thre
                            {"positions": len(positions), "position": _at(i, p)})
     if temperature == 0.0:
         return _judge_greedy(positions, thresholds)
-    return _judge_sampled(positions, thresholds)
+    return _judge_sampled(positions, thresholds, temperature)
 
 
 def _judge_greedy(positions: Sequence[Position], t: Thresholds) -> Verdict:
@@ -180,17 +193,21 @@ def _judge_greedy(positions: Sequence[Position], t: Thresholds) -> Verdict:
     return Verdict(VALID, "every token is the model's greedy choice", metrics)
 
 
-def _judge_sampled(positions: Sequence[Position], t: Thresholds) -> Verdict:
+def _judge_sampled(positions: Sequence[Position], t: Thresholds, temperature: float) -> Verdict:
     misses = [p.drawn.miss() for p in positions]
+    beyond = []  # whether each draw lies beyond what float noise can explain
+    for p in positions:
+        lo, hi = p.drawn.reach(t.draw_margin / temperature)
+        beyond.append(p.drawn.kept and not lo <= p.drawn.u < hi)
     metrics = {"positions": len(positions),
-               "ambiguous": sum(1 for p, m in zip(positions, misses, strict=True)
-                                if 0 < m <= t.draw_band or (p.drawn.stretched and m <= t.draw_band)),
+               "ambiguous": sum(1 for p, m, b in zip(positions, misses, beyond, strict=True)
+                                if (m > 0 or p.drawn.stretched) and not b and p.drawn.kept),
                "max_miss": round(max(misses, default=0.0), 6)}
     for i, p in enumerate(positions):
         if not p.drawn.kept:
             return Verdict(INVALID, f"token {_at(i, p)} is outside the job's top-k or top-p set (or grammar): its "
                                     f"sampler could not emit it", dict(metrics, position=_at(i, p)))
-        if misses[i] > t.draw_band:
+        if beyond[i]:
             return Verdict(INVALID, f"token {_at(i, p)} owns [{p.drawn.lo:.4f}, {p.drawn.hi:.4f}) of the job's "
                                     f"distribution, but the public draw was {p.drawn.u:.4f}",
                            dict(metrics, position=_at(i, p)))

@@ -40,11 +40,18 @@ def test_a_sampled_token_whose_interval_misses_the_public_draw_is_invalid_and_na
     assert verdict.verdict == INVALID and verdict.metrics["position"] == 3 and "public draw" in verdict.reason
 
 
-def test_a_draw_within_the_float_noise_band_of_the_interval_is_ambiguous_not_a_lie():
-    band = Thresholds().draw_band
-    verdict = judge([sampled(u=0.6 + band / 2), sampled(u=0.4 - band / 2), sampled()], temperature=1.0)
+def test_a_draw_that_float_noise_in_the_logits_explains_is_ambiguous_not_a_lie():
+    lo, hi = Drawn(u=0.5, lo=0.4, hi=0.6).reach(Thresholds().draw_margin)  # at temperature 1
+    assert 0.2 < lo < 0.4 and 0.6 < hi < 0.8
+    verdict = judge([sampled(u=(0.6 + hi) / 2), sampled(u=(lo + 0.4) / 2), sampled()], temperature=1.0)
     assert verdict.verdict == VALID and verdict.metrics["ambiguous"] == 2
-    assert judge([sampled(u=0.6 + 2 * band)], temperature=1.0).verdict == INVALID
+    assert judge([sampled(u=hi + 0.02)], temperature=1.0).verdict == INVALID
+
+
+def test_the_noise_a_draw_is_allowed_grows_as_the_temperature_falls():
+    near_miss = sampled(u=0.85)
+    assert judge([near_miss], temperature=1.0).verdict == INVALID
+    assert judge([near_miss], temperature=0.3).verdict == VALID
 
 
 def test_a_token_the_jobs_top_k_or_top_p_excludes_is_invalid_wherever_the_draw_fell():
