@@ -199,10 +199,10 @@ def test_json_mode_answers_parse_and_their_receipt_checks_out_with_inferad_verif
 
     from tests.conftest import INFERAD, ROOT
 
-    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-              "required": ["name", "age"]}
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20}, "age": {"type": "integer"}},
+              "required": ["name", "age"]}  # at most ~55 tokens, so it ends with "stop"
     reply = openai_client.chat.completions.create(
-        model="gemma-3-270m", messages=[{"role": "user", "content": "A person, as JSON."}], max_tokens=60,
+        model="gemma-3-270m", messages=[{"role": "user", "content": "A person, as JSON."}], max_tokens=100,
         temperature=0.7, response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}})
     assert reply.choices[0].finish_reason == "stop", reply.choices[0].message.content
     person = json.loads(reply.choices[0].message.content)

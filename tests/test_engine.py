@@ -314,8 +314,9 @@ def test_json_mode_output_parses_and_follows_the_schema(batched, temperature):
 
     from inferad.grammar import grammar_for
 
-    schema = {"type": "object", "properties": {"city": {"type": "string"}, "people": {"type": "integer"}},
-              "required": ["city", "people"]}
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40},
+                                               "people": {"type": "integer"}},
+              "required": ["city", "people"]}  # at most ~80 tokens, so it ends with "stop"
     grammar = grammar_for({"type": "json_schema", "json_schema": {"name": "place", "schema": schema}})
     prompt = batched.tokenize("The largest city in France, as JSON:")
     params = wire.SamplingParams(max_tokens=120, temperature=temperature, seed=2, grammar=grammar)
