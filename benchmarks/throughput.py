@@ -41,9 +41,6 @@ def direct_batched(model_path: Path, n: int, tokens: int, n_ctx: int, threads: i
     """(a): aggregate tokens/s of ``n`` sequences decoded in one llama.cpp batch."""
     import llama_cpp
 
-    from inferad.engine import sampler_chain
-    from p2p import wire
-
     llm = llama_cpp.Llama(str(model_path), n_ctx=64, n_threads=threads, flash_attn=True, verbose=False)
     params = llama_cpp.llama_context_params()  # llama-cpp-python's settings, as the engine takes them
     ctypes.memmove(ctypes.byref(params), ctypes.byref(llm.context_params), ctypes.sizeof(params))
@@ -51,9 +48,14 @@ def direct_batched(model_path: Path, n: int, tokens: int, n_ctx: int, threads: i
     params.n_seq_max, params.n_threads, params.n_threads_batch, params.kv_unified = n, threads, threads, False
     ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
     batch = llama_cpp.llama_batch_init(max(512, n), 0, 1)
-    # the node's sampler for the API's defaults (top_p 1, top_k 0) at TEMPERATURE, one seed per client
-    samplers = [sampler_chain(wire.SamplingParams(max_tokens=tokens, temperature=TEMPERATURE, seed=1000 + seq))
-                for seq in range(n)]
+    # llama.cpp's own sampler for the API's defaults (top_p 1, top_k 0) at TEMPERATURE, one seed per
+    # client: what llama.cpp alone does (the node samples with its replayable sampler instead)
+    samplers = []
+    for seq in range(n):
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        for stage in (llama_cpp.llama_sampler_init_temp(TEMPERATURE), llama_cpp.llama_sampler_init_dist(1000 + seq)):
+            llama_cpp.llama_sampler_chain_add(chain, stage)
+        samplers.append(chain)
     prompt = llm.tokenize(PROMPT.encode(), add_bos=True)
 
     def decode(rows: list[tuple[int, int, int, bool]]) -> None:

@@ -142,8 +142,10 @@ def sample(logits, u: float, *, temperature: float, top_k: int = 0, top_p: float
     if top_p < 1.0:
         weights, total = _weights(_keep(z, _prefix(z, weights, total, top_p)[0]))
     cumulative = np.cumsum(weights, dtype=np.float64)
-    token = int(np.searchsorted(cumulative, u * total, side="right"))
-    return min(token, int(np.flatnonzero(weights)[-1]))
+    token = min(int(np.searchsorted(cumulative, u * total, side="right")), len(weights) - 1)
+    while weights[token] == 0:  # u * total at the very top, past the last token with a chance
+        token -= 1
+    return token
 
 
 def interval(logits, token: int, *, temperature: float, top_k: int = 0, top_p: float = 1.0,
