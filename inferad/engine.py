@@ -236,9 +236,10 @@ class Engine:
 
     One thread, started here, owns the llama.cpp context and runs the loop of llama.cpp's server
     (``update_slots``): take new and cancelled work, plan a batch (:class:`inferad.slots.Scheduler`:
-    a token from every generating slot, then prompt chunks), decode it, then sample each generating
-    slot from its own logits row with its own sampler chain and hand the token to its
-    :class:`OutputStream` (stop strings, end of sequence, ``max_tokens``).  A job joins between two
+    a token from every generating slot, then prompt chunks), decode it, then pick each generating
+    slot's token from its own logits row (:func:`pick`: greedy, or the replayable sampler with the
+    job's public draws, under its grammar) and hand it to its :class:`OutputStream` (stop
+    strings, end of sequence, ``max_tokens``).  A job joins between two
     steps and leaves at the step after it ends or its consumer goes away; re-scoring for
     verification (:meth:`score`) is a task of the same loop.
 
@@ -247,11 +248,11 @@ class Engine:
     with a stream per sequence, of ``n_ctx`` positions (llama.cpp's ``n_ctx_seq``).
 
     Reproducibility: a job alone in the batch is decoded exactly as llama-cpp-python's
-    ``Llama(flash_attn=True).generate`` decodes it (same chunks of :data:`N_BATCH`, same sampler
-    chain, same seed; :data:`FLASH_ATTENTION` says why it is on), so a greedy job gives the same
-    tokens; batched with others, its logits can differ in the last bits, which changes a greedy
-    token only at near-ties (docs/benchmarks.md measures how often; verifiers allow
-    ``greedy_margin`` for it).
+    ``Llama(flash_attn=True).generate`` decodes it (same chunks of :data:`N_BATCH`;
+    :data:`FLASH_ATTENTION` says why it is on), so a greedy job gives the same tokens, and a
+    sampled one the same tokens for the same job id, seed and build; batched with others, its
+    logits can differ in the last bits, which changes a greedy token only at near-ties
+    (docs/benchmarks.md measures how often; verifiers allow ``greedy_margin`` for it).
     """
 
     kind = "llama.cpp"
