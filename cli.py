@@ -326,6 +326,8 @@ def submit(home, prompt, node, node_home, model, max_tokens, temperature, top_p,
     if as_json:
         emit_json(completion.to_json())
         return
+    from inferad.openai_response import token_string
+
     result = completion.result
     for i, choice in enumerate(result.all_choices()):
         if n > 1:
@@ -333,8 +335,8 @@ def submit(home, prompt, node, node_home, model, max_tokens, temperature, top_p,
             click.echo(choice.text, nl=False)
         click.echo()
         for entry in choice.logprobs or ():
-            alternatives = ", ".join(f"{t.piece.decode(errors='replace')!r} {t.logprob:.3f}" for t in entry.top)
-            click.echo(f"  {entry.piece.decode(errors='replace')!r:>16} {entry.logprob:8.3f}"
+            alternatives = ", ".join(f"{token_string(t.piece)!r} {t.logprob:.3f}" for t in entry.top)
+            click.echo(f"  {token_string(entry.piece)!r:>16} {entry.logprob:8.3f}"
                        + (f"   ({alternatives})" if alternatives else ""), err=True)
     click.secho(
         f"[{result.usage.completion_tokens} tokens, {result.finish_reason}; signed by worker "

@@ -370,10 +370,8 @@ class Engine:
             raise EngineError("a job with several choices cannot be continued after a prefix")
         outs = [OutputStream(params, self._piece, self._is_eog, on_token, choice=i) for i in range(params.n)]
         prefix = list(prefix)
-        if prefix and params.logprobs is not None:
-            outs[0].replay(prefix, self._logprobs_of(prompt, prefix, params.logprobs))
-        else:
-            outs[0].replay(prefix)
+        known = self._logprobs_of(prompt, prefix, params.logprobs) if prefix and params.logprobs is not None else ()
+        outs[0].replay(prefix, known)
         if outs[0].finish_reason is not None:
             return outs[0].result(len(prompt))
         grammars = [self._grammar(params.grammar, prefix) for _ in range(params.n)] if params.grammar else []
