@@ -16,7 +16,8 @@ public uniform number ``u`` (:mod:`proofs.sampler`), so each claimed token's
 interval of the job's distribution, recomputed here, must hold ``u``, or be
 brought to it by shifting every logit by at most ``draw_margin`` nats (float
 noise).  A ``u`` that only such a shift explains is *ambiguous*: counted, never
-a failure.
+a failure; but a token that even the worst such shift leaves less likely than
+``sampled_floor`` is a lie wherever the draw fell.
 """
 
 from __future__ import annotations
@@ -90,6 +91,16 @@ class Thresholds:
     # Where the nucleus ends moves with the same noise: a verifier considers every end whose
     # cumulative probability is within nucleus_slack of top_p (boundary shifts up to 0.052 seen).
     nucleus_slack: float = 0.06
+    # A sampled token the worker's own logits (within draw_margin of ours) made less likely than
+    # this is a lie whatever the draw: its probability is at most exp(-(gap - 2 draw_margin) / T),
+    # with gap its distance below the best token in nats (softmax ratios survive top-k, top-p and
+    # renormalisation).  Noise tolerance near a boundary could otherwise pass a doctored token of
+    # next to no probability whose interval happens to lie beside the draw.
+    sampled_floor: float = 1e-12
+
+    def unlikely_gap(self, temperature: float) -> float:
+        """The gap (nats, at temperature 1) beyond which a sampled token is under ``sampled_floor``."""
+        return 2.0 * self.draw_margin + temperature * math.log(1.0 / self.sampled_floor)
 
 
 @dataclass(frozen=True)
@@ -204,6 +215,10 @@ def _judge_sampled(positions: Sequence[Position], t: Thresholds, temperature: fl
                                 if (m > 0 or p.drawn.stretched) and not b and p.drawn.kept),
                "max_miss": round(max(misses, default=0.0), 6)}
     for i, p in enumerate(positions):
+        if p.top_logprob - p.logprob > t.unlikely_gap(temperature):
+            return Verdict(INVALID, f"token {_at(i, p)} trails the best by {p.top_logprob - p.logprob:.1f} nats: at "
+                                    f"temperature {temperature} a sampler emits it less than once in "
+                                    f"{1 / t.sampled_floor:.0e} draws", dict(metrics, position=_at(i, p)))
         if not p.drawn.kept:
             return Verdict(INVALID, f"token {_at(i, p)} is outside the job's top-k or top-p set (or grammar): its "
                                     f"sampler could not emit it", dict(metrics, position=_at(i, p)))

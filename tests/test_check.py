@@ -48,6 +48,16 @@ def test_a_draw_that_float_noise_in_the_logits_explains_is_ambiguous_not_a_lie()
     assert judge([sampled(u=hi + 0.02)], temperature=1.0).verdict == INVALID
 
 
+def test_a_sampled_token_of_next_to_no_probability_is_invalid_even_beside_the_draw():
+    """A doctored token whose interval, in id order, happens to lie within noise of the draw (the
+    field's case: 28 nats below the best at temperature 0.9)."""
+    doctored = Position(token=1, logprob=-28.0, top_logprob=-1.0, rank=9000, drawn=Drawn(u=0.3, lo=0.3001, hi=0.3001))
+    verdict = judge([sampled(), doctored], temperature=0.9)
+    assert verdict.verdict == INVALID and verdict.metrics["position"] == 1 and "trails the best" in verdict.reason
+    rare = Position(token=1, logprob=-15.0, top_logprob=-1.0, rank=900, drawn=Drawn(u=0.3, lo=0.2999, hi=0.3001))
+    assert judge([rare], temperature=1.5).verdict == VALID  # unlikely, not impossible: once in 10**9 draws
+
+
 def test_the_noise_a_draw_is_allowed_grows_as_the_temperature_falls():
     near_miss = sampled(u=0.85)
     assert judge([near_miss], temperature=1.0).verdict == INVALID
