@@ -99,8 +99,12 @@ def init(home: Path | None, as_json: bool) -> None:
               help="libp2p listen address, repeatable [config node.listen; e.g. /ip4/127.0.0.1/tcp/0].")
 @click.option("--bootstrap", multiple=True, metavar="MULTIADDR",
               help="Node to join (/ip4/…/tcp/…/p2p/12D3KooW…), repeatable [config node.bootstrap].")
-@click.option("--model", "models", multiple=True, metavar="NAME|GGUF",
-              help="Model to serve, repeatable: a catalog name or a GGUF path [default gemma-3-270m].")
+@click.option("--model", "models", multiple=True, metavar="NAME|GGUF|sha256:HEX",
+              help="Model to serve, repeatable: a catalog name, a GGUF path, or sha256:<hex> (label@sha256:<hex>): "
+                   "a model fetched from the peers that serve it when the cache lacks it [default gemma-3-270m].")
+@click.option("--model-cache-limit", type=click.IntRange(0), metavar="BYTES",
+              help="Bytes of fetched models the cache keeps, least recently used evicted first [config "
+                   "engine.model_cache_limit; default 0: no limit].")
 @click.option("--advert-interval", type=click.IntRange(1, 3600),
               help="Seconds between adverts [config node.advert_interval; default 2]; raise it in large networks.")
 @click.option("--ip-colocation-limit", type=click.IntRange(0, 10000), metavar="N",
@@ -136,7 +140,8 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
               show_default=True)
-def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models, no_model, engine, chain_path,
+def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models, model_cache_limit, no_model, engine,
+          chain_path,
           run_oracle, sim_tokens_per_s, max_tokens, n_ctx, parallel, threads, api_port, api_host, api_max_price,
           log_format, log_level) -> None:
     """Run the node daemon until Ctrl-C or SIGTERM.
@@ -157,6 +162,7 @@ def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models,
         config = h.config.with_overrides(listen=listen or None, bootstrap=bootstrap or None,
                                          advert_interval=advert_interval, ip_colocation_limit=ip_colocation_limit,
                                          models=() if no_model else (models or None),
+                                         model_cache_limit=model_cache_limit,
                                          max_tokens=max_tokens, n_ctx=n_ctx, parallel=parallel, n_threads=threads,
                                          api_port=api_port, api_host=api_host, api_max_price=api_max_price)
     except ConfigError as exc:
@@ -193,11 +199,14 @@ def _prepare_models(specs) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
+    from inferad.model_cache import model_ref
     from inferad.models import ModelError, resolve
 
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn())
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         for spec in specs:
+            if model_ref(spec) is not None:  # the cache's, or the node fetches it from peers
+                continue
             task = bar.add_task(f"preparing {spec} (assemble, sha256)", total=None)
             try:
                 resolve(spec, lambda done, total, task=task: bar.update(task, completed=done, total=total))
@@ -432,12 +441,106 @@ def peers(home, as_json) -> None:
     _show_network(home, "peers", as_json, "no peers yet", _render_peer)
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @home_option
 @json_option
-def models(home, as_json) -> None:
-    """Models served in the network the running node is part of, and who serves them."""
-    _show_network(home, "models", as_json, "no models in the network yet", _render_model)
+@click.pass_context
+def models(ctx, home, as_json) -> None:
+    """Models served in the network the running node is part of, and who serves them.
+
+    \b
+    inferad models                 what the network serves (asks the running node)
+    inferad models list            the model cache on this machine
+    inferad models pull REF        fetch sha256:<hex> from the peers that serve it (the running node does)
+    inferad models rm REF          remove a model from the cache
+    """
+    if ctx.invoked_subcommand is None:
+        _show_network(home, "models", as_json, "no models in the network yet", _render_model)
+
+
+@models.command("list")
+@json_option
+def models_list(as_json) -> None:
+    """The model cache: label, sha256, size, source (catalog, or the peers it came from), last use."""
+    from inferad.model_cache import ModelCache
+
+    cache = ModelCache()
+    rows = [m.to_json() for m in cache.entries()]
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo(f"the model cache {cache.root} is empty")
+    for m in rows:
+        source = m["source"] if m["source"] == "catalog" else f"from {len(m['source'].split(','))} peer(s)"
+        click.echo(f"{m['label']}  sha256:{m['sha256']}  {m['size'] / 1e6:.0f} MB  {source}  "
+                   f"used {time.strftime('%Y-%m-%d %H:%M', time.localtime(m['last_used']))}")
+
+
+@models.command("rm")
+@click.argument("ref")
+def models_rm(ref) -> None:
+    """Remove REF (sha256:<hex>, label@sha256:<hex> or a label) from the model cache."""
+    from inferad.model_cache import ModelCache
+    from inferad.models import ModelError
+
+    cache = ModelCache()
+    try:
+        found = cache.find(ref)
+    except ModelError as exc:
+        fail(str(exc))
+    if found is None:
+        fail(f"no cached model is {ref!r} (`inferad models list` shows the cache)")
+    cache.remove(found)
+    click.echo(f"removed {found.label} (sha256:{found.sha256}, {found.size / 1e6:.0f} MB)")
+
+
+@models.command("pull")
+@home_option
+@click.argument("ref")
+@click.option("--timeout", type=click.FloatRange(1), default=3600, show_default=True,
+              help="Seconds without an answer from the node before giving up.")
+def models_pull(home, ref, timeout) -> None:
+    """Fetch REF (sha256:<hex> or label@sha256:<hex>) into the cache from the peers that serve it.
+
+    The node running on --home fetches it (it knows the peers): chunks come from every provider
+    at once, each checked against the root its provider signed, the whole file against the sha256.
+    An interrupted pull resumes where it stopped."""
+    import msgpack
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    from inferad import control
+    from p2p import wire
+
+    path = _node_control(open_home(home).path)
+    decoder = wire.FrameDecoder(control.MAX_REPLY)
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    try:
+        sock = control.connect(path, "pull", timeout=timeout, ref=ref)
+    except control.ControlError as exc:
+        fail(str(exc), EXIT_UNREACHABLE)
+    with sock, Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(f"pulling {ref[:24]}", total=None)
+        while True:
+            while (frame := decoder.next_frame()) is None:
+                try:
+                    data = sock.recv(1 << 16)
+                except OSError as exc:
+                    fail(f"the node stopped answering: {exc}", EXIT_UNREACHABLE)
+                if not data:
+                    fail("the node closed the connection before the pull ended (see its log)", EXIT_UNREACHABLE)
+                decoder.feed(data)
+            reply = msgpack.unpackb(frame)
+            if "progress" in reply:
+                bar.update(task, completed=reply["progress"]["done"], total=reply["progress"]["total"])
+                continue
+            break
+    if "error" in reply:
+        fail(reply["error"])
+    m = reply["ok"]
+    click.echo(f"{m['label']}  sha256:{m['sha256']}  {m['size'] / 1e6:.0f} MB  in {m['path']}")
 
 
 @main.command()

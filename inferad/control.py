@@ -15,13 +15,16 @@ client opens a connection and sends one request frame
   ``{"error": MESSAGE}``, and the connection ends;
 - a streaming command hands the connection to the node's handler, which
   speaks that command's own protocol from the next frame on.  ``submit`` is
-  the only one: the conversation is exactly the ``/inferad/submit/1.0.0``
+  one: the conversation is exactly the ``/inferad/submit/1.0.0``
   libp2p stream (docs/protocol.md).  The client sends the client-signed job
   (a ``job`` envelope); the node routes it like a job from the network
   (``Gateway.route_job``) and answers with ``token`` frames (unsigned), then
   either the worker-signed ``result`` envelope or an ``error`` frame
   ``{t: "error", code, message}`` with the job's error code (``max_tokens``,
-  ``busy``, ``expired``, …), and closes.
+  ``busy``, ``expired``, …), and closes.  ``pull`` (args ``{"ref": "sha256:…"}``) is the
+  other: the node fetches the model into its cache from its peers
+  (:meth:`inferad.transfer.Fetcher.pull`) and answers ``{"progress": {done, total, providers,
+  rate}}`` frames, then ``{"ok": the cached model}`` or ``{"error": MESSAGE}``.
 
 An unknown command or an unreadable request is answered ``{"error": …}``;
 a streaming command that fails unexpectedly closes the connection.
@@ -64,7 +67,7 @@ log = logging.getLogger("inferad.control")
 MAX_REPLY = 64 << 20
 REQUEST_TIMEOUT_S = 10
 Command = Callable[..., Awaitable[Any]]  # (**args) -> the value of {"ok": VALUE}
-StreamCommand = Callable[["FramedStream"], Awaitable[None]]  # owns the connection after the request frame
+StreamCommand = Callable[..., Awaitable[None]]  # (framed, **args): owns the connection after the request frame
 
 
 class ControlError(Exception):
@@ -223,7 +226,7 @@ async def serve(path: Path, commands: dict[str, Command], streams: dict[str, Str
                     request = msgpack.unpackb(await framed.receive())
                 name = request.get("cmd")
                 if name in streams:
-                    return await _run_stream(name, streams[name], framed)
+                    return await _run_stream(name, streams[name], framed, request.get("args", {}))
                 command = commands.get(name)
                 if command is None:
                     reply = {"error": f"unknown command {name!r}"}
@@ -245,11 +248,11 @@ async def serve(path: Path, commands: dict[str, Command], streams: dict[str, Str
         path.unlink(missing_ok=True)
 
 
-async def _run_stream(name: str, handler: StreamCommand, framed: FramedStream) -> None:
+async def _run_stream(name: str, handler: StreamCommand, framed: FramedStream, args: dict) -> None:
     """A streaming command's own protocol has no place for a control error: a bug in one is
     logged and ends the connection (the client sees it closed), as a libp2p handler's would."""
     try:
-        await handler(framed)
+        await handler(framed, **args)
     except Exception:
         log.exception("control stream %r failed", name)
 
@@ -277,16 +280,16 @@ async def ask(path: Path, cmd: str, **args: Any) -> Any:
     return reply["ok"]
 
 
-def connect(path: Path, cmd: str, *, timeout: float) -> socket.socket:
+def connect(path: Path, cmd: str, *, timeout: float, **args: Any) -> socket.socket:
     """Blocking: a connection to the node's socket at ``path`` with the request for the
-    streaming command ``cmd`` sent; the caller speaks that command's protocol on it and
-    closes it.  ``timeout`` (seconds) applies to each socket operation until changed.
+    streaming command ``cmd`` (and its ``args``) sent; the caller speaks that command's protocol
+    on it and closes it.  ``timeout`` (seconds) applies to each socket operation until changed.
     Raises ControlError when no node answers on ``path``."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(str(path))
-        sock.sendall(wire.encode_frame(request(cmd)))
+        sock.sendall(wire.encode_frame(request(cmd, **args)))
     except OSError as exc:
         sock.close()
         raise ControlError(f"no node answers on {path}: {exc.strerror or exc}") from None

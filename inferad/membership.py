@@ -72,6 +72,13 @@ class Dialer:
 
         return await self.host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
 
+    async def open(self, peer_id: str, protocol: str) -> Any:
+        """Connect to ``peer_id`` if need be and open a ``protocol`` stream to it; trio.TooSlowError
+        after ``connect_timeout`` seconds, else raises as :meth:`connect`."""
+        with trio.fail_after(self.connect_timeout):
+            await self.connect(peer_id)
+            return await self.new_stream(peer_id, protocol)
+
     async def ask_raw(self, peer_id: str, request: bytes, protocol: str = PROTOCOL_SETTLEMENT, *,
                       timeout: float = 30) -> bytes:
         """Send one signed request on ``protocol``; the one frame that answers it.
@@ -80,10 +87,7 @@ class Dialer:
         ``timeout`` s), StreamClosed (the peer closed or reset the stream), and py-libp2p's
         errors for a peer that cannot be dialed.
         """
-        with trio.fail_after(self.connect_timeout):
-            await self.connect(peer_id)
-            stream = await self.new_stream(peer_id, protocol)
-        framed = FramedStream(stream, self.max_frame)
+        framed = FramedStream(await self.open(peer_id, protocol), self.max_frame)
         try:
             await framed.send(request)
             with trio.fail_after(timeout):

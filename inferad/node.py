@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -40,11 +41,14 @@ from inferad.hardware import probe
 from inferad.home import Home, HomeError
 from inferad.membership import Dialer, Membership
 from inferad.metrics import Metrics
+from inferad.model_cache import ModelCache, model_ref
+from inferad.models import ModelError
 from inferad.oracle import Oracle, Reports, fetch_proof
 from inferad.service import Activity, Service
 from inferad.store import AsyncStore, Store
+from inferad.transfer import PROTOCOL_MODEL, Fetcher, ModelShare, Progress
 from inferad.verification import Verification
-from inferad.worker import ExecService, ModelUnusable, Served, load_models, offers, total_load
+from inferad.worker import ExecService, ModelUnusable, Served, load_models, model_files, offers, open_model, total_load
 from p2p import wire
 from p2p.host import PROTOCOL_SUBMIT, dialable, guard_all_handlers, guarded, listen_addrs, make_host, running
 from p2p.mesh import (
@@ -96,10 +100,13 @@ class Node:
             if interrupted := await store.mark_interrupted():
                 log.warning("%d job(s) were interrupted by the previous shutdown", interrupted)
             hardware = await trio.to_thread.run_sync(probe)
+            cache = ModelCache(limit=self.config.model_cache_limit or None)
+            to_fetch = tuple(spec for spec in self.config.models if self.engine == "llama"
+                             and (sha := model_ref(spec)) is not None and cache.find(sha) is None)
             try:
                 served.update(await load_models(self.config, hardware, engine=self.engine,
-                                                sim_tokens_per_s=self.sim_tokens_per_s))
-            except ModelUnusable as exc:
+                                                sim_tokens_per_s=self.sim_tokens_per_s, skip=to_fetch))
+            except (ModelUnusable, ModelError) as exc:
                 raise NodeError(str(exc)) from None
             peers = PeerTable()
             billing = Billing(chain=self.chain, eth_address=self.home.eth_address,
@@ -114,7 +121,7 @@ class Node:
                 if not billing.is_staked_self() and served:
                     log.warning("this node is not staked on chain: peers will not route jobs to it "
                                 "(`inferad chain stake --home %s --chain … AMOUNT`)", self.home.path)
-            await self._serve(store, hardware, served, peers, billing, task_status)
+            await self._serve(store, hardware, served, peers, billing, cache, to_fetch, task_status)
         finally:
             self.home.node_info_path.unlink(missing_ok=True)
             for each in served.values():
@@ -123,7 +130,7 @@ class Node:
             log.info("node stopped")
 
     async def _serve(self, store: AsyncStore, hardware: wire.Hardware, served: dict[str, Served], peers: PeerTable,
-                     billing: Billing, task_status) -> None:
+                     billing: Billing, cache: ModelCache, to_fetch: tuple[str, ...], task_status) -> None:
         from libp2p.custom_types import TProtocol
 
         config, key = self.config, self.home.node_key
@@ -135,6 +142,7 @@ class Node:
         dialer = Dialer(host=host, peers=peers, key=key, connect_timeout=config.connect_timeout,
                         max_frame=config.max_frame)
         verification: Verification | None = None
+        failure: list[NodeError] = []  # what stopped the node from inside (a model it could not fetch)
 
         def app_score(peer: Any) -> float:  # gossipsub's P6: reputation, once verification is up
             return 0.0 if verification is None else verification.app_score(peer)
@@ -170,6 +178,11 @@ class Node:
                 gateway = Gateway(key=key, config=config, peers=peers, router=router, store=store, billing=billing,
                                   local=worker, dialer=dialer, activity=activity, metrics=metrics,
                                   follow=verification.follow if verification else None, spawn=nursery.start_soon)
+                share = ModelShare(key=key, files=partial(model_files, served), request_timeout=config.request_timeout)
+                fetcher = Fetcher(providers=lambda sha: [e.peer_id for e in peers.providers(sha, time.monotonic())
+                                                         if e.peer_id != membership.peer_id],
+                                  open_stream=partial(dialer.open, protocol=PROTOCOL_MODEL), cache=cache,
+                                  wait_s=max(30.0, 5.0 * config.advert_interval))
                 reports = Reports(key=key, store=store, chain_view=billing.view, verification=verification)
                 commands = Commands(store=store, peers=peers, served=served, activity=activity, membership=membership,
                                     billing=billing, verification=verification, engine=self.engine,
@@ -181,6 +194,7 @@ class Node:
                     PROTOCOL_SETTLEMENT: ("settlement", service.handler(SETTLEMENT_REQUESTS, reports.serve)),
                     PROTOCOL_VERIFY: ("verify", service.handler("verify_request",
                                                                 verification.serve if verification else _no_chain)),
+                    PROTOCOL_MODEL: ("model", share.serve),
                 }
                 for protocol, (name, handler) in handlers.items():
                     host.set_stream_handler(TProtocol(protocol), guarded(name, handler))
@@ -189,7 +203,8 @@ class Node:
                     nursery.start_soon(verification.gossip, pubsub)
                     await verification.resume(nursery)
                 await nursery.start(partial(control.serve, self.home.path / "control.sock", commands.table(),
-                                            {"submit": partial(service.answer, expect="job", handle=gateway.serve)},
+                                            {"submit": partial(service.answer, expect="job", handle=gateway.serve),
+                                             "pull": fetcher.pull},
                                             max_frame=config.max_frame))
                 if config.api_port >= 0:
                     commands.api_url = await self._start_api(nursery, Api(
@@ -200,17 +215,44 @@ class Node:
                     nursery.start_soon(billing.watch)
                 if self.run_oracle:
                     nursery.start_soon(self._oracle(store, served, peers, billing, verification, dialer).run)
-                self.home.write_node_info({
-                    "peer_id": membership.peer_id, "addrs": addrs, "pid": os.getpid(),
-                    "control": str(self.home.path / "control.sock"), "engine": self.engine,
-                    "models": [{"name": s.engine.ref.name, "sha256": sha} for sha, s in served.items()],
-                    "version": __version__, "started_at": int(time.time()), "api": commands.api_url})
+                node_info = {"peer_id": membership.peer_id, "addrs": addrs, "pid": os.getpid(),
+                             "control": str(self.home.path / "control.sock"), "engine": self.engine,
+                             "version": __version__, "started_at": int(time.time()), "api": commands.api_url}
+
+                def write_node_info() -> None:
+                    models = [{"name": s.engine.ref.name, "sha256": sha} for sha, s in served.items()]
+                    self.home.write_node_info({**node_info, "models": models})
+
+                def stop(error: NodeError) -> None:
+                    failure.append(error)
+                    nursery.cancel_scope.cancel()
+
+                write_node_info()
+                for spec in to_fetch:
+                    nursery.start_soon(self._fetch_and_serve, spec, fetcher, hardware, served, write_node_info, stop)
                 log.info("node %s listening on %s", membership.peer_id, " ".join(addrs))
                 task_status.started(self)
                 await self._until_signalled(activity)
                 nursery.cancel_scope.cancel()
         except OSError as exc:
             raise NodeError(f"cannot listen on {' '.join(config.listen)}: {exc.strerror or exc}") from None
+        if failure:
+            raise failure[0]
+
+    async def _fetch_and_serve(self, spec: str, fetcher: Fetcher, hardware: wire.Hardware, served: dict[str, Served],
+                               on_served: Callable[[], None], stop: Callable[[NodeError], None]) -> None:
+        """``--model sha256:…`` that the cache lacks: fetch it from the peers that serve it, then
+        serve it (the next advert offers it); a model that cannot be fetched stops the node."""
+        sha = model_ref(spec)
+        log.info("model %s is not in the cache: fetching it from the peers that serve it", spec)
+        try:
+            await fetcher.fetch(sha, on_progress=_log_progress(sha))
+            served[sha] = await open_model(f"sha256:{sha}", self.config, hardware)
+        except (ModelError, ModelUnusable) as exc:
+            stop(NodeError(f"cannot serve {spec}: {exc}"))
+            return
+        on_served()
+        log.info("serving %s (%s), fetched from peers", served[sha].engine.ref.name, sha[:12])
 
     def _gossip_settings(self) -> GossipSettings:
         settings = GossipSettings(ip_colocation_limit=self.config.ip_colocation_limit)
@@ -250,6 +292,19 @@ class Node:
                 with trio.move_on_after(SHUTDOWN_GRACE_S):
                     await activity.idle()
                 return
+
+def _log_progress(sha256: str) -> Callable[[Progress], None]:
+    """A fetch's progress in the node's log, every 5 seconds."""
+    last = [0.0]
+
+    def report(progress: Progress) -> None:
+        if time.monotonic() - last[0] >= 5.0 or progress.done == progress.total:
+            last[0] = time.monotonic()
+            log.info("fetching %s: %.0f%% of %.0f MB at %.1f MB/s from %d provider(s)", sha256[:12],
+                     100 * progress.done / progress.total, progress.total / 1e6, progress.rate() / 1e6,
+                     progress.providers)
+    return report
+
 
 async def _no_chain(envelope: wire.Envelope, data: bytes, framed: Any) -> None:
     raise JobRejected("no_chain", "this node verifies only on a network with a chain")

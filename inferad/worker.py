@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
@@ -38,7 +39,8 @@ from inferad.admission import (
 )
 from inferad.config import Config
 from inferad.engine import NO_JOB, Engine, EngineError, Generation, GenerationCancelled
-from inferad.models import ModelError, check_label, naming_note, resolve
+from inferad.model_cache import local_model
+from inferad.models import ModelError, check_label, naming_note
 from inferad.sim import SimEngine
 from inferad.speed import cache_key, faster, remember, tokens_per_second
 from inferad.store import AsyncStore
@@ -215,8 +217,9 @@ class Served:
 
 
 async def load_models(config: Config, hardware: wire.Hardware, *, engine: str = "llama",
-                      sim_tokens_per_s: float = 50.0) -> dict[str, Served]:
-    """Open an engine for each of ``config.models`` and measure its speed; by model sha256.
+                      sim_tokens_per_s: float = 50.0, skip: tuple[str, ...] = ()) -> dict[str, Served]:
+    """Open an engine for each of ``config.models`` (but ``skip``) and measure its speed; by model
+    sha256.
 
     ``engine`` is ``llama`` (llama.cpp) or ``sim`` (the simulated engine, at ``sim_tokens_per_s``).
     Raises ModelUnusable for a model that cannot be found, assembled or loaded (the engines
@@ -224,33 +227,52 @@ async def load_models(config: Config, hardware: wire.Hardware, *, engine: str = 
     """
     served: dict[str, Served] = {}
     for spec in config.models:
+        if spec in skip:
+            continue
         try:
-            if engine == "sim":
-                opened = SimEngine(spec, tokens_per_s=sim_tokens_per_s, n_ctx=config.n_ctx)
-            else:
-                model = await trio.to_thread.run_sync(resolve, spec)
-                check_label(model.name, model.sha256)  # holds for resolve's labels (models.file_label)
-                if note := naming_note(model):
-                    log.warning("%s", note)
-                log.info("loading %s with llama.cpp (%s)…", model.name, model.path)
-                opened = await trio.to_thread.run_sync(
-                    lambda m=model: Engine(m, n_ctx=config.n_ctx, n_threads=config.n_threads,
-                                           n_gpu_layers=config.n_gpu_layers, n_slots=config.parallel))
-            key = cache_key(opened, hardware, threads=config.n_threads)
-            speed = await trio.to_thread.run_sync(tokens_per_second, opened, key)
-        except (ModelError, EngineError, ValueError) as exc:
+            opened = await open_model(spec, config, hardware, engine=engine, sim_tokens_per_s=sim_tokens_per_s)
+        except ModelUnusable:
             for each in served.values():
                 each.engine.close()
-            raise ModelUnusable(f"cannot serve model {spec}: {exc}") from None
-        worker = Worker(opened, queue_size=config.queue_size, batch_ms=config.stream_batch_ms)
-        served[opened.ref.sha256] = Served(opened, worker, speed, key if engine != "sim" else "")
+            raise
+        served[opened.engine.ref.sha256] = opened
     return served
+
+
+async def open_model(spec: str, config: Config, hardware: wire.Hardware, *, engine: str = "llama",
+                     sim_tokens_per_s: float = 50.0) -> Served:
+    """An engine for ``spec`` (a catalog name, a GGUF path, or a cached model's ``sha256:…``
+    reference: :meth:`inferad.model_cache.ModelCache.find`), its speed measured.  Raises ModelUnusable."""
+    try:
+        if engine == "sim":
+            opened = SimEngine(spec, tokens_per_s=sim_tokens_per_s, n_ctx=config.n_ctx)
+        else:
+            model = await trio.to_thread.run_sync(local_model, spec)
+            check_label(model.name, model.sha256)  # holds for resolve's labels (models.file_label)
+            if note := naming_note(model):
+                log.warning("%s", note)
+            log.info("loading %s with llama.cpp (%s)…", model.name, model.path)
+            opened = await trio.to_thread.run_sync(
+                lambda m=model: Engine(m, n_ctx=config.n_ctx, n_threads=config.n_threads,
+                                       n_gpu_layers=config.n_gpu_layers, n_slots=config.parallel))
+        key = cache_key(opened, hardware, threads=config.n_threads)
+        speed = await trio.to_thread.run_sync(tokens_per_second, opened, key)
+    except (ModelError, EngineError, ValueError) as exc:
+        raise ModelUnusable(f"cannot serve model {spec}: {exc}") from None
+    worker = Worker(opened, queue_size=config.queue_size, batch_ms=config.stream_batch_ms)
+    return Served(opened, worker, speed, key if engine != "sim" else "")
 
 
 def offers(served: dict[str, Served]) -> tuple[wire.ModelOffer, ...]:
     """The models of ``served`` as an advert offers them."""
     return tuple(wire.ModelOffer(sha256=sha, name=s.engine.ref.name, tokens_per_s=float(s.tokens_per_s),
                                  n_ctx=s.engine.n_ctx, n_vocab=s.engine.n_vocab) for sha, s in served.items())
+
+
+def model_files(served: dict[str, Served]) -> dict[str, tuple[str, Path]]:
+    """The files of ``served`` as ``{sha256: (label, path)}``: what this node shares with peers
+    (the simulated engine has none)."""
+    return {sha: (s.engine.ref.name, s.engine.model.path) for sha, s in served.items() if isinstance(s.engine, Engine)}
 
 
 def total_load(served: dict[str, Served]) -> wire.Load:

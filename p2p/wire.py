@@ -64,7 +64,8 @@ __all__ = [
     "Timings", "EngineInfo", "Token", "ErrorFrame", "Envelope", "ExecRequest", "Advert", "ModelOffer",
     "Hardware", "Gpu", "Load", "Limits", "provider_key", "stream_mismatch", "VerifyRequest", "VerifyMetrics",
     "Attestation",
-    "EvidenceRequest", "Evidence", "AttestationsRequest", "AttestationSet",
+    "EvidenceRequest", "Evidence", "AttestationsRequest", "AttestationSet", "ModelInfoRequest", "ModelInfo",
+    "ChunkRequest", "Chunk",
     "canonical", "digest", "sign", "sign_body", "encode_unsigned", "decode", "encode_frame", "unparse", "view",
     "FrameDecoder", "peer_id_from_public_key", "DEFAULT_MAX_FRAME",
 ]
@@ -81,6 +82,10 @@ MAX_TOP_LOGPROBS = 20  # params.logprobs: alternatives per output token (OpenAI'
 # bounds the result frame (about 25 bytes per entry: 16384 entries stay well under 1 MiB).
 MAX_LOGPROB_ENTRIES = 1 << 14
 MAX_GRAMMAR = 64 * 1024  # characters of GBNF in params.grammar
+MAX_CHUNK_BYTES = 1 << 20  # a model chunk: proofs.chunks.CHUNK_SIZE
+MAX_CHUNK_PROOF = 20  # siblings in a chunk's Merkle proof: proofs.chunks.MAX_PROOF
+MAX_MODEL_BYTES = 1 << 40  # a model file: proofs.chunks.MAX_CHUNKS chunks
+MODEL_MAX_FRAME = MAX_CHUNK_BYTES + 4096  # frames on /inferad/model/1.0.0: a chunk, its proof, its fields
 
 
 class MalformedMessage(WireError):
@@ -545,10 +550,58 @@ class Evidence:
     attestations: tuple = field(sequence(blob(8192), 16))
 
 
+@dataclass(frozen=True)
+class ModelInfoRequest:
+    """Asks a provider for a model file's size and chunk root (``/inferad/model/1.0.0``)."""
+
+    type: ClassVar[str] = "model_info_request"
+    signed: ClassVar[bool] = False
+
+    sha256: str = field(HEX_DIGEST)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A provider's signed word on a model file: its size and the root of its chunk tree
+    (proofs.chunks).  A provider that signs a wrong root is found out when the whole file's
+    sha256 is checked, and its word is evidence against it."""
+
+    type: ClassVar[str] = "model_info"
+    signed: ClassVar[bool] = True
+
+    sha256: str = field(HEX_DIGEST)
+    name: str = field(text(128, 1))  # its label on that provider
+    size: int = field(integer(1, MAX_MODEL_BYTES))
+    root: bytes = field(binary(32))
+
+
+@dataclass(frozen=True)
+class ChunkRequest:
+    type: ClassVar[str] = "chunk_request"
+    signed: ClassVar[bool] = False
+
+    sha256: str = field(HEX_DIGEST)
+    index: int = field(integer(0, MAX_MODEL_BYTES // MAX_CHUNK_BYTES))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a model file with its Merkle proof; unsigned: the proof checks it."""
+
+    type: ClassVar[str] = "chunk"
+    signed: ClassVar[bool] = False
+
+    sha256: str = field(HEX_DIGEST)
+    index: int = field(integer(0, MAX_MODEL_BYTES // MAX_CHUNK_BYTES))
+    data: bytes = field(blob(MAX_CHUNK_BYTES))
+    proof: tuple = field(sequence(binary(32), MAX_CHUNK_PROOF))
+
+
 MESSAGE_TYPES: dict[str, type] = {
     cls.type: cls for cls in (JobRequest, JobResult, ExecRequest, Advert, Token, ErrorFrame, ReportRequest,
                               Report, ProofRequest, RewardProof, VerifyRequest, Attestation, EvidenceRequest,
-                              Evidence, AttestationsRequest, AttestationSet)
+                              Evidence, AttestationsRequest, AttestationSet, ModelInfoRequest, ModelInfo,
+                              ChunkRequest, Chunk)
 }
 
 

@@ -17,10 +17,12 @@ INFERAD = [sys.executable, "-m", "cli"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args: str, home: Path | None = None, timeout: float = 120, check: bool = False):
-    """Run ``inferad ARGS`` as a subprocess, the way a user would."""
+def run_cli(*args: str, home: Path | None = None, timeout: float = 120, check: bool = False,
+            env: dict[str, str] | None = None):
+    """Run ``inferad ARGS`` as a subprocess, the way a user would (``env``: variables to add)."""
     cmd = [*INFERAD, *args] + (["--home", str(home)] if home else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
@@ -82,7 +84,8 @@ class NodeProcess:
 
     watched: ClassVar[list[NodeProcess]] = []  # started, and not yet checked since they stopped
 
-    def __init__(self, home: Path, *extra: str, command: tuple[str, ...] = tuple(INFERAD)) -> None:
+    def __init__(self, home: Path, *extra: str, command: tuple[str, ...] = tuple(INFERAD),
+                 env: dict[str, str] | None = None) -> None:
         from inferad.devnet import ONE_MACHINE_ARGS
 
         self.home = home
@@ -93,7 +96,7 @@ class NodeProcess:
         self.proc = subprocess.Popen(
             [*command, "start", "--home", str(home), "--listen", "/ip4/127.0.0.1/tcp/0", *ONE_MACHINE_ARGS,
              *extra],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})},
         )
         NodeProcess.watched.append(self)
         self.info = self._wait_ready()
@@ -151,8 +154,9 @@ def start_node(tmp_path):
     """Start ``inferad start`` processes; every one is stopped at teardown."""
     nodes: list[NodeProcess] = []
 
-    def start(name: str = "node", *extra: str, command: tuple[str, ...] = tuple(INFERAD)) -> NodeProcess:
-        node = NodeProcess(tmp_path / name, *extra, command=command)
+    def start(name: str = "node", *extra: str, command: tuple[str, ...] = tuple(INFERAD),
+              env: dict[str, str] | None = None) -> NodeProcess:
+        node = NodeProcess(tmp_path / name, *extra, command=command, env=env)
         nodes.append(node)
         return node
 

@@ -22,8 +22,9 @@ from inferad import worker as worker_module
 
 def main() -> None:
     label = sys.argv.pop(1)
-    honest_resolve = worker_module.resolve
-    worker_module.resolve = lambda spec, progress=None: dataclasses.replace(honest_resolve(spec, progress), name=label)
+    honest_local_model = worker_module.local_model
+    worker_module.local_model = lambda spec, cache=None: dataclasses.replace(honest_local_model(spec, cache),
+                                                                             name=label)
     worker_module.check_label = membership_module.check_label = lambda name, sha256: None
     from cli import main as cli_main
 
