@@ -99,33 +99,37 @@ class ModelShare:
                     frame = await framed.receive()
                 if idle.cancelled_caught:
                     return
-                await framed.send(await self._answer(frame))
+                answer, more = await self._answer(frame)
+                await framed.send(answer)
+                if not more:  # a peer that sends what this protocol does not take gets one answer
+                    return
         except StreamClosed:  # the fetcher is done, or gone
             return
         finally:
             await framed.close()
 
-    async def _answer(self, frame: bytes) -> bytes:
+    async def _answer(self, frame: bytes) -> tuple[bytes, bool]:
+        """The frame answering ``frame``, and whether the stream takes more requests."""
         try:
             request = wire.decode(frame, max_size=wire.MODEL_MAX_FRAME)
         except wire.WireError as exc:
-            return wire.error_frame(exc.code, str(exc))
+            return wire.error_frame(exc.code, str(exc)), False
         if request.type not in ("model_info_request", "chunk_request"):
             return wire.error_frame("unexpected", f"this protocol takes model_info_request and chunk_request, "
-                                                  f"not {request.type}")
+                                                  f"not {request.type}"), False
         shared = await self._shared_model(request.message.sha256)
         if shared is None:
-            return wire.error_frame("unknown_model", f"this node does not serve {request.message.sha256}")
+            return wire.error_frame("unknown_model", f"this node does not serve {request.message.sha256}"), True
         if request.type == "model_info_request":
-            return shared.info
+            return shared.info, True
         index = request.message.index
         if index >= chunk_count(shared.size):
             return wire.error_frame("bad_request", f"chunk {index} is past the end: the file has "
-                                                   f"{chunk_count(shared.size)} chunks")
+                                                   f"{chunk_count(shared.size)} chunks"), True
         offset, length = chunk_span(shared.size, index)
         data = await trio.to_thread.run_sync(_read, shared.path, offset, length, limiter=DISK_READS)
         return wire.encode_unsigned(wire.Chunk(sha256=request.message.sha256, index=index, data=data,
-                                               proof=tuple(shared.tree.proof(index))))
+                                               proof=tuple(shared.tree.proof(index)))), True
 
     async def _shared_model(self, sha256: str) -> _Shared | None:
         served = self.files().get(sha256)

@@ -11,6 +11,7 @@ import trio
 from nacl.signing import SigningKey
 
 from chain.devnet import ANVIL
+from inferad.transfer import PROTOCOL_MODEL
 from p2p import wire
 from p2p.host import PROTOCOL_SUBMIT, make_host, peer_info, running
 from p2p.mesh import PROTOCOL_EXEC, PROTOCOL_SETTLEMENT, PROTOCOL_VERIFY, TOPIC_ADVERTS, TOPIC_ATTESTATIONS
@@ -29,7 +30,7 @@ DEEP_MSGPACK = {
     "arrays": b"\x91" * DEPTH + b"\xc0",  # fixarray of one element, 100,000 times
     "maps": b"\x81\xa1k" * DEPTH + b"\xc0",  # {"k": {"k": ...}}
 }
-STREAM_PROTOCOLS = (PROTOCOL_SUBMIT, PROTOCOL_EXEC, PROTOCOL_SETTLEMENT, PROTOCOL_VERIFY)
+STREAM_PROTOCOLS = (PROTOCOL_SUBMIT, PROTOCOL_EXEC, PROTOCOL_SETTLEMENT, PROTOCOL_VERIFY, PROTOCOL_MODEL)
 
 
 def post(devnet, path: str, body: bytes | dict) -> httpx.Response:
