@@ -91,6 +91,9 @@ verify_timeout = 120
 # Seconds after a job's beacon block for its attestations to arrive; a drawn
 # job still unverified then is not paid.
 attestation_window = 300
+# A node the draw names to verify a job on a model it does not serve fetches the
+# model from the peers that serve it, up to this many bytes (0: never).
+fetch_models = 8000000000
 # Oracle: share of a convicted worker's stake slashed, and of that the share
 # paid to the verifiers who proved it, in basis points.
 slash_bps = 5000
@@ -146,6 +149,7 @@ class Config:
     probability_floor: float = 0.05
     verify_timeout: int = 120
     attestation_window: int = 300
+    fetch_models: int = 8_000_000_000  # bytes: the largest model a verifier fetches to verify a job; 0: never
     slash_bps: int = 5000
     bounty_bps: int = 1000
     api_host: str = "127.0.0.1"
@@ -168,7 +172,7 @@ SECTIONS = {
                "queue_size", "stream_batch_ms"),
     "routing": ("connect_timeout", "first_token_timeout", "stall_timeout", "max_attempts", "reputation_floor"),
     "verification": ("verifiers", "quorum", "probability_floor", "verify_timeout", "attestation_window",
-                     "slash_bps", "bounty_bps"),
+                     "fetch_models", "slash_bps", "bounty_bps"),
     "api": ("api_host", "api_port", "api_max_price"),
     "limits": ("max_frame", "max_job_ttl", "clock_skew", "request_timeout"),
 }

@@ -150,7 +150,7 @@ class Commands:
         now = time.monotonic()
         return [dict(wire.view(e.advert), advert_age_s=round(now - e.received_at, 1),
                      reputation=round(self.reputation(e.peer_id), 4), self=e.peer_id == self.membership.peer_id,
-                     **self.speeds.view(e.peer_id))
+                     staked=self.billing.advert_is_staked(e.advert), **self.speeds.view(e.peer_id))
                 for e in sorted(self.peers.fresh(now), key=lambda e: e.peer_id)]
 
     async def models(self) -> list[dict]:

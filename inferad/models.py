@@ -154,7 +154,7 @@ def file_label(stem: str, sha256: str) -> str:
 
 def naming_note(model: LocalModel) -> str | None:
     """Why a local file is served under a label other than its file name, for the node's log; else None."""
-    if model.name == model.path.stem:
+    if model.name == model.path.stem or is_sha256(model.path.stem):  # a fetched file is named by its sha256
         return None
     if catalog_name(model.sha256) == model.name:
         return f"{model.path} is catalog model {model.name} (its sha256 matches): served as {model.name}"

@@ -48,7 +48,17 @@ from inferad.service import Activity, Service
 from inferad.store import AsyncStore, Store
 from inferad.transfer import PROTOCOL_MODEL, Fetcher, ModelShare, Progress
 from inferad.verification import Verification
-from inferad.worker import ExecService, ModelUnusable, Served, load_models, model_files, offers, open_model, total_load
+from inferad.worker import (
+    ExecService,
+    ModelUnusable,
+    Served,
+    VerifyingModels,
+    load_models,
+    model_files,
+    offers,
+    open_model,
+    total_load,
+)
 from p2p import wire
 from p2p.host import PROTOCOL_SUBMIT, dialable, guard_all_handlers, guarded, listen_addrs, make_host, running
 from p2p.mesh import (
@@ -147,6 +157,15 @@ class Node:
         def app_score(peer: Any) -> float:  # gossipsub's P6: reputation, once verification is up
             return 0.0 if verification is None else verification.app_score(peer)
 
+        self_id = wire.peer_id_from_public_key(bytes(key.verify_key))
+        share = ModelShare(key=key, files=partial(model_files, served), request_timeout=config.request_timeout)
+        fetcher = Fetcher(providers=lambda sha: [e.peer_id for e in peers.providers(sha, time.monotonic())
+                                                 if e.peer_id != self_id],
+                          open_stream=partial(dialer.open, protocol=PROTOCOL_MODEL), cache=cache,
+                          wait_s=max(30.0, 5.0 * config.advert_interval))
+        verifying = VerifyingModels(fetch=lambda sha, limit: fetcher.fetch(sha, max_size=limit),
+                                    open=partial(open_model, config=config, hardware=hardware),
+                                    max_size=config.fetch_models)
         try:
             listen = listen_addrs(config.listen)
         except ValueError as exc:
@@ -161,8 +180,8 @@ class Node:
                     verification = Verification(
                         key=key, config=config, chain_view=billing.view,
                         stakes=StakeTable(billing.view.registry, self.chain.deployment_block),
-                        store=store, served=served, ask=dialer.ask_raw, publish=partial(pubsub.publish,
-                                                                                        TOPIC_ATTESTATIONS),
+                        store=store, served=served, engine_for=verifying.engine_for, ask=dialer.ask_raw,
+                        publish=partial(pubsub.publish, TOPIC_ATTESTATIONS),
                         is_staked=billing.peer_is_staked, attestations_counted=metrics.attestations)
                     await verification.load()
                 membership = Membership(
@@ -178,11 +197,6 @@ class Node:
                 gateway = Gateway(key=key, config=config, peers=peers, router=router, store=store, billing=billing,
                                   local=worker, dialer=dialer, activity=activity, metrics=metrics,
                                   follow=verification.follow if verification else None, spawn=nursery.start_soon)
-                share = ModelShare(key=key, files=partial(model_files, served), request_timeout=config.request_timeout)
-                fetcher = Fetcher(providers=lambda sha: [e.peer_id for e in peers.providers(sha, time.monotonic())
-                                                         if e.peer_id != membership.peer_id],
-                                  open_stream=partial(dialer.open, protocol=PROTOCOL_MODEL), cache=cache,
-                                  wait_s=max(30.0, 5.0 * config.advert_interval))
                 reports = Reports(key=key, store=store, chain_view=billing.view, verification=verification)
                 commands = Commands(store=store, peers=peers, served=served, activity=activity, membership=membership,
                                     billing=billing, verification=verification, engine=self.engine,
@@ -236,6 +250,8 @@ class Node:
                 nursery.cancel_scope.cancel()
         except OSError as exc:
             raise NodeError(f"cannot listen on {' '.join(config.listen)}: {exc.strerror or exc}") from None
+        finally:
+            verifying.close()
         if failure:
             raise failure[0]
 

@@ -206,6 +206,7 @@ class Fetch:
     cache: ModelCache
     on_progress: OnProgress | None = None
     timeout: float = 30.0
+    max_size: int | None = None  # bytes: a larger file is refused before any chunk moves
     reasons: dict[str, str] = field(default_factory=dict)  # why each dropped provider was dropped
 
     async def run(self) -> CachedModel:
@@ -216,6 +217,9 @@ class Fetch:
         if not roots:
             raise FetchError(f"none of the {len(self.providers)} provider(s) of {self.sha256[:12]}… described it: "
                              + self._why())
+        if self.max_size is not None and roots[0].size > self.max_size:
+            raise FetchError(f"model {self.sha256[:12]}… is {roots[0].size / 1e6:.0f} MB, over the "
+                             f"{self.max_size / 1e6:.0f} MB this node fetches for it")
         for candidate in roots:
             try:
                 return await self._fetch(candidate)
@@ -456,8 +460,10 @@ class Fetcher:
     wait_s: float = 30.0
     _fetching: dict[str, trio.Lock] = field(default_factory=dict)
 
-    async def fetch(self, sha256: str, on_progress: OnProgress | None = None) -> CachedModel:
-        """The cached model ``sha256``, fetched first if the cache lacks it.  Raises FetchError."""
+    async def fetch(self, sha256: str, on_progress: OnProgress | None = None,
+                    max_size: int | None = None) -> CachedModel:
+        """The cached model ``sha256``, fetched first if the cache lacks it (refused when larger than
+        ``max_size`` bytes).  Raises FetchError."""
         async with self._fetching.setdefault(sha256, trio.Lock()):  # one fetch per file at a time
             if (cached := self.cache.find(sha256)) is not None:
                 return cached
@@ -465,7 +471,7 @@ class Fetcher:
                 while not self.providers(sha256):
                     await trio.sleep(0.5)
             return await Fetch(sha256=sha256, providers=self.providers(sha256), open_stream=self.open_stream,
-                               cache=self.cache, on_progress=on_progress).run()
+                               cache=self.cache, on_progress=on_progress, max_size=max_size).run()
 
     async def pull(self, framed: Any, ref: str = "") -> None:
         """The control socket's ``pull`` command: ``{"progress": {done, total, providers, rate}}``

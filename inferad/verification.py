@@ -35,6 +35,7 @@ from chain.view import ChainView, StakeTable
 from inferad.admission import JobRejected
 from inferad.config import Config
 from inferad.engine import EngineError
+from inferad.models import ModelError
 from inferad.store import AsyncStore, jsonable
 from p2p import wire
 from p2p.mesh import PROTOCOL_SETTLEMENT, PROTOCOL_VERIFY, TOPIC_ATTESTATIONS, GossipSettings
@@ -134,6 +135,9 @@ class Verification:
             stakes: the stake history (who was staked at a beacon block).
             store: attestations, evidence and held pairs are kept here.
             served: the engines this node re-scores on, by model sha256.
+            engine_for: the engine for a model this node does not serve, fetched from peers when the
+                draw names it for a job on one (:class:`inferad.worker.VerifyingModels`); None
+                when the model cannot be had.  Raises ModelError with why.
             ask: one request to a peer and its answer (inferad.membership.Dialer.ask_raw).
             publish: gossips a signed attestation.
             is_staked: whether a peer id is staked (verify requests come from staked gateways).
@@ -146,6 +150,7 @@ class Verification:
     stakes: StakeTable
     store: AsyncStore
     served: dict[str, Any]
+    engine_for: Callable[[str], Awaitable[Any]]
     ask: AskPeer
     publish: Callable[[bytes], Awaitable[None]]
     is_staked: Callable[[str], bool]
@@ -386,9 +391,6 @@ class Verification:
             raise JobRejected("unstaked", "verification is for staked gateways")
         if self.peer_id in (result_env.signer_peer_id, envelope.signer_peer_id, job_env.signer_peer_id):
             raise JobRejected("party", "a party to a job never verifies it")
-        served = self.served.get(job.model.sha256)
-        if served is None:
-            raise JobRejected("unknown_model", f"this node does not serve {job.model.name}")
         beacon = Beacon(request.beacon_block, request.beacon, 0)
         try:
             if not await trio.to_thread.run_sync(self.beacons.is_beacon, beacon, expiry_s(job)):
@@ -400,6 +402,15 @@ class Verification:
         if self.peer_id not in named:
             raise JobRejected("not_named", "the draw does not name this node for that job, so its attestation "
                                            "would not count")
+        served = self.served.get(job.model.sha256)
+        if served is None:  # named for a model this node does not serve: fetch it, if the config allows
+            try:
+                served = await self.engine_for(job.model.sha256)
+            except ModelError as exc:
+                raise JobRejected("unknown_model", f"this node cannot verify {job.model.name}: {exc}") from None
+        if served is None:
+            raise JobRejected("unknown_model", f"this node does not serve {job.model.name} and fetches no model to "
+                                               f"verify (verification.fetch_models = 0)")
         signed = await self.attest(served, job_env, result_env, beacon)
         if wire.decode(signed).message.verdict == "invalid" or self.peer_id == self.arbiter:
             # evidence to come: of a lie, or (the oracle's) of a false accusation

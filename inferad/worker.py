@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -267,6 +267,46 @@ def offers(served: dict[str, Served]) -> tuple[wire.ModelOffer, ...]:
     """The models of ``served`` as an advert offers them."""
     return tuple(wire.ModelOffer(sha256=sha, name=s.engine.ref.name, tokens_per_s=float(s.tokens_per_s),
                                  n_ctx=s.engine.n_ctx, n_vocab=s.engine.n_vocab) for sha, s in served.items())
+
+
+@dataclass(kw_only=True, eq=False)
+class VerifyingModels:
+    """The engine for a model this node verifies but does not serve: fetched from peers when a
+    draw names the node for a job on it (config ``verification.fetch_models``: the largest file,
+    in bytes, fetched for that; 0: never), opened and kept until a job on another model needs
+    the memory (one at a time).
+
+    Args:   fetch: ``(sha256, max_size)`` -> the cached model (inferad.transfer.Fetcher.fetch).
+            open: ``sha256:<hex>`` -> its Served (open_model), blocking the caller only.
+            max_size: config ``verification.fetch_models``.
+    """
+
+    fetch: Callable[[str, int], Awaitable[Any]]
+    open: Callable[[str], Awaitable[Served]]
+    max_size: int
+    _held: dict[str, Served] = field(default_factory=dict)
+    _lock: trio.Lock = field(default_factory=trio.Lock)
+
+    async def engine_for(self, sha256: str) -> Served | None:
+        """None when fetching is off; raises ModelError when the model cannot be fetched or opened."""
+        if self.max_size <= 0:
+            return None
+        async with self._lock:
+            if sha256 not in self._held:
+                await self.fetch(sha256, self.max_size)
+                try:
+                    opened = await self.open(f"sha256:{sha256}")
+                except ModelUnusable as exc:
+                    raise ModelError(str(exc)) from None
+                self.close()
+                self._held[sha256] = opened
+                log.info("verifying on %s, fetched from peers", opened.engine.ref.name)
+            return self._held[sha256]
+
+    def close(self) -> None:
+        for held in self._held.values():
+            held.engine.close()
+        self._held.clear()
 
 
 def model_files(served: dict[str, Served]) -> dict[str, tuple[str, Path]]:

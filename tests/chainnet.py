@@ -92,11 +92,11 @@ class ChainNetwork:
         run_cli("chain", "deposit", str(amount), *self.chain, home=self.homes[name], check=True)
 
     def start(self, name: str, *args: str, bootstrap: str | None = None,
-              command: tuple[str, ...] = tuple(INFERAD)) -> NodeProcess:
+              command: tuple[str, ...] = tuple(INFERAD), env: dict[str, str] | None = None) -> NodeProcess:
         """Start a node for home ``name`` (another, if it ran before) with ``args``, dialling the node
-        of home ``bootstrap`` first."""
+        of home ``bootstrap`` first (``env``: variables to add)."""
         dial = ("--bootstrap", self.nodes[bootstrap].addr) if bootstrap else ()
-        node = NodeProcess(self.homes[name], *dial, *args, *self.chain, command=command)
+        node = NodeProcess(self.homes[name], *dial, *args, *self.chain, command=command, env=env)
         self.nodes[name] = node
         self.processes.append(node)
         return node
