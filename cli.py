@@ -102,6 +102,9 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--model", "models", multiple=True, metavar="NAME|GGUF|sha256:HEX",
               help="Model to serve, repeatable: a catalog name, a GGUF path, or sha256:<hex> (label@sha256:<hex>): "
                    "a model fetched from the peers that serve it when the cache lacks it [default gemma-3-270m].")
+@click.option("--model-label", metavar="LABEL",
+              help="Label of the one GGUF file given with --model [default: its general.name metadata, else its "
+                   "file name].  For several files, write --model LABEL=PATH.")
 @click.option("--model-cache-limit", type=click.IntRange(0), metavar="BYTES",
               help="Bytes of fetched models the cache keeps, least recently used evicted first [config "
                    "engine.model_cache_limit; default 0: no limit].")
@@ -140,8 +143,8 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
               show_default=True)
-def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models, model_cache_limit, no_model, engine,
-          chain_path,
+def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models, model_label, model_cache_limit,
+          no_model, engine, chain_path,
           run_oracle, sim_tokens_per_s, max_tokens, n_ctx, parallel, threads, api_port, api_host, api_max_price,
           log_format, log_level) -> None:
     """Run the node daemon until Ctrl-C or SIGTERM.
@@ -158,6 +161,12 @@ def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models,
         fail("--no-model and --model exclude each other", EXIT_USAGE)
     if engine == "sim" and not models:
         models = ("sim",)
+    if model_label:
+        files = [m for m in models if Path(m).expanduser().is_file()]
+        if len(files) != 1:
+            fail(f"--model-label labels one GGUF file given with --model ({len(files)} given); for several, "
+                 f"write --model LABEL=PATH", EXIT_USAGE)
+        models = tuple(f"{model_label}={m}" if m == files[0] else m for m in models)
     try:
         config = h.config.with_overrides(listen=listen or None, bootstrap=bootstrap or None,
                                          advert_interval=advert_interval, ip_colocation_limit=ip_colocation_limit,

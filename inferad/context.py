@@ -182,18 +182,20 @@ _STRING, _ARRAY = 8, 9
 
 
 def read_shape(path: Path) -> ModelShape:
-    """The KV-cache shape of the GGUF file at ``path`` (reads its header only).
+    """The KV-cache shape of the GGUF file at ``path`` (reads its header only).  Raises
+    ContextError for a file that is not a GGUF or lacks the keys llama.cpp needs."""
+    return shape_from_metadata(read_metadata(path), str(path))
 
-    Format: github.com/ggml-org/ggml docs/gguf.md, versions 2 and 3
-    (little-endian).  Raises ContextError for a file that is not such a GGUF
-    or lacks the keys llama.cpp needs.
-    """
+
+def read_metadata(path: Path) -> dict:
+    """The key-values of the GGUF file at ``path`` (its header only; arrays of numbers as lists,
+    other arrays None).  Format: github.com/ggml-org/ggml docs/gguf.md, versions 2 and 3
+    (little-endian).  Raises ContextError for a file that is not such a GGUF."""
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            meta = _read_metadata(data)
+            return _read_metadata(data)
     except (OSError, ValueError, struct.error, UnicodeDecodeError) as exc:
         raise ContextError(f"cannot read the GGUF header of {path}: {exc}") from None
-    return shape_from_metadata(meta, str(path))
 
 
 def shape_from_metadata(meta: dict, where: str = "the model") -> ModelShape:

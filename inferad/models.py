@@ -27,6 +27,7 @@ import hashlib
 import importlib
 import json
 import os
+import re
 import string
 import threading
 from collections import Counter
@@ -88,9 +89,10 @@ DEFAULT_MODEL = "gemma-3-270m"
 
 @dataclass(frozen=True)
 class LocalModel:
-    name: str
+    name: str  # its label: the one wanted, unless the binding rule changed it (file_label)
     path: Path
     sha256: str
+    wanted: str = ""  # the label asked for, from --model-label, general.name or the file name
 
 
 @dataclass(frozen=True)
@@ -137,11 +139,12 @@ def check_label(name: str, sha256: str) -> None:
 
 
 def file_label(stem: str, sha256: str) -> str:
-    """The label a local GGUF file is served under, from its file name (stem) and sha256.
+    """The label a local GGUF file is served under, from the label wanted for it (``stem``: given,
+    from its metadata or its file name) and its sha256.
 
     The catalog name when the bytes are a catalog model's (whatever the file is
-    called); the stem otherwise, except that a stem which is a catalog name on
-    other bytes becomes ``<stem>-<first 8 hex of sha256>``, so the file is
+    called); the wanted label otherwise, except that one which is a catalog name
+    on other bytes becomes ``<label>-<first 8 hex of sha256>``, so the file is
     still served, but never under a name that means other bytes.
     """
     known = catalog_name(sha256)
@@ -153,14 +156,28 @@ def file_label(stem: str, sha256: str) -> str:
 
 
 def naming_note(model: LocalModel) -> str | None:
-    """Why a local file is served under a label other than its file name, for the node's log; else None."""
-    if model.name == model.path.stem or is_sha256(model.path.stem):  # a fetched file is named by its sha256
+    """Why a local file is served under a label other than the one wanted, for the node's log; else None."""
+    wanted = model.wanted or model.path.stem
+    if model.name == wanted or is_sha256(model.path.stem):  # a fetched file is named by its sha256
         return None
     if catalog_name(model.sha256) == model.name:
         return f"{model.path} is catalog model {model.name} (its sha256 matches): served as {model.name}"
-    return (f"{model.path} is named like catalog model {model.path.stem} but its sha256 {model.sha256[:16]}… is "
-            f"not that model's: served as {model.name} instead (use `--model {model.path.stem}` for the "
-            f"catalog model, or rename the file)")
+    return (f"{model.path} would be labelled {wanted}, a catalog model's name, but its sha256 "
+            f"{model.sha256[:16]}… is not that model's: served as {model.name} instead (use `--model {wanted}` "
+            f"for the catalog model, or `--model-label` to name this file)")
+
+
+def gguf_label(path: Path) -> str | None:
+    """A label from a GGUF file's ``general.name`` metadata, lowercased, every run of characters
+    other than ``a-z 0-9 . _ -`` made one ``-``, at most 128 characters; None when it has none."""
+    from inferad.context import ContextError, read_metadata
+
+    try:
+        name = read_metadata(path).get("general.name")
+    except ContextError:  # a file llama.cpp may still load: its metadata only names it
+        return None
+    label = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-")[:128] if isinstance(name, str) else ""
+    return label or None
 
 
 def is_sha256(text: str) -> bool:
@@ -259,9 +276,16 @@ def cache_dir() -> Path:
 
 
 def resolve(spec: str, progress: Progress | None = None) -> LocalModel:
-    """A catalog name or a GGUF path -> a local file with its digest, labelled by :func:`file_label`."""
+    """A catalog name or a GGUF path (``LABEL=PATH`` to label it) -> a local file with its digest,
+    labelled by :func:`file_label` after the label wanted: the one given, else the file's
+    ``general.name`` (:func:`gguf_label`), else its file name."""
     if spec in CATALOG:
         return _assemble(CATALOG[spec], progress)
+    given, _, rest = spec.partition("=")
+    if not Path(spec).expanduser().is_file() and given and Path(rest).expanduser().is_file():
+        spec = rest
+    else:
+        given = ""
     path = Path(spec).expanduser()
     if not path.is_file():
         known = ", ".join(sorted(CATALOG))
@@ -271,7 +295,8 @@ def resolve(spec: str, progress: Progress | None = None) -> LocalModel:
         if f.read(4) != b"GGUF":
             raise ModelError(f"{path} is not a GGUF file (bad magic bytes)")
     sha = file_sha256(path, progress)
-    return LocalModel(name=file_label(path.stem, sha), path=path.resolve(), sha256=sha)
+    wanted = given or gguf_label(path) or path.stem
+    return LocalModel(name=file_label(wanted, sha), path=path.resolve(), sha256=sha, wanted=wanted)
 
 
 def _assemble(entry: CatalogEntry, progress: Progress | None) -> LocalModel:

@@ -18,6 +18,7 @@ from inferad.models import (
     UnknownModel,
     check_label,
     file_label,
+    gguf_label,
     name_models,
     naming_note,
     resolve,
@@ -149,3 +150,17 @@ def test_the_cli_names_models_the_same_way():
         model_ref(f"gemma-3-270m@{A}")
     with pytest.raises(ModelError, match="128"):
         model_ref(f"{'x' * 200}@{A}")
+
+
+@pytest.mark.model
+def test_a_gguf_file_is_labelled_by_its_general_name_unless_the_operator_names_it(tmp_path, gemma_path, monkeypatch):
+    from tests.test_model_names_integration import altered_copy
+
+    monkeypatch.setenv("INFERAD_CACHE", str(tmp_path / "cache"))
+    assert gguf_label(gemma_path) == "gemma-3-270m"  # "Gemma 3 270m"
+    copy = altered_copy(gemma_path, tmp_path / "files" / "copy.gguf", b"X")  # "Xemma 3 270m": other bytes
+    assert resolve(str(copy)).name == "xemma-3-270m"
+    assert resolve(f"my-finetune={copy}").name == "my-finetune"
+    lowered = altered_copy(gemma_path, tmp_path / "other" / "copy.gguf", b"g")  # "gemma 3 270m", not gemma's bytes
+    local = resolve(str(lowered))
+    assert local.name == f"gemma-3-270m-{local.sha256[:8]}" and "--model-label" in naming_note(local)

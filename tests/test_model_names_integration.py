@@ -73,7 +73,8 @@ def net(tmp_path_factory, gemma_path):
     nodes: list[NodeProcess] = []
     try:
         gateway = NodeProcess(root / "gateway", "--api-port", "0", "--model",
-                              str(altered_copy(gemma_path, root / "g" / "tiny.gguf", b"g")), *MODEL_ARGS)
+                              str(altered_copy(gemma_path, root / "g" / "tiny.gguf", b"g")), "--model-label", "tiny",
+                              *MODEL_ARGS)
         nodes.append(gateway)
         key = run_cli("apikey", "create", home=gateway.home, check=True).stdout.strip()
         impostor = NodeProcess(root / "impostor", "--bootstrap", gateway.addr, "--model",
@@ -94,7 +95,7 @@ def net(tmp_path_factory, gemma_path):
 def genuine(net):
     """N joins: the genuine gemma-3-270m and another tiny.gguf."""
     node = NodeProcess(net.root / "genuine", "--bootstrap", net.gateway.addr, "--model", "gemma-3-270m", "--model",
-                       str(altered_copy(net.gemma_path, net.root / "n" / "tiny.gguf", b"n")), *MODEL_ARGS)
+                       "tiny=" + str(altered_copy(net.gemma_path, net.root / "n" / "tiny.gguf", b"n")), *MODEL_ARGS)
     net.nodes.append(node)
     wait_for(lambda: len(listed(net)) == 3, 45, "G to list N's models")
     return node

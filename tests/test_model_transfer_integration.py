@@ -1,7 +1,8 @@
 """Models travel over the mesh by sha256 (inferad/transfer.py), between real node processes.
 
-A custom model is gemma-3-270m with one byte of its ``general.name`` changed: the same weights,
-other bytes, so another sha256 that no catalog knows.  Only node A has it.  Every fetching node
+A custom model is gemma-3-270m with one byte of its ``general.name`` changed ("Xemma 3 270m"):
+the same weights, other bytes, so another sha256 that no catalog knows, labelled ``xemma-3-270m``
+from that metadata.  Only node A has it.  Every fetching node
 has a cache of its own (``INFERAD_CACHE``), empty at first.
 """
 
@@ -23,6 +24,7 @@ from tests.test_model_names_integration import altered_copy
 pytestmark = [pytest.mark.integration, pytest.mark.model]
 
 MODEL_ARGS = ("--n-ctx", "512", "--max-tokens", "16")
+LABEL = "xemma-3-270m"
 LIAR = (sys.executable, "-m", "tests.adversaries.lying_share", "0")
 
 
@@ -53,10 +55,10 @@ def test_a_node_started_with_a_sha256_it_lacks_fetches_it_from_a_peer_checks_it_
     fetched = cache / "models" / f"{sha}.gguf"
     assert file_sha256(fetched) == sha and not list((cache / "models").glob("*.partial*"))
     (entry,) = cached(cache, sha)
-    assert entry["label"] == "custom" and entry["source"] == a.info["peer_id"]
+    assert entry["label"] == LABEL and entry["source"] == a.info["peer_id"]  # A's label, from general.name
 
     a.stop()  # only B has the model now: the job below is B's
-    job = run_cli("submit", "--node-home", str(b.home), "--model", f"custom@{sha}", "--max-tokens", "4",
+    job = run_cli("submit", "--node-home", str(b.home), "--model", f"{LABEL}@{sha}", "--max-tokens", "4",
                   "The capital of France is", check=True)
     assert job.stdout.strip()
     assert "fetched from peers" in b.log()
@@ -132,7 +134,7 @@ def test_verifiers_drawn_for_a_model_they_lack_fetch_it_and_attest_valid(chain_n
     net.wait_converged(timeout=60)
     wait_for(lambda: all(p["staked"] for p in net.cli_json("peers", home="gateway")), 30, "the gateway to read stakes")
 
-    job = net.cli_json("submit", "--node-home", str(net.homes["gateway"]), "--model", f"custom@{sha}",
+    job = net.cli_json("submit", "--node-home", str(net.homes["gateway"]), "--model", f"{LABEL}@{sha}",
                        "Tell me about the sea.", "--max-tokens", "8", "--ttl", "8", "--max-price", "1000",
                        home="client")
     assert job["result"]["worker"] == net.nodes["w"].info["peer_id"]
@@ -143,7 +145,7 @@ def test_verifiers_drawn_for_a_model_they_lack_fetch_it_and_attest_valid(chain_n
 
     found = wait_for(lambda: len(attestations()) >= 2 and attestations(), 180, "two attestations of the job")
     assert {a["verdict"] for a in found} == {"valid"}
-    fetched = [name for name in ("v1", "v2") if "verifying on custom, fetched from peers" in net.nodes[name].log()]
+    fetched = [name for name in ("v1", "v2") if f"verifying on {LABEL}, fetched from peers" in net.nodes[name].log()]
     assert fetched == ["v1", "v2"]
     for name in fetched:
         assert file_sha256(Path(caches[name]) / "models" / f"{sha}.gguf") == sha
