@@ -102,6 +102,9 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--model", "models", multiple=True, metavar="NAME|GGUF|sha256:HEX",
               help="Model to serve, repeatable: a catalog name, a GGUF path, or sha256:<hex> (label@sha256:<hex>): "
                    "a model fetched from the peers that serve it when the cache lacks it [default gemma-3-270m].")
+@click.option("--adapter", "adapters", multiple=True, metavar="GGUF|sha256:HEX",
+              help="LoRA adapter served on the one --model, repeatable: each is a (model, adapter) pair of its own, "
+                   "which jobs name with --adapter [config engine.adapters].")
 @click.option("--model-label", metavar="LABEL",
               help="Label of the one GGUF file given with --model [default: its general.name metadata, else its "
                    "file name].  For several files, write --model LABEL=PATH.")
@@ -143,8 +146,8 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
               show_default=True)
-def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models, model_label, model_cache_limit,
-          no_model, engine, chain_path,
+def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models, adapters, model_label,
+          model_cache_limit, no_model, engine, chain_path,
           run_oracle, sim_tokens_per_s, max_tokens, n_ctx, parallel, threads, api_port, api_host, api_max_price,
           log_format, log_level) -> None:
     """Run the node daemon until Ctrl-C or SIGTERM.
@@ -171,7 +174,7 @@ def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models,
         config = h.config.with_overrides(listen=listen or None, bootstrap=bootstrap or None,
                                          advert_interval=advert_interval, ip_colocation_limit=ip_colocation_limit,
                                          models=() if no_model else (models or None),
-                                         model_cache_limit=model_cache_limit,
+                                         model_cache_limit=model_cache_limit, adapters=adapters or None,
                                          max_tokens=max_tokens, n_ctx=n_ctx, parallel=parallel, n_threads=threads,
                                          api_port=api_port, api_host=api_host, api_max_price=api_max_price)
     except ConfigError as exc:
@@ -257,6 +260,8 @@ def _node_control(node_home: Path) -> Path:
 @click.option("--model", default="gemma-3-270m", show_default=True, metavar="NAME|LABEL@SHA256|SHA256|GGUF",
               help="Model the job asks for: a catalog name (always its pinned sha256), label@sha256 or a "
                    "sha256 as `inferad models` lists them, or a GGUF file (hashed here).")
+@click.option("--adapter", metavar="SHA256:HEX|LABEL@SHA256|GGUF",
+              help="A LoRA adapter the worker applies to --model: its sha256 (or a local GGUF file, hashed).")
 @click.option("--max-tokens", type=click.IntRange(1, Config.max_tokens), default=64, show_default=True,
               help=f"At most a default node's limit ({Config.max_tokens}); a node's own limit is in its "
                    f"adverts (limits.max_tokens).")
@@ -282,8 +287,8 @@ def _node_control(node_home: Path) -> Path:
 @click.option("--receipt", "receipt_path", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
               help="Write the signed job and result there: `inferad verify FILE` checks them anywhere.")
 @json_option
-def submit(home, prompt, node, node_home, model, max_tokens, temperature, top_p, top_k, seed, stop, n, logprobs,
-           ttl, max_price, timeout, receipt_path, as_json) -> None:
+def submit(home, prompt, node, node_home, model, adapter, max_tokens, temperature, top_p, top_k, seed, stop, n,
+           logprobs, ttl, max_price, timeout, receipt_path, as_json) -> None:
     """Sign a job with the client key, run it on a node and stream the text.
 
     --node-home talks to a node on this machine through its control socket
@@ -300,12 +305,13 @@ def submit(home, prompt, node, node_home, model, max_tokens, temperature, top_p,
 
     try:
         ref = model_ref(model)
+        adapter_ref = model_ref(adapter) if adapter else None
     except (ModelError, ValueError) as exc:
         fail(str(exc), EXIT_USAGE)
     try:
         job = new_job(ref, h.eth_address, prompt=prompt, ttl_s=ttl, max_price=max_price, max_tokens=max_tokens,
                       temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop), n=n,
-                      logprobs=logprobs)
+                      logprobs=logprobs, adapter=adapter_ref)
     except ValueError as exc:  # n x max_tokens, or the log-probabilities, beyond one job's bounds
         fail(str(exc), EXIT_USAGE)
 
@@ -619,10 +625,12 @@ def evidence(home, key, as_json) -> None:
 @main.command()
 @click.argument("receipt_file", metavar="RECEIPT", type=click.File("r"))
 @click.option("--model", "model_path", metavar="GGUF", type=click.Path(dir_okay=False),
-              help="The job's model file, when it is not the catalog model of its sha256.")
+              help="The job's model file, when neither the catalog nor the model cache has its sha256.")
+@click.option("--adapter", "adapter_path", metavar="GGUF", type=click.Path(dir_okay=False),
+              help="The job's LoRA adapter file, when the model cache does not have its sha256.")
 @click.option("--threads", type=click.IntRange(0), default=0, help="llama.cpp threads (0: every core).")
 @json_option
-def verify(receipt_file, model_path, threads, as_json) -> None:
+def verify(receipt_file, model_path, adapter_path, threads, as_json) -> None:
     """Check a receipt (from `submit --receipt` or GET /v1/jobs/ID/receipt) on this machine.
 
     The client's and the worker's signatures and the job id are checked, then the result is
@@ -648,7 +656,7 @@ def verify(receipt_file, model_path, threads, as_json) -> None:
         else:
             click.secho(f"invalid: {exc}", fg="red")
         sys.exit(1)
-    checked = audit(receipt, model_path, threads=threads)
+    checked = audit(receipt, model_path, adapter_path=adapter_path, threads=threads)
     if as_json:
         emit_json({"job_id": receipt.job_id, "worker": receipt.result.signer_peer_id, **checked.to_json()})
     else:

@@ -87,13 +87,14 @@ def check_model(model: wire.ModelRef) -> None:
 def check_served(job: wire.JobRequest, *, served: dict[str, object], max_tokens: int) -> None:
     """Raise JobRejected unless this node can run ``job`` (the worker role).
 
-    ``served`` maps the sha256 of each model the node serves to its engine.
+    ``served`` maps each model (or model and adapter, ``wire.served_key``) the node serves to its engine.
     A catalog name on another sha256 is refused first (:func:`check_model`).
     """
     check_model(job.model)
-    if job.model.sha256 not in served:
-        raise JobRejected("unknown_model",
-                          f"this node does not serve model {job.model.name} ({job.model.sha256[:12]}…)")
+    if job.served_key not in served:
+        with_adapter = f" with adapter {job.adapter.name} ({job.adapter.sha256[:12]}…)" if job.adapter else ""
+        raise JobRejected("unknown_model", f"this node does not serve model {job.model.name} "
+                                           f"({job.model.sha256[:12]}…){with_adapter}")
     if job.params.max_tokens > max_tokens:
         raise JobRejected("max_tokens", f"max_tokens {job.params.max_tokens} exceeds this node's "
                                         f"limit of {max_tokens}")

@@ -24,27 +24,21 @@ class Audit:
         return {"verdict": self.verdict, "reason": self.reason, "metrics": self.metrics, "positions": self.positions}
 
 
-def audit(receipt: Receipt, model_path: str | None = None, *, threads: int = 0) -> Audit:
-    """Re-score ``receipt``'s result on the job's model: the catalog copy of its sha256, or the GGUF
-    file ``model_path`` (which must hash to it).  Inconclusive when neither is on this machine."""
+def audit(receipt: Receipt, model_path: str | None = None, *, adapter_path: str | None = None,
+          threads: int = 0) -> Audit:
+    """Re-score ``receipt``'s result on the job's model (and LoRA adapter): the catalog copy or the
+    cached copy of its sha256, or the GGUF file ``model_path`` (``adapter_path``), which must hash
+    to it.  Inconclusive when a file is not on this machine."""
     from inferad.engine import Engine, EngineError
-    from inferad.models import ModelError, catalog_name, resolve
     from inferad.verification import rescore
 
     job, result = receipt.job.message, receipt.result.message
-    sha = job.model.sha256
-    spec = model_path or catalog_name(sha)
-    if spec is None:
-        return Audit(INCONCLUSIVE, f"model {job.model.name} ({sha[:12]}…) is not in the catalog: pass --model "
-                                   f"PATH to its GGUF file")
+    model, why = _file(job.model, model_path, "model", "--model")
+    adapter, why_adapter = _file(job.adapter, adapter_path, "adapter", "--adapter") if job.adapter else (None, "")
+    if model is None or why_adapter:
+        return Audit(INCONCLUSIVE, why or why_adapter)
     try:
-        model = resolve(spec)
-    except ModelError as exc:
-        return Audit(INCONCLUSIVE, f"model {job.model.name} ({sha[:12]}…) is not on this machine: {exc}")
-    if model.sha256 != sha:
-        return Audit(INCONCLUSIVE, f"{spec} has sha256 {model.sha256[:12]}…, the job's model is {sha[:12]}…")
-    try:
-        engine = Engine(model, n_ctx=0, n_threads=threads, n_slots=1)
+        engine = Engine(model, n_ctx=0, n_threads=threads, n_slots=1, adapter=adapter)
     except EngineError as exc:
         return Audit(INCONCLUSIVE, f"cannot load the model: {exc}")
     try:
@@ -61,6 +55,22 @@ def audit(receipt: Receipt, model_path: str | None = None, *, threads: int = 0) 
     finally:
         engine.close()
     return Audit(verdict.verdict, verdict.reason, verdict.metrics, rows)
+
+
+def _file(ref, path: str | None, what: str, option: str):
+    """(the local file of ``ref``, "") or (None, why not): ``path``, else the catalog's or the cache's
+    copy of its sha256."""
+    from inferad.model_cache import local_model
+    from inferad.models import ModelError, catalog_name, resolve
+
+    sha = ref.sha256
+    try:
+        found = resolve(path or catalog_name(sha)) if path or catalog_name(sha) else local_model(f"sha256:{sha}")
+    except ModelError as exc:
+        return None, f"{what} {ref.name} ({sha[:12]}…) is not on this machine: {exc} (or pass {option} PATH)"
+    if found.sha256 != sha:
+        return None, f"{path} has sha256 {found.sha256[:12]}…, the job's {what} is {sha[:12]}…"
+    return found, ""
 
 
 def _row(index: int, p: Position, engine) -> dict:

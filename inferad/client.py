@@ -80,6 +80,7 @@ def model_ref(spec: str) -> wire.ModelRef:
     """
     if is_sim_model(spec):
         return sim_model_ref(spec)
+    spec = spec.replace("sha256:", "") if "sha256:" in spec and not Path(spec).exists() else spec
     try:
         named = resolve_name(spec, ())
     except UnknownModel:  # not a name this client can know alone: a file, or nothing
@@ -93,14 +94,15 @@ def model_ref(spec: str) -> wire.ModelRef:
 
 def new_job(model: wire.ModelRef, client_eth: str, *, prompt: str | None = None,
             messages: list | None = None, prompt_tokens: list[int] | None = None, ttl_s: int = 60,
-            max_price: int = 0, **params: Any) -> wire.JobRequest:
-    """A fresh job (random nonce, valid for ``ttl_s`` seconds from now) with one of the three prompt forms."""
+            max_price: int = 0, adapter: wire.ModelRef | None = None, **params: Any) -> wire.JobRequest:
+    """A fresh job (random nonce, valid for ``ttl_s`` seconds from now) with one of the three prompt
+    forms, on ``model`` with the LoRA ``adapter`` if given."""
     now = int(time.time() * 1000)
     return wire.JobRequest(
         model=model, params=wire.SamplingParams(**params), max_price=max_price, client_eth=client_eth,
         nonce=int.from_bytes(os.urandom(8), "big"), created_at=now, expires_at=now + ttl_s * 1000,
         prompt=prompt, messages=tuple(messages) if messages is not None else None,
-        prompt_tokens=tuple(prompt_tokens) if prompt_tokens is not None else None,
+        prompt_tokens=tuple(prompt_tokens) if prompt_tokens is not None else None, adapter=adapter,
     )
 
 

@@ -41,6 +41,9 @@ ip_colocation_limit = 10
 # "sha256:<64 hex>" (also "label@sha256:<hex>"): a model fetched from the peers
 # that serve it when the cache lacks it (`inferad models list` shows the cache).
 models = ["gemma-3-270m"]
+# LoRA adapters (GGUF paths or "sha256:<hex>" of cached ones), each served on the
+# one model above as a (model, adapter) pair of its own: jobs name both.
+adapters = []
 # Bytes of fetched models the cache keeps, least recently used evicted first (0: no limit).
 model_cache_limit = 0
 # Context window of one slot in tokens: prompt + max_tokens of a job must fit
@@ -132,6 +135,7 @@ class Config:
     ip_colocation_limit: int = 10
     models: tuple[str, ...] = ("gemma-3-270m",)
     model_cache_limit: int = 0  # bytes of models fetched from peers kept in the cache; 0: no limit
+    adapters: tuple[str, ...] = ()  # LoRA adapters, each served on the one model as a pair of its own
     n_ctx: int = 0  # 0: chosen at start (inferad.context.plan)
     parallel: int = 0  # slots; 0: chosen at start (inferad.context.choose_slots)
     n_threads: int = 0
@@ -168,8 +172,8 @@ class Config:
 SECTIONS = {
     "node": ("listen", "bootstrap", "advert_interval"),
     "gossip": ("ip_colocation_limit",),
-    "engine": ("models", "model_cache_limit", "n_ctx", "parallel", "n_threads", "n_gpu_layers", "max_tokens",
-               "queue_size", "stream_batch_ms"),
+    "engine": ("models", "adapters", "model_cache_limit", "n_ctx", "parallel", "n_threads", "n_gpu_layers",
+               "max_tokens", "queue_size", "stream_batch_ms"),
     "routing": ("connect_timeout", "first_token_timeout", "stall_timeout", "max_attempts", "reputation_floor"),
     "verification": ("verifiers", "quorum", "probability_floor", "verify_timeout", "attestation_window",
                      "fetch_models", "slash_bps", "bounty_bps"),

@@ -137,9 +137,10 @@ class Commands:
             "peer_id": me.peer_id, "addrs": me.addrs, "version": __version__, "engine": self.engine,
             "uptime_s": int(time.time() - self.started_at), "active_jobs": self.activity.running,
             "peers": len(self.peers.fresh(time.monotonic())), "adverts_rejected": me.adverts_rejected,
-            "models": [{"name": s.engine.ref.name, "sha256": sha, "tokens_per_s": s.tokens_per_s,
-                        "queued": s.worker.load.queued, "running": s.worker.load.running}
-                       for sha, s in self.served.items()],
+            "models": [{"name": s.engine.ref.name, "sha256": s.engine.ref.sha256, "tokens_per_s": s.tokens_per_s,
+                        "queued": s.worker.load.queued, "running": s.worker.load.running,
+                        "adapter": s.engine.adapter_ref.sha256 if s.engine.adapter_ref else None}
+                       for s in self.served.values()],
             "reputation": round(self.reputation(me.peer_id), 4),
             "verification": None if self.verification is None else self.verification.summary(),
             "chain": None if self.billing.view is None else await self.billing.status(),
@@ -161,6 +162,8 @@ class Commands:
         providers: dict[str, list[dict]] = {}
         for entry in self.peers.fresh(time.monotonic()):
             for offer in entry.advert.models:
+                if offer.adapter:  # a (model, adapter) pair: in `inferad peers`, not a model of its own
+                    continue
                 offers.append((offer.sha256, offer.name))
                 providers.setdefault(offer.sha256, []).append({
                     "peer_id": entry.peer_id, "tokens_per_s": offer.tokens_per_s, "n_ctx": offer.n_ctx,
@@ -179,7 +182,7 @@ class Commands:
         """(sha256, name) of every model on offer: the peers' adverts', then this node's."""
         offers = [(offer.sha256, offer.name) for entry in self.peers.fresh(time.monotonic())
                   for offer in entry.advert.models]
-        return offers + [(sha, served.engine.ref.name) for sha, served in self.served.items()]
+        return offers + [(served.engine.ref.sha256, served.engine.ref.name) for served in self.served.values()]
 
     async def is_settled(self, job_id: str) -> bool:
         return await self.store.is_settled(job_id)

@@ -253,15 +253,21 @@ class Engine:
     sampled one the same tokens for the same job id, seed and build; batched with others, its
     logits can differ in the last bits, which changes a greedy token only at near-ties
     (docs/benchmarks.md measures how often; verifiers allow ``greedy_margin`` for it).
+
+    LoRA: with ``adapter``, a GGUF LoRA adapter (``llama_adapter_lora_init``) is set on the
+    context at scale 1 for every slot.  llama.cpp applies adapters per context, not per sequence,
+    so a (model, adapter) pair is an engine of its own (the weights' pages are shared through
+    mmap; the KV cache is not).
     """
 
     kind = "llama.cpp"
 
     def __init__(self, model: LocalModel, *, n_ctx: int = 0, n_threads: int = 0, n_gpu_layers: int = -1,
-                 n_slots: int = 0) -> None:
-        """Load ``model`` with ``n_slots`` slots of ``n_ctx`` tokens each; 0 chooses from the model's
-        trained context and free memory (:func:`inferad.context.plan`).  Raises EngineError when
-        the file cannot be loaded, ``n_ctx`` exceeds the trained context, or the slots do not fit."""
+                 n_slots: int = 0, adapter: LocalModel | None = None) -> None:
+        """Load ``model`` (with the LoRA ``adapter``) with ``n_slots`` slots of ``n_ctx`` tokens each;
+        0 chooses from the model's trained context and free memory (:func:`inferad.context.plan`).
+        Raises EngineError when a file cannot be loaded, ``n_ctx`` exceeds the trained context, or
+        the slots do not fit."""
         import llama_cpp
 
         from inferad.context import ContextError, plan
@@ -294,6 +300,16 @@ class Engine:
         if not self._ctx:
             self._llm.close()
             raise EngineError(f"llama.cpp cannot make a context of {self.context.describe()}")
+        self.adapter, self._adapter = adapter, None
+        if adapter is not None:
+            self._adapter = llama_cpp.llama_adapter_lora_init(self._llm._model.model, str(adapter.path).encode())
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._adapter)
+            if not self._adapter or llama_cpp.llama_set_adapters_lora(self._ctx, adapters, 1,
+                                                                      (ctypes.c_float * 1)(1.0)):
+                llama_cpp.llama_free(self._ctx)
+                self._llm.close()
+                raise EngineError(f"llama.cpp cannot apply the LoRA adapter {adapter.path} to {model.name} (is it "
+                                  f"a GGUF LoRA made for this model's architecture and tensor shapes?)")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
         self._batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         self.load_seconds = time.perf_counter() - started
@@ -301,6 +317,8 @@ class Engine:
         self.info = wire.EngineInfo(name="llama.cpp", version=f"llama-cpp-python {llama_cpp.__version__}",
                                     backend="gpu" if gpu else "cpu")
         self.ref = wire.ModelRef(sha256=model.sha256, name=model.name)
+        self.adapter_ref = wire.ModelRef(sha256=adapter.sha256, name=adapter.name) if adapter else None
+        self.key = wire.served_key(model.sha256, adapter.sha256 if adapter else None)
         self._slots = Scheduler(n_slots=self.context.n_slots, n_batch=N_BATCH, n_ctx_slot=self.context.n_ctx,
                                 max_outputs=max(SCORE_CHUNK, self.context.n_slots))
         self._running: dict[int, _Task] = {}  # by slot
@@ -310,8 +328,9 @@ class Engine:
         self._closing = False
         self._loop_thread = threading.Thread(target=self._loop, name=f"engine {model.name}", daemon=True)
         self._loop_thread.start()
-        log.info("loaded %s (%s) in %.2f s, %d slot(s) of n_ctx=%d, backend=%s", model.name, model.sha256[:12],
-                 self.load_seconds, self.n_slots, self.n_ctx, self.info.backend)
+        log.info("loaded %s (%s)%s in %.2f s, %d slot(s) of n_ctx=%d, backend=%s", model.name, model.sha256[:12],
+                 f" with LoRA adapter {adapter.name} ({adapter.sha256[:12]})" if adapter else "", self.load_seconds,
+                 self.n_slots, self.n_ctx, self.info.backend)
 
     @property
     def n_ctx(self) -> int:
@@ -471,6 +490,8 @@ class Engine:
         self._loop_thread.join()
         llama_cpp.llama_batch_free(self._batch)
         llama_cpp.llama_free(self._ctx)
+        if self._adapter:
+            llama_cpp.llama_adapter_lora_free(self._adapter)
         self._llm.close()
 
     # ------------------------------------------------------------------ the loop (engine thread)

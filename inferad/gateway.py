@@ -110,13 +110,14 @@ class Router:
         old = self.rtt_s.get(peer_id)
         self.rtt_s[peer_id] = seconds if old is None else 0.8 * old + 0.2 * seconds
 
-    def candidates(self, model_sha256: str, now: float, local: Candidate | None) -> list[Candidate]:
+    def candidates(self, key: str, now: float, local: Candidate | None) -> list[Candidate]:
+        """Who can run a job on ``key`` (``wire.served_key``: a model, or a model with an adapter)."""
         found = [] if local is None else [local]
-        for entry in self.peers.providers(model_sha256, now):
+        for entry in self.peers.providers(key, now):
             if entry.peer_id == self.self_id:
                 continue
             ad = entry.advert
-            offer = ad.offers(model_sha256)
+            offer = ad.offers(key)
             found.append(Candidate(
                 peer_id=ad.peer_id, tokens_per_s=self.speeds.speed(ad.peer_id, offer.tokens_per_s),
                 n_ctx=offer.n_ctx,
@@ -218,7 +219,7 @@ class Router:
     def _claimed_speed(self, peer_id: str, job: wire.JobRequest | None) -> float:
         """The per-stream tokens/s ``peer_id``'s advert claims for one more job now (0: unknown)."""
         entry = self.peers.get(peer_id)
-        offer = entry.advert.offers(job.model.sha256) if entry is not None and job is not None else None
+        offer = entry.advert.offers(job.served_key) if entry is not None and job is not None else None
         if peer_id == self.self_id or offer is None:
             return 0.0
         load = entry.advert.load
@@ -369,10 +370,11 @@ class Gateway:
         check_model(job.model)
         now = time.monotonic()
         local = self._local_candidate(job)
-        candidates = self.router.candidates(job.model.sha256, now, local)
+        candidates = self.router.candidates(job.served_key, now, local)
         if not candidates:
+            with_adapter = f" with adapter {job.adapter.name} ({job.adapter.sha256[:12]}…)" if job.adapter else ""
             raise JobRejected("unknown_model", f"no node in this network serves {job.model.name} "
-                                               f"({job.model.sha256[:12]}…)")
+                                               f"({job.model.sha256[:12]}…){with_adapter}")
         prompt_tokens = self._prompt_size(job, local is not None, [c.peer_id for c in candidates])
         plan = self.router.plan(JobShape(prompt_tokens, job.params.max_tokens, job.params.n), candidates, now)
         if not plan.order:
@@ -386,7 +388,7 @@ class Gateway:
         return Admitted(envelope, data, plan, reserved, started)
 
     def _local_candidate(self, job: wire.JobRequest) -> Candidate | None:
-        served = self.local.served.get(job.model.sha256)
+        served = self.local.served.get(job.served_key)
         if served is None:
             return None
         load = served.worker.load
@@ -401,7 +403,7 @@ class Gateway:
             return len(self.local.prompt_tokens(job))
         if job.prompt_tokens is not None:
             vocabularies = [offer.n_vocab for entry in map(self.peers.get, candidates) if entry is not None
-                            for offer in [entry.advert.offers(job.model.sha256)] if offer and offer.n_vocab]
+                            for offer in [entry.advert.offers(job.served_key)] if offer and offer.n_vocab]
             if vocabularies:
                 try:
                     check_vocabulary(job.prompt_tokens, min(vocabularies))

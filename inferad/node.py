@@ -159,7 +159,7 @@ class Node:
 
         self_id = wire.peer_id_from_public_key(bytes(key.verify_key))
         share = ModelShare(key=key, files=partial(model_files, served), request_timeout=config.request_timeout)
-        fetcher = Fetcher(providers=lambda sha: [e.peer_id for e in peers.providers(sha, time.monotonic())
+        fetcher = Fetcher(providers=lambda sha: [e.peer_id for e in peers.sharing(sha, time.monotonic())
                                                  if e.peer_id != self_id],
                           open_stream=partial(dialer.open, protocol=PROTOCOL_MODEL), cache=cache,
                           wait_s=max(30.0, 5.0 * config.advert_interval))
@@ -234,7 +234,9 @@ class Node:
                              "version": __version__, "started_at": int(time.time()), "api": commands.api_url}
 
                 def write_node_info() -> None:
-                    models = [{"name": s.engine.ref.name, "sha256": sha} for sha, s in served.items()]
+                    models = [{"name": s.engine.ref.name, "sha256": s.engine.ref.sha256,
+                               "adapter": s.engine.adapter_ref.sha256 if s.engine.adapter_ref else None}
+                              for s in served.values()]
                     self.home.write_node_info({**node_info, "models": models})
 
                 def stop(error: NodeError) -> None:
@@ -264,6 +266,9 @@ class Node:
         try:
             await fetcher.fetch(sha, on_progress=_log_progress(sha))
             served[sha] = await open_model(f"sha256:{sha}", self.config, hardware)
+            for adapter in self.config.adapters:  # on the one model (load_models skipped them)
+                pair = await open_model(f"sha256:{sha}", self.config, hardware, adapter=adapter)
+                served[pair.engine.key] = pair
         except (ModelError, ModelUnusable) as exc:
             stop(NodeError(f"cannot serve {spec}: {exc}"))
             return

@@ -133,7 +133,7 @@ class Oracle:
             verification: attestations, outcomes, evidence, and re-scoring as the arbiter.
             store: settlements, deferred jobs, slashes and evidence are kept here.
             peers: the advert table (whom to ask for reports).
-            served: the engines the oracle re-scores on, by model sha256.
+            served: the engines the oracle re-scores on, by ``wire.served_key``.
             dialer: requests to peers.
     """
 
@@ -354,7 +354,7 @@ class Oracle:
         arbiter's attestation), or None when it does not serve the model."""
         evidence = wire.decode(data).message
         job, result = wire.decode(evidence.job), wire.decode(evidence.result)
-        served = self.served.get(job.message.model.sha256)
+        served = self.served.get(job.message.served_key)
         if served is None:
             log.warning("job %s: the oracle does not serve %s, so it slashes on the verifiers' word alone",
                         job.digest[:16], job.message.model.name)

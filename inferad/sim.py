@@ -43,6 +43,8 @@ class SimEngine:
         if tokens_per_s <= 0:
             raise EngineError("the sim engine needs a positive --sim-tokens-per-s")
         self.ref = sim_model_ref(name)
+        self.adapter_ref = None  # no LoRA on a simulated engine
+        self.key = self.ref.sha256
         self.tokens_per_s = tokens_per_s
         self.n_ctx = n_ctx or SIM_N_CTX
         self.n_vocab = SIM_VOCAB

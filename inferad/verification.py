@@ -134,7 +134,7 @@ class Verification:
             chain_view: the chain (beacon blocks, stakes, the oracle's key).
             stakes: the stake history (who was staked at a beacon block).
             store: attestations, evidence and held pairs are kept here.
-            served: the engines this node re-scores on, by model sha256.
+            served: the engines this node re-scores on, by ``wire.served_key``.
             engine_for: the engine for a model this node does not serve, fetched from peers when the
                 draw names it for a job on one (:class:`inferad.worker.VerifyingModels`); None
                 when the model cannot be had.  Raises ModelError with why.
@@ -402,10 +402,10 @@ class Verification:
         if self.peer_id not in named:
             raise JobRejected("not_named", "the draw does not name this node for that job, so its attestation "
                                            "would not count")
-        served = self.served.get(job.model.sha256)
+        served = self.served.get(job.served_key)
         if served is None:  # named for a model this node does not serve: fetch it, if the config allows
             try:
-                served = await self.engine_for(job.model.sha256)
+                served = await self.engine_for(job.served_key)
             except ModelError as exc:
                 raise JobRejected("unknown_model", f"this node cannot verify {job.model.name}: {exc}") from None
         if served is None:
@@ -472,7 +472,7 @@ class Verification:
                 "model": job_env.message.model.name, "checked": "signatures and quorum verified by this node",
                 "attestations": [dict(jsonable(wire.view(a.message)), verifier=a.signer_peer_id)
                                  for a in map(wire.decode, envelope.message.attestations)]}
-        served = self.served.get(job_env.message.model.sha256)
+        served = self.served.get(job_env.message.served_key)
         if served is not None:  # at the positions the attestations' beacon drew, as the verifiers did
             beacon = next((wire.decode(a).message.beacon for a in envelope.message.attestations), None)
             verdict = await served.worker.run_in_slot(

@@ -218,55 +218,66 @@ class Served:
 
 async def load_models(config: Config, hardware: wire.Hardware, *, engine: str = "llama",
                       sim_tokens_per_s: float = 50.0, skip: tuple[str, ...] = ()) -> dict[str, Served]:
-    """Open an engine for each of ``config.models`` (but ``skip``) and measure its speed; by model
-    sha256.
+    """Open an engine for each of ``config.models`` (but ``skip``), and one for the model with each
+    of ``config.adapters`` (LoRA, applied to the one model), and measure their speed; by
+    ``wire.served_key``.
 
     ``engine`` is ``llama`` (llama.cpp) or ``sim`` (the simulated engine, at ``sim_tokens_per_s``).
     Raises ModelUnusable for a model that cannot be found, assembled or loaded (the engines
     opened before it are closed).
     """
+    if config.adapters and len(config.models) != 1:
+        raise ModelUnusable(f"adapters apply to one model; {len(config.models)} are configured (engine.models)")
+    pairs = [(spec, None) for spec in config.models if spec not in skip]
+    pairs += [(config.models[0], adapter) for adapter in config.adapters if config.models[0] not in skip]
     served: dict[str, Served] = {}
-    for spec in config.models:
-        if spec in skip:
-            continue
+    for spec, adapter in pairs:
         try:
-            opened = await open_model(spec, config, hardware, engine=engine, sim_tokens_per_s=sim_tokens_per_s)
+            opened = await open_model(spec, config, hardware, engine=engine, sim_tokens_per_s=sim_tokens_per_s,
+                                      adapter=adapter)
         except ModelUnusable:
             for each in served.values():
                 each.engine.close()
             raise
-        served[opened.engine.ref.sha256] = opened
+        served[opened.engine.key] = opened
     return served
 
 
 async def open_model(spec: str, config: Config, hardware: wire.Hardware, *, engine: str = "llama",
-                     sim_tokens_per_s: float = 50.0) -> Served:
+                     sim_tokens_per_s: float = 50.0, adapter: str | None = None) -> Served:
     """An engine for ``spec`` (a catalog name, a GGUF path, or a cached model's ``sha256:…``
-    reference: :meth:`inferad.model_cache.ModelCache.find`), its speed measured.  Raises ModelUnusable."""
+    reference: :meth:`inferad.model_cache.ModelCache.find`), with the LoRA ``adapter`` (a GGUF
+    path or a cached ``sha256:…``) if given, its speed measured.  Raises ModelUnusable."""
     try:
         if engine == "sim":
             opened = SimEngine(spec, tokens_per_s=sim_tokens_per_s, n_ctx=config.n_ctx)
         else:
             model = await trio.to_thread.run_sync(local_model, spec)
-            check_label(model.name, model.sha256)  # holds for resolve's labels (models.file_label)
-            if note := naming_note(model):
-                log.warning("%s", note)
+            lora = await trio.to_thread.run_sync(local_model, adapter) if adapter else None
+            for each in (model, lora):
+                if each is not None:
+                    check_label(each.name, each.sha256)  # holds for resolve's labels (models.file_label)
+                    if note := naming_note(each):
+                        log.warning("%s", note)
             log.info("loading %s with llama.cpp (%s)…", model.name, model.path)
             opened = await trio.to_thread.run_sync(
-                lambda m=model: Engine(m, n_ctx=config.n_ctx, n_threads=config.n_threads,
-                                       n_gpu_layers=config.n_gpu_layers, n_slots=config.parallel))
+                lambda: Engine(model, n_ctx=config.n_ctx, n_threads=config.n_threads,
+                               n_gpu_layers=config.n_gpu_layers, n_slots=config.parallel, adapter=lora))
         key = cache_key(opened, hardware, threads=config.n_threads)
         speed = await trio.to_thread.run_sync(tokens_per_second, opened, key)
     except (ModelError, EngineError, ValueError) as exc:
-        raise ModelUnusable(f"cannot serve model {spec}: {exc}") from None
+        raise ModelUnusable(f"cannot serve model {spec}{f' with adapter {adapter}' if adapter else ''}: {exc}") \
+            from None
     worker = Worker(opened, queue_size=config.queue_size, batch_ms=config.stream_batch_ms)
     return Served(opened, worker, speed, key if engine != "sim" else "")
 
 
 def offers(served: dict[str, Served]) -> tuple[wire.ModelOffer, ...]:
-    """The models of ``served`` as an advert offers them."""
-    return tuple(wire.ModelOffer(sha256=sha, name=s.engine.ref.name, tokens_per_s=float(s.tokens_per_s),
-                                 n_ctx=s.engine.n_ctx, n_vocab=s.engine.n_vocab) for sha, s in served.items())
+    """The models and (model, adapter) pairs of ``served`` as an advert offers them."""
+    return tuple(wire.ModelOffer(sha256=s.engine.ref.sha256, name=s.engine.ref.name,
+                                 tokens_per_s=float(s.tokens_per_s), n_ctx=s.engine.n_ctx, n_vocab=s.engine.n_vocab,
+                                 adapter=s.engine.adapter_ref.sha256 if s.engine.adapter_ref else None)
+                 for s in served.values())
 
 
 @dataclass(kw_only=True, eq=False)
@@ -277,31 +288,37 @@ class VerifyingModels:
     the memory (one at a time).
 
     Args:   fetch: ``(sha256, max_size)`` -> the cached model (inferad.transfer.Fetcher.fetch).
-            open: ``sha256:<hex>`` -> its Served (open_model), blocking the caller only.
+            open: ``sha256:<hex>`` (and ``adapter=``) -> its Served (open_model), blocking the caller only.
             max_size: config ``verification.fetch_models``.
     """
 
     fetch: Callable[[str, int], Awaitable[Any]]
-    open: Callable[[str], Awaitable[Served]]
+    open: Callable[..., Awaitable[Served]]
     max_size: int
     _held: dict[str, Served] = field(default_factory=dict)
     _lock: trio.Lock = field(default_factory=trio.Lock)
 
-    async def engine_for(self, sha256: str) -> Served | None:
-        """None when fetching is off; raises ModelError when the model cannot be fetched or opened."""
+    async def engine_for(self, key: str) -> Served | None:
+        """The engine for ``key`` (``wire.served_key``: a model, or a model and its LoRA adapter, each
+        fetched if the cache lacks it); None when fetching is off; raises ModelError when a file
+        cannot be fetched or opened."""
         if self.max_size <= 0:
             return None
         async with self._lock:
-            if sha256 not in self._held:
-                await self.fetch(sha256, self.max_size)
+            if key not in self._held:
+                model, _, adapter = key.partition("+")
+                for sha in (model, adapter):
+                    if sha:
+                        await self.fetch(sha, self.max_size)
                 try:
-                    opened = await self.open(f"sha256:{sha256}")
+                    opened = await self.open(f"sha256:{model}", adapter=f"sha256:{adapter}" if adapter else None)
                 except ModelUnusable as exc:
                     raise ModelError(str(exc)) from None
                 self.close()
-                self._held[sha256] = opened
-                log.info("verifying on %s, fetched from peers", opened.engine.ref.name)
-            return self._held[sha256]
+                self._held[key] = opened
+                log.info("verifying on %s%s, fetched from peers", opened.engine.ref.name,
+                         f" with adapter {opened.engine.adapter_ref.name}" if adapter else "")
+            return self._held[key]
 
     def close(self) -> None:
         for held in self._held.values():
@@ -310,9 +327,15 @@ class VerifyingModels:
 
 
 def model_files(served: dict[str, Served]) -> dict[str, tuple[str, Path]]:
-    """The files of ``served`` as ``{sha256: (label, path)}``: what this node shares with peers
-    (the simulated engine has none)."""
-    return {sha: (s.engine.ref.name, s.engine.model.path) for sha, s in served.items() if isinstance(s.engine, Engine)}
+    """The files of ``served``, models and adapters, as ``{sha256: (label, path)}``: what this node
+    shares with peers (the simulated engine has none)."""
+    files = {}
+    for s in served.values():
+        if isinstance(s.engine, Engine):
+            files[s.engine.model.sha256] = (s.engine.model.name, s.engine.model.path)
+            if s.engine.adapter is not None:
+                files[s.engine.adapter.sha256] = (s.engine.adapter.name, s.engine.adapter.path)
+    return files
 
 
 def total_load(served: dict[str, Served]) -> wire.Load:
@@ -380,7 +403,7 @@ class ExecService:
     def prompt_tokens(self, job: wire.JobRequest) -> list[int]:
         """The job's prompt as this node's engine tokenizes it. Raises JobRejected("invalid_prompt")."""
         try:
-            return self.served[job.model.sha256].engine.prompt_tokens(job)
+            return self.served[job.served_key].engine.prompt_tokens(job)
         except EngineError as exc:
             raise JobRejected("invalid_prompt", str(exc)) from None
 
@@ -390,7 +413,7 @@ class ExecService:
         Raises JobRejected (the job's code: unknown model, limits, busy, expired, cancelled)."""
         job: wire.JobRequest = envelope.message
         check_served(job, served=self.served, max_tokens=self.config.max_tokens)
-        served = self.served[job.model.sha256]
+        served = self.served[job.served_key]
         prompt = self.prompt_tokens(job)
         check_context(len(prompt), job.params.max_tokens, served.engine.n_ctx)
         if job.params.n > served.worker.slots:

@@ -62,8 +62,8 @@ __all__ = [
     "ModelRef", "ChatMessage", "SamplingParams", "JobRequest", "JobResult", "Choice", "TokenLogprob",
     "TopLogprob", "Usage",
     "Timings", "EngineInfo", "Token", "ErrorFrame", "Envelope", "ExecRequest", "Advert", "ModelOffer",
-    "Hardware", "Gpu", "Load", "Limits", "provider_key", "stream_mismatch", "VerifyRequest", "VerifyMetrics",
-    "Attestation",
+    "Hardware", "Gpu", "Load", "Limits", "provider_key", "served_key", "stream_mismatch", "VerifyRequest",
+    "VerifyMetrics", "Attestation",
     "EvidenceRequest", "Evidence", "AttestationsRequest", "AttestationSet", "ModelInfoRequest", "ModelInfo",
     "ChunkRequest", "Chunk",
     "canonical", "digest", "sign", "sign_body", "encode_unsigned", "decode", "encode_frame", "unparse", "view",
@@ -160,6 +160,13 @@ class JobRequest:
     messages: tuple | None = field(optional(sequence(nested(ChatMessage), 256)), None)
     # Token ids the model sees as they are (no BOS added): OpenAI's token-array prompts.
     prompt_tokens: tuple | None = field(optional(sequence(integer(0, 2**31 - 1), MAX_PROMPT_TOKENS)), None)
+    # A LoRA adapter (a GGUF file, by its sha256) applied to ``model``: a fine-tune that travels small.
+    adapter: ModelRef | None = field(optional(nested(ModelRef)), None)
+
+    @property
+    def served_key(self) -> str:
+        """What a worker must serve to run this job: :func:`served_key` of its model and adapter."""
+        return served_key(self.model.sha256, self.adapter.sha256 if self.adapter else None)
 
     def __post_init__(self) -> None:
         if sum(x is not None for x in (self.prompt, self.messages, self.prompt_tokens)) != 1:
@@ -300,6 +307,12 @@ class ExecRequest:
     prefix: tuple = field(sequence(integer(0, 2**31 - 1), MAX_TOKENS_LIMIT), ())
 
 
+def served_key(model_sha256: str, adapter_sha256: str | None = None) -> str:
+    """A model, or a (model, LoRA adapter) pair, as a node serves it: ``<model sha256>`` or
+    ``<model sha256>+<adapter sha256>``."""
+    return model_sha256 if adapter_sha256 is None else f"{model_sha256}+{adapter_sha256}"
+
+
 @dataclass(frozen=True)
 class ModelOffer:
     sha256: str = field(HEX_DIGEST)
@@ -307,6 +320,11 @@ class ModelOffer:
     tokens_per_s: float = field(number(0.0, 1e6))  # measured at start on this hardware
     n_ctx: int = field(integer(1, 1 << 24))
     n_vocab: int = field(integer(0, 1 << 24), 0)  # token ids are below this (0: not said)
+    adapter: str | None = field(optional(HEX_DIGEST), None)  # a LoRA adapter's sha256, applied to the model
+
+    @property
+    def key(self) -> str:
+        return served_key(self.sha256, self.adapter)
 
 
 @dataclass(frozen=True)
@@ -378,8 +396,9 @@ class Advert:
     # Absent only in adverts of nodes older than this field: assume the defaults of docs/protocol.md.
     limits: Limits | None = field(optional(nested(Limits)), None)
 
-    def offers(self, sha256: str) -> ModelOffer | None:
-        return next((m for m in self.models if m.sha256 == sha256), None)
+    def offers(self, key: str) -> ModelOffer | None:
+        """The offer of a model or (model, adapter) pair, by :func:`served_key`."""
+        return next((m for m in self.models if m.key == key), None)
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,13 @@ class PeerTable:
     def fresh(self, now: float) -> list[PeerEntry]:
         return [e for e in self._entries.values() if self._alive(e, now)]
 
-    def providers(self, model_sha256: str, now: float) -> list[PeerEntry]:
-        return [e for e in self.fresh(now) if e.advert.offers(model_sha256)]
+    def sharing(self, sha256: str, now: float) -> list[PeerEntry]:
+        """Fresh peers that serve the file ``sha256``: as a model, or as an adapter of one."""
+        return [e for e in self.fresh(now) if any(sha256 in (m.sha256, m.adapter) for m in e.advert.models)]
+
+    def providers(self, key: str, now: float) -> list[PeerEntry]:
+        """Fresh peers offering a model or (model, adapter) pair (``wire.served_key``)."""
+        return [e for e in self.fresh(now) if e.advert.offers(key)]
 
     def __len__(self) -> int:
         return len(self._entries)
