@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -30,7 +31,9 @@ from nacl.signing import SigningKey  # noqa: E402
 from p2p.host import dialable, listen_addrs, make_host, peer_info, running  # noqa: E402
 
 
-async def provide(path: str, chunk: int) -> None:
+@asynccontextmanager
+async def bitswap_node():
+    """A libp2p host on loopback with a started bitswap client, and its MerkleDag."""
     from libp2p.bitswap.client import BitswapClient
     from libp2p.bitswap.dag import MerkleDag
 
@@ -39,28 +42,25 @@ async def provide(path: str, chunk: int) -> None:
         bitswap = BitswapClient(host)
         bitswap.set_nursery(nursery)
         await bitswap.start()
-        root = await MerkleDag(bitswap).add_file(path, chunk_size=chunk)
-        addr = dialable([str(a) for a in host.get_addrs()])[0]
-        print(f"{addr} {root.hex()}", flush=True)
+        yield host, MerkleDag(bitswap)
+        nursery.cancel_scope.cancel()
+
+
+async def provide(path: str, chunk: int) -> None:
+    async with bitswap_node() as (host, dag):
+        root = await dag.add_file(path, chunk_size=chunk)
+        print(f"{dialable([str(a) for a in host.get_addrs()])[0]} {root.hex()}", flush=True)
         await trio.sleep_forever()
 
 
 async def fetch(addr: str, root_hex: str) -> float:
-    from libp2p.bitswap.client import BitswapClient
-    from libp2p.bitswap.dag import MerkleDag
-
-    host = make_host(SigningKey.generate())
-    async with running(host, listen_addrs(["/ip4/127.0.0.1/tcp/0"])), trio.open_nursery() as nursery:
-        bitswap = BitswapClient(host)
-        bitswap.set_nursery(nursery)
-        await bitswap.start()
+    async with bitswap_node() as (host, dag):
         info = peer_info(addr)
         await host.connect(info)
         started = time.perf_counter()
-        data, _ = await MerkleDag(bitswap).fetch_file(bytes.fromhex(root_hex), peer_id=info.peer_id, timeout=60)
+        data, _ = await dag.fetch_file(bytes.fromhex(root_hex), peer_id=info.peer_id, timeout=60)
         elapsed = time.perf_counter() - started
         print(f"fetched {len(data)} bytes", file=sys.stderr)
-        nursery.cancel_scope.cancel()
         return elapsed
 
 

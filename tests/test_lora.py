@@ -1,5 +1,6 @@
 """LoRA adapters (issue 15): an adapter made for gemma's shapes with the gguf package, applied by
-the engine, served as a (model, adapter) pair by a real node, and verified with the adapter."""
+the engine, served as a (model, adapter) pair by a real node, and verified with the adapter
+(drawn verifiers that fetch it: tests/test_model_transfer_integration.py)."""
 
 import json
 import os
@@ -9,10 +10,8 @@ import pytest
 from inferad.engine import Engine
 from inferad.models import file_sha256, resolve
 from p2p import wire
-from tests.chainnet import NEEDS_CHAIN
 from tests.conftest import run_cli
 from tests.lora import make_adapter
-from tests.test_mesh_integration import wait_for
 
 pytestmark = pytest.mark.model
 PROMPT = "The capital of France is"
@@ -66,38 +65,6 @@ def test_a_node_serves_the_model_and_the_pair_and_routes_by_both(start_node, ada
     assert json.loads(plain.stdout)["result"]["output_tokens"] != json.loads(tuned.stdout)["result"]["output_tokens"]
     unknown = submit("--adapter", "sha256:" + "ab" * 32)
     assert unknown.returncode == 3 and "unknown_model" in unknown.stderr and "adapter" in unknown.stderr
-
-
-@pytest.mark.integration
-@NEEDS_CHAIN
-def test_verifiers_fetch_a_jobs_adapter_and_attest_valid(chain_network, adapter, tmp_path):
-    """Only w serves gemma with the adapter; v1 and v2 serve gemma alone, fetch the adapter when
-    the draw names them, and re-score with it."""
-    path, sha = adapter
-    names = ("gateway", "v1", "v2", "w")
-    net = chain_network(*names, "client")
-    net.stake(*names, amount=2)
-    net.deposit("client", amount=1)
-    caches = {name: str(tmp_path / f"cache-{name}") for name in names}
-    net.start("gateway", "--n-ctx", "256", env={"INFERAD_CACHE": caches["gateway"]})
-    for name in ("v1", "v2"):
-        net.start(name, "--n-ctx", "256", bootstrap="gateway", env={"INFERAD_CACHE": caches[name]})
-    net.start("w", "--adapter", str(path), "--n-ctx", "256", bootstrap="gateway", env={"INFERAD_CACHE": caches["w"]})
-    net.wait_converged(timeout=60)
-    wait_for(lambda: all(p["staked"] for p in net.cli_json("peers", home="gateway")), 30, "the gateway to read stakes")
-
-    job = net.cli_json("submit", "--node-home", str(net.homes["gateway"]), "--adapter", f"sha256:{sha}", PROMPT,
-                       "--max-tokens", "8", "--ttl", "8", "--max-price", "1000", home="client")
-    assert job["result"]["worker"] == net.nodes["w"].info["peer_id"]
-
-    def attestations():
-        (record,) = [j for j in net.cli_json("jobs", home="gateway") if j["job_id"] == job["job_id"]]
-        return (record.get("verification") or {}).get("attestations", [])
-
-    found = wait_for(lambda: len(attestations()) >= 2 and attestations(), 180, "two attestations of the job")
-    assert {a["verdict"] for a in found} == {"valid"}
-    for name in ("v1", "v2"):
-        assert "with adapter" in net.nodes[name].log() and "fetched from peers" in net.nodes[name].log()
 
 
 def test_inferad_verify_checks_an_adapter_job_with_that_adapter(adapter, tmp_path):

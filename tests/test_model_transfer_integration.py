@@ -18,6 +18,7 @@ import pytest
 from inferad.models import file_sha256
 from tests.chainnet import NEEDS_CHAIN
 from tests.conftest import INFERAD, ROOT, run_cli
+from tests.lora import make_adapter
 from tests.test_mesh_integration import wait_for
 from tests.test_model_names_integration import altered_copy
 
@@ -117,11 +118,12 @@ def providers(node, sha: str) -> set[str]:
 
 
 @NEEDS_CHAIN
-def test_verifiers_drawn_for_a_model_they_lack_fetch_it_and_attest_valid(chain_network, custom, tmp_path):
-    """Only w serves the custom model; v1 and v2 are staked and serve gemma-3-270m alone: the draw
-    names them (the gateway is a party to the job), and each fetches the model into its own cache
-    and re-scores."""
+def test_verifiers_drawn_for_a_model_or_adapter_they_lack_fetch_it_and_attest_valid(chain_network, custom, tmp_path):
+    """Only w serves the custom model, alone and with a LoRA adapter; v1 and v2 are staked and serve
+    gemma-3-270m alone: the draw names them (the gateway is a party to the job), and each fetches
+    the model, then the adapter, into its own cache and re-scores with them."""
     path, sha = custom
+    lora = make_adapter(path, tmp_path / "lora" / "lora.gguf")
     names = ("gateway", "v1", "v2", "w")
     net = chain_network(*names, "client")
     net.stake(*names, amount=2)
@@ -130,22 +132,27 @@ def test_verifiers_drawn_for_a_model_they_lack_fetch_it_and_attest_valid(chain_n
     net.start("gateway", "--n-ctx", "256", env={"INFERAD_CACHE": caches["gateway"]})
     for name in ("v1", "v2"):
         net.start(name, "--n-ctx", "256", bootstrap="gateway", env={"INFERAD_CACHE": caches[name]})
-    net.start("w", "--model", str(path), "--n-ctx", "256", bootstrap="gateway", env={"INFERAD_CACHE": caches["w"]})
+    net.start("w", "--model", str(path), "--adapter", str(lora), "--n-ctx", "256", bootstrap="gateway",
+              env={"INFERAD_CACHE": caches["w"]})
     net.wait_converged(timeout=60)
     wait_for(lambda: all(p["staked"] for p in net.cli_json("peers", home="gateway")), 30, "the gateway to read stakes")
 
-    job = net.cli_json("submit", "--node-home", str(net.homes["gateway"]), "--model", f"{LABEL}@{sha}",
-                       "Tell me about the sea.", "--max-tokens", "8", "--ttl", "8", "--max-price", "1000",
-                       home="client")
-    assert job["result"]["worker"] == net.nodes["w"].info["peer_id"]
+    def verified(*adapter: str) -> list[dict]:
+        job = net.cli_json("submit", "--node-home", str(net.homes["gateway"]), "--model", f"{LABEL}@{sha}",
+                           *adapter, "Tell me about the sea.", "--max-tokens", "8", "--ttl", "8", "--max-price",
+                           "1000", home="client")
+        assert job["result"]["worker"] == net.nodes["w"].info["peer_id"]
 
-    def attestations():
-        (record,) = [j for j in net.cli_json("jobs", home="gateway") if j["job_id"] == job["job_id"]]
-        return [a for a in (record.get("verification") or {}).get("attestations", [])]
+        def attestations():
+            (record,) = [j for j in net.cli_json("jobs", home="gateway") if j["job_id"] == job["job_id"]]
+            return (record.get("verification") or {}).get("attestations", [])
 
-    found = wait_for(lambda: len(attestations()) >= 2 and attestations(), 180, "two attestations of the job")
-    assert {a["verdict"] for a in found} == {"valid"}
-    fetched = [name for name in ("v1", "v2") if f"verifying on {LABEL}, fetched from peers" in net.nodes[name].log()]
-    assert fetched == ["v1", "v2"]
-    for name in fetched:
+        return wait_for(lambda: len(attestations()) >= 2 and attestations(), 180, "two attestations of the job")
+
+    assert {a["verdict"] for a in verified()} == {"valid"}
+    assert {a["verdict"] for a in verified("--adapter", f"sha256:{file_sha256(lora)}")} == {"valid"}
+    for name in ("v1", "v2"):
+        log = net.nodes[name].log()
+        assert f"verifying on {LABEL}, fetched from peers" in log and f"verifying on {LABEL} with adapter" in log
         assert file_sha256(Path(caches[name]) / "models" / f"{sha}.gguf") == sha
+        assert file_sha256(Path(caches[name]) / "models" / f"{file_sha256(lora)}.gguf") == file_sha256(lora)
