@@ -269,6 +269,8 @@ def _node_control(node_home: Path) -> Path:
               help="0 means greedy decoding (reproducible).")
 @click.option("--top-p", type=click.FloatRange(0, 1), default=1.0, show_default=True)
 @click.option("--top-k", type=click.IntRange(0, 1000), default=0, show_default=True, help="0 disables top-k.")
+@click.option("--min-p", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Keep only tokens at least this fraction as likely as the most likely one (0 disables).")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--stop", multiple=True, help="Stop sequence, repeatable.")
 @click.option("--n", "n", type=click.IntRange(1, 16), default=1, show_default=True,
@@ -287,8 +289,8 @@ def _node_control(node_home: Path) -> Path:
 @click.option("--receipt", "receipt_path", type=click.Path(dir_okay=False, writable=True), metavar="FILE",
               help="Write the signed job and result there: `inferad verify FILE` checks them anywhere.")
 @json_option
-def submit(home, prompt, node, node_home, model, adapter, max_tokens, temperature, top_p, top_k, seed, stop, n,
-           logprobs, ttl, max_price, timeout, receipt_path, as_json) -> None:
+def submit(home, prompt, node, node_home, model, adapter, max_tokens, temperature, top_p, top_k, min_p, seed, stop,
+           n, logprobs, ttl, max_price, timeout, receipt_path, as_json) -> None:
     """Sign a job with the client key, run it on a node and stream the text.
 
     --node-home talks to a node on this machine through its control socket
@@ -310,8 +312,8 @@ def submit(home, prompt, node, node_home, model, adapter, max_tokens, temperatur
         fail(str(exc), EXIT_USAGE)
     try:
         job = new_job(ref, h.eth_address, prompt=prompt, ttl_s=ttl, max_price=max_price, max_tokens=max_tokens,
-                      temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop), n=n,
-                      logprobs=logprobs, adapter=adapter_ref)
+                      temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed, stop=tuple(stop),
+                      n=n, logprobs=logprobs, adapter=adapter_ref)
     except ValueError as exc:  # n x max_tokens, or the log-probabilities, beyond one job's bounds
         fail(str(exc), EXIT_USAGE)
 

@@ -649,7 +649,7 @@ def pick(logits, params: wire.SamplingParams, u: float, allowed=None) -> int:
     if params.temperature == 0.0:
         return int(np.argmax(logits if allowed is None else np.where(allowed, logits, -np.inf)))
     return sample(logits, u, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                  allowed=allowed)
+                  min_p=params.min_p, allowed=allowed)
 
 
 @dataclass(eq=False)
@@ -757,7 +757,7 @@ def position_of(row, token: int, params: wire.SamplingParams, is_eog: bool, u: f
     drawn = None
     if u is not None:
         share = interval(row, token, temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                         slack=slack, u=u, allowed=allowed)
+                         min_p=params.min_p, slack=slack, u=u, allowed=allowed)
         drawn = Drawn(u=u, lo=share.lo, hi=share.hi, kept=share.kept, stretched=share.stretched)
     return Position(token=token, logprob=claimed - lse, top_logprob=top - lse, rank=int((row > claimed).sum()),
                     is_eog=is_eog, drawn=drawn, forbidden=allowed is not None and not allowed[token], index=index)

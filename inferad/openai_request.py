@@ -157,7 +157,9 @@ def sampling(body: dict, max_tokens_limit: int, *, chat: bool = True) -> wire.Sa
         return wire.SamplingParams(
             max_tokens=max_tokens, temperature=float(_field(body, "temperature", (int, float), 1.0, lo=0, hi=2)),
             top_p=float(_field(body, "top_p", (int, float), 1.0, lo=0, hi=1)),
-            top_k=_field(body, "top_k", int, 0, lo=0, hi=1000), seed=_field(body, "seed", int, 0, lo=0, hi=2**32 - 1),
+            top_k=_field(body, "top_k", int, 0, lo=0, hi=1000),
+            min_p=float(_field(body, "min_p", (int, float), 0.0, lo=0, hi=1)),
+            seed=_field(body, "seed", int, 0, lo=0, hi=2**32 - 1),
             stop=tuple(stop), n=n, logprobs=logprobs, grammar=grammar)
     except ValueError as exc:  # the bounds of one job's output (p2p.wire.SamplingParams)
         raise ApiError(400, f"{exc}: lower max_tokens, n or logprobs", param="logprobs" if logprobs else "n") \

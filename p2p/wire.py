@@ -125,6 +125,7 @@ class SamplingParams:
     temperature: float = field(number(0.0, 2.0), 0.0)
     top_p: float = field(number(0.0, 1.0), 1.0)
     top_k: int = field(integer(0, 1000), 0)
+    min_p: float = field(number(0.0, 1.0), 0.0)  # only tokens at least min_p times as likely as the best
     seed: int = field(integer(0, 2**32 - 1), 0)  # choice i draws with seed + i (mod 2**32)
     stop: tuple = field(sequence(text(64, 1), 8), ())
     n: int = field(integer(1, MAX_CHOICES), 1)  # choices, each of up to max_tokens

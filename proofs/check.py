@@ -220,8 +220,8 @@ def _judge_sampled(positions: Sequence[Position], t: Thresholds, temperature: fl
                                     f"temperature {temperature} a sampler emits it less than once in "
                                     f"{1 / t.sampled_floor:.0e} draws", dict(metrics, position=_at(i, p)))
         if not p.drawn.kept:
-            return Verdict(INVALID, f"token {_at(i, p)} is outside the job's top-k or top-p set (or grammar): its "
-                                    f"sampler could not emit it", dict(metrics, position=_at(i, p)))
+            return Verdict(INVALID, f"token {_at(i, p)} is outside the job's top-k, min-p or top-p set (or "
+                                    f"grammar): its sampler could not emit it", dict(metrics, position=_at(i, p)))
         if beyond[i]:
             return Verdict(INVALID, f"token {_at(i, p)} owns [{p.drawn.lo:.4f}, {p.drawn.hi:.4f}) of the job's "
                                     f"distribution, but the public draw was {p.drawn.u:.4f}",

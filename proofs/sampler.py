@@ -9,6 +9,9 @@ The distribution, at one position:
 2. every logit is divided by the temperature;
 3. with ``top_k`` > 0, only the ``top_k`` first tokens in canonical order (probability
    descending, then token id ascending) stay in;
+3b. with ``min_p`` > 0, only the tokens whose scaled logit is at least the best one's plus
+   ``ln(min_p)`` stay in: the tokens at least ``min_p`` times as likely as the most likely
+   (llama.cpp's and vLLM's min-p, here applied after the temperature);
 4. probabilities are the softmax of the scaled logits still in; with ``top_p`` < 1, only the
    shortest canonical prefix whose probability reaches ``top_p`` stays in, renormalised;
 5. the tokens still in own consecutive intervals of [0, 1), **in token id order**, as wide as
@@ -63,20 +66,29 @@ class Interval:
     stretched: bool = False
 
 
-def _scaled(logits, temperature: float, top_k: int, allowed, token: int | None = None) -> tuple[np.ndarray, bool]:
-    """Steps 1 to 3: logits over temperature, -inf for every token out of the running; and whether
+def _scaled(logits, temperature: float, top_k: int, allowed, token: int | None = None,
+            min_p: float = 0.0) -> tuple[np.ndarray, bool]:
+    """Steps 1 to 3b: logits over temperature, -inf for every token out of the running; and whether
     ``token`` (a verifier's claimed one) was kept only because its scaled logit is within
-    ``TOP_K_MARGIN`` of the k-th: float noise can swap near-equal neighbours at the edge."""
+    ``TOP_K_MARGIN`` of the k-th or of the min-p cut: float noise can swap near-equal neighbours
+    at an edge."""
     z = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
     if allowed is not None:
         z = np.where(allowed, z, np.float32(-np.inf))
     stretched = False
+    margin = np.float32(TOP_K_MARGIN / temperature)
     if top_k and top_k < z.size:
         kth = np.partition(z, z.size - top_k)[z.size - top_k]
         ids = _canonical(z, z >= kth)[:top_k]
-        if token is not None and token not in ids and z[token] >= kth - np.float32(TOP_K_MARGIN / temperature):
+        if token is not None and token not in ids and z[token] >= kth - margin:
             ids, stretched = np.append(ids, token), True
         z = _keep(z, ids)
+    if min_p > 0.0:
+        cut = z.max() + np.float32(np.log(min_p))
+        if token is not None and cut - margin <= z[token] < cut:
+            stretched = True
+            cut = z[token]
+        z = np.where(z >= cut, z, np.float32(-np.inf))
     return z, stretched
 
 
@@ -138,10 +150,10 @@ def _prefix(z: np.ndarray, weights: np.ndarray, total: float, mass: float) -> tu
 
 
 def sample(logits, u: float, *, temperature: float, top_k: int = 0, top_p: float = 1.0,
-           allowed=None) -> int:
+           allowed=None, min_p: float = 0.0) -> int:
     """The token the sampler emits for ``u`` at a position with these ``logits`` (a vocabulary of
     floats); ``allowed``: a boolean mask of the tokens the grammar allows, or None."""
-    z, _ = _scaled(logits, temperature, top_k, allowed)
+    z, _ = _scaled(logits, temperature, top_k, allowed, min_p=min_p)
     weights, total = _weights(z)
     if top_p < 1.0:
         ids = np.sort(_prefix(z, weights, total, top_p)[0])  # the nucleus, in id order
@@ -168,15 +180,15 @@ def _locate(weights: np.ndarray, u: float) -> int:
 
 
 def interval(logits, token: int, *, temperature: float, top_k: int = 0, top_p: float = 1.0,
-             allowed=None, slack: float = 0.0, u: float | None = None) -> Interval:
+             allowed=None, slack: float = 0.0, u: float | None = None, min_p: float = 0.0) -> Interval:
     """The share of [0, 1) that ``token`` owns at a position with these ``logits``: what a
     verifier holds the public ``u`` against (``kept`` False: the sampler could not emit it).
 
     With ``slack`` (a verifier's tolerance for float noise), the nucleus may end anywhere its
     cumulative probability is within ``slack`` of ``top_p``, and the claimed token's top-k rank
-    within ``TOP_K_MARGIN``: of the plausible distributions, the one whose interval lies nearest
+    and min-p cut within ``TOP_K_MARGIN``: of the plausible distributions, the one whose interval lies nearest
     ``u`` is taken, ``stretched`` when it is not the nominal one."""
-    z, stretched = _scaled(logits, temperature, top_k, allowed, token if slack else None)
+    z, stretched = _scaled(logits, temperature, top_k, allowed, token if slack else None, min_p)
     if not np.isfinite(z[token]):
         return Interval(0.0, 0.0, kept=False)
     weights, total = _weights(z)

@@ -57,6 +57,7 @@ def test_a_body_that_is_not_a_json_object_is_a_400(raw):
     ({"messages": USER, "tools": [{"type": "function"}]}, "tools"),
     ({"messages": USER, "frequency_penalty": 0.5}, "frequency_penalty"),
     ({"messages": USER, "temperature": "hot"}, "temperature"),
+    ({"messages": USER, "min_p": 1.5}, "min_p"),
     ({"messages": USER, "max_tokens": 65}, "max_tokens"),
     ({"messages": USER, "stream": "yes"}, "stream"),
 ])
@@ -140,6 +141,11 @@ def test_n_and_logprobs_become_the_jobs_sampling_parameters():
     assert chat_request({"model": "m", "messages": USER, "logprobs": True}, 64).params.logprobs == 0
     assert chat_request({"model": "m", "messages": USER}, 64).params.logprobs is None
     assert completion_request({"model": "m", "prompt": "a", "logprobs": 0}, 64).params.logprobs == 0
+
+
+def test_min_p_as_llama_cpp_and_vllm_take_it_becomes_the_jobs():
+    assert chat_request({"model": "m", "messages": USER, "min_p": 0.05}, 64).params.min_p == 0.05
+    assert completion_request({"model": "m", "prompt": "a"}, 64).params.min_p == 0.0
 
 
 def test_json_mode_becomes_the_grammar_of_the_signed_job():

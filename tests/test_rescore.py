@@ -16,6 +16,7 @@ from tests.factories import WORKER, make_job
 pytestmark = pytest.mark.model
 GREEDY = dict(max_tokens=24)
 SAMPLED = dict(max_tokens=24, temperature=0.8, top_p=0.95, top_k=40, seed=7)
+MIN_P = dict(max_tokens=24, temperature=1.2, min_p=0.1, seed=11)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,7 @@ def run(engine, prompt, params, forge=None, seed=0):
     return rescore(engine, job_id, job, result, Thresholds())
 
 
-@pytest.mark.parametrize("params", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("params", [GREEDY, SAMPLED, MIN_P], ids=["greedy", "sampled", "min_p"])
 def test_honest_results_are_valid(engine, params):
     for prompt in ("The capital of France is", "Write a haiku about rain.", "1, 2, 3,"):
         verdict = run(engine, prompt, params)

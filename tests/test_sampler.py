@@ -66,6 +66,17 @@ def test_tokens_own_consecutive_intervals_in_id_order_as_wide_as_their_probabili
     assert all(abs((s.hi - s.lo) - q) < 1e-7 for s, q in zip(shares, p, strict=True))
 
 
+def test_min_p_keeps_the_tokens_at_least_that_fraction_as_likely_as_the_best():
+    logits = np.log(np.array([0.5, 0.3, 0.12, 0.08], dtype=np.float32))  # p at temperature 1
+    assert [interval(logits, t, temperature=1.0, min_p=0.2).kept for t in range(4)] == [True, True, True, False]
+    shares = [interval(logits, t, temperature=1.0, min_p=0.2) for t in range(3)]
+    assert abs(shares[2].hi - 1.0) < 1e-6 and abs((shares[0].hi - shares[0].lo) - 0.5 / 0.92) < 1e-6
+    assert all(sample(logits, u, temperature=1.0, min_p=0.2) != 3 for u in np.linspace(0, 0.999, 200))
+    # a verifier keeps a token float noise may have put just under the cut, as stretched
+    edge = interval(logits, 3, temperature=1.0, min_p=0.2, slack=0.06, u=0.99)
+    assert edge.kept and edge.stretched
+
+
 def test_top_p_keeps_the_canonical_prefix_ties_going_to_the_lower_id():
     logits = np.array([1.0, 3.0, 3.0, 0.0], dtype=np.float32)  # 1 and 2 tie at 0.42 each
     assert interval(logits, 1, temperature=1.0, top_p=0.3).kept
