@@ -217,10 +217,10 @@ class Fetch:
         if not roots:
             raise FetchError(f"none of the {len(self.providers)} provider(s) of {self.sha256[:12]}… described it: "
                              + self._why())
-        if self.max_size is not None and roots[0].size > self.max_size:
-            raise FetchError(f"model {self.sha256[:12]}… is {roots[0].size / 1e6:.0f} MB, over the "
-                             f"{self.max_size / 1e6:.0f} MB this node fetches for it")
         for candidate in roots:
+            if self.max_size is not None and candidate.size > self.max_size:
+                raise FetchError(f"model {self.sha256[:12]}… is {candidate.size / 1e6:.0f} MB, over the "
+                                 f"{self.max_size / 1e6:.0f} MB this node fetches for it")
             try:
                 return await self._fetch(candidate)
             except _RootLied as exc:
@@ -269,11 +269,11 @@ class Fetch:
 
     async def _fetch(self, target: _Root) -> CachedModel:
         count = chunk_count(target.size)
-        done = await trio.to_thread.run_sync(self._resume, target)
-        try:
+        try:  # before a partial file exists: a refusal leaves nothing behind
             await trio.to_thread.run_sync(self.cache.room_for, target.size, self.sha256)
         except ModelError as exc:
             raise FetchError(str(exc)) from None
+        done = await trio.to_thread.run_sync(self._resume, target)
         free = shutil.disk_usage(self.cache.root).free
         needed = target.size - sum(chunk_span(target.size, i)[1] for i in done)
         if free < needed:

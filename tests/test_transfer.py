@@ -138,3 +138,11 @@ def test_a_cached_model_is_found_by_sha256_label_at_sha256_or_its_label_alone(tm
         cache.find("tiny")
     cache.remove(cache.find(sha))
     assert cache.find(sha) is None
+
+
+def test_a_model_over_the_cache_limit_is_refused_before_a_byte_moves(tmp_path):
+    sha = random_file(tmp_path / "src" / "m.gguf", 2 * CHUNK_SIZE)
+    cache = ModelCache(tmp_path / "cache", limit=CHUNK_SIZE)
+    with pytest.raises(FetchError, match="over the cache limit"):
+        trio.run(fetch_from, [{sha: ("m", tmp_path / "src" / "m.gguf")}], sha, cache)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
