@@ -6,9 +6,18 @@ PIP    := $(PY) -m pip --disable-pip-version-check --quiet
 
 NPM_STAMP := contracts/node_modules/.installed
 
-.PHONY: install test demo bench reliability lint contracts clean
+.PHONY: install system test demo bench reliability lint contracts clean
 
-install: $(STAMP) $(NPM_STAMP)
+install: $(STAMP) $(NPM_STAMP) system
+
+# System tools the NAT tests use (network namespaces, NAT): installed when missing and we are root.
+system:
+	@command -v ip >/dev/null && command -v iptables >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing iproute2 and iptables (NAT tests)"; \
+	    apt-get install -y -q iproute2 iptables >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null && apt-get install -y -q iproute2 iptables >/dev/null; }; \
+	  else echo "note: iproute2 and iptables are missing: the NAT tests will be skipped"; fi; }
 
 # The pinned Solidity compiler (solc-js) and local chain (anvil), from the npm registry.
 $(NPM_STAMP): contracts/package.json

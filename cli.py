@@ -438,7 +438,9 @@ def _render_peer(p: dict) -> None:
     gpus = ", ".join(f"{g['name']} {g['vram_mb'] // 1024} GiB" for g in p["hardware"].get("gpus", []))
     models = ", ".join(f"{m['name']} {m['tokens_per_s']:.0f} tok/s" for m in p["models"]) or "no models"
     load = p["load"]
-    click.echo(f"{p['peer_id']}{' (this node)' if p['self'] else ''}\n"
+    reach = {"public": "dialable", "private": "behind NAT: reached over its own connections"}.get(p.get("reach"),
+                                                                                              "reachability unknown")
+    click.echo(f"{p['peer_id']}{' (this node)' if p['self'] else ''}  {reach}\n"
                f"    {p['engine']}  {gpus or p['hardware']['cpu'] + ' x' + str(p['hardware']['cores'])}  "
                f"{models}\n    load {load['running']} running, {load['queued']} queued of "
                f"{load['capacity']}   advert {p['advert_age_s']} s old   reputation {p['reputation']:.2f}")
@@ -575,7 +577,7 @@ def status(home, as_json) -> None:
     peers = _ask_or_open(home, "peers", lambda store: [])
     console = Console()
     console.print(f"[bold]{info['peer_id']}[/bold]  up {info['uptime_s']} s  inferad {info['version']}  "
-                  f"engine {info['engine']}  active jobs {info['active_jobs']}")
+                  f"engine {info['engine']}  active jobs {info['active_jobs']}  reachability {info['reachability']}")
     for addr in info["addrs"]:
         console.print(f"listen  {addr}")
     if info.get("api"):

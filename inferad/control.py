@@ -136,6 +136,7 @@ class Commands:
         return {
             "peer_id": me.peer_id, "addrs": me.addrs, "version": __version__, "engine": self.engine,
             "uptime_s": int(time.time() - self.started_at), "active_jobs": self.activity.running,
+            "reachability": me.reach(),
             "peers": len(self.peers.fresh(time.monotonic())), "adverts_rejected": me.adverts_rejected,
             "models": [{"name": s.engine.ref.name, "sha256": s.engine.ref.sha256, "tokens_per_s": s.tokens_per_s,
                         "queued": s.worker.load.queued, "running": s.worker.load.running,

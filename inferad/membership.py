@@ -113,6 +113,7 @@ class Membership:
             offers: the models this node serves, as advertised.
             load: this node's queue and running jobs, summed over its engines.
             engine, hardware, addrs: what the advert says of this node.
+            reach: whether peers can dial it (inferad.reach), as the advert says it.
     """
 
     host: Any
@@ -128,6 +129,7 @@ class Membership:
     engine: str
     hardware: wire.Hardware
     addrs: list[str]
+    reach: Callable[[], str] = lambda: "unknown"
 
     def __post_init__(self) -> None:
         self.peer_id = wire.peer_id_from_public_key(bytes(self.key.verify_key))
@@ -158,6 +160,7 @@ class Membership:
             seq=self._advert_seq, ts=now_ms(), interval=config.advert_interval,
             limits=wire.Limits(max_tokens=config.max_tokens, max_ttl_s=config.max_job_ttl,
                                clock_skew_s=config.clock_skew, max_frame=config.max_frame),
+            reach=self.reach(),
         )
 
     def load_changed(self) -> None:

@@ -44,6 +44,7 @@ from inferad.metrics import Metrics
 from inferad.model_cache import ModelCache, model_ref
 from inferad.models import ModelError
 from inferad.oracle import Oracle, Reports, fetch_proof
+from inferad.reach import Reachability
 from inferad.service import Activity, Service
 from inferad.store import AsyncStore, Store
 from inferad.transfer import PROTOCOL_MODEL, Fetcher, ModelShare, Progress
@@ -174,6 +175,9 @@ class Node:
             async with (running(host, listen),
                         running_mesh(host, self._gossip_settings(), app_score=app_score) as (pubsub, dht),
                         trio.open_nursery() as nursery):
+                reach = Reachability(host=host, servers=lambda: [
+                    e.peer_id for e in peers.fresh(time.monotonic())
+                    if e.peer_id in {p.to_base58() for p in host.get_connected_peers()}])
                 guard_all_handlers(host)
                 addrs = dialable([str(a) for a in host.get_addrs()])
                 if self.chain is not None:
@@ -187,7 +191,8 @@ class Node:
                 membership = Membership(
                     host=host, pubsub=pubsub, dht=dht, peers=peers, key=key, eth_address=self.home.eth_address,
                     config=config, store=store, offers=partial(offers, served), load=partial(total_load, served),
-                    engine="sim" if self.engine == "sim" else "llama.cpp", hardware=hardware, addrs=addrs)
+                    engine="sim" if self.engine == "sim" else "llama.cpp", hardware=hardware, addrs=addrs,
+                    reach=lambda: reach.status)
                 router = Router(membership.peer_id, peers, max_attempts=config.max_attempts,
                                 is_staked=billing.advert_is_staked, reputation_floor=config.reputation_floor,
                                 reputation_of=verification.reputation if verification else lambda peer_id: 0.5)
@@ -225,6 +230,7 @@ class Node:
                         home=self.home, config=config, gateway=gateway, commands=commands, metrics=metrics,
                         spawn=nursery.start_soon, max_price=config.api_max_price))
                 nursery.start_soon(membership.run)
+                nursery.start_soon(reach.run)
                 if billing.view is not None:
                     nursery.start_soon(billing.watch)
                 if self.run_oracle:

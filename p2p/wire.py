@@ -396,6 +396,9 @@ class Advert:
     interval: int = field(integer(1, 3600))  # seconds until the next advert; 3 missed = gone
     # Absent only in adverts of nodes older than this field: assume the defaults of docs/protocol.md.
     limits: Limits | None = field(optional(nested(Limits)), None)
+    # Whether peers can dial this node (AutoNAT): "public", "private" (behind NAT), "unknown"; absent:
+    # a node older than this field.
+    reach: str | None = field(optional(choice("public", "private", "unknown")), None)
 
     def offers(self, key: str) -> ModelOffer | None:
         """The offer of a model or (model, adapter) pair, by :func:`served_key`."""

@@ -85,7 +85,7 @@ class NodeProcess:
     watched: ClassVar[list[NodeProcess]] = []  # started, and not yet checked since they stopped
 
     def __init__(self, home: Path, *extra: str, command: tuple[str, ...] = tuple(INFERAD),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, listen: str = "/ip4/127.0.0.1/tcp/0") -> None:
         from inferad.devnet import ONE_MACHINE_ARGS
 
         self.home = home
@@ -94,7 +94,7 @@ class NodeProcess:
         self._log = open(self.log_path, "a")
         self._reported = 0  # bug lines already reported by assert_clean
         self.proc = subprocess.Popen(
-            [*command, "start", "--home", str(home), "--listen", "/ip4/127.0.0.1/tcp/0", *ONE_MACHINE_ARGS,
+            [*command, "start", "--home", str(home), "--listen", listen, *ONE_MACHINE_ARGS,
              *extra],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})},
         )
