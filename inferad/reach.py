@@ -23,7 +23,8 @@ import trio
 log = logging.getLogger("inferad.reach")
 
 CHECK_S = 120  # seconds between two checks once decided
-RETRY_S = 5  # seconds between checks while no peer can be asked or the verdict is unknown
+UNDECIDED_S = 30  # seconds before asking again after answers that disagreed
+RETRY_S = 5  # seconds between looks for a first peer to ask
 SERVERS = 4  # peers asked per check (the spec's "more than three")
 STATUSES = {0: "unknown", 1: "public", 2: "private"}  # libp2p.host.autonat.AutoNATStatus
 
@@ -61,4 +62,4 @@ class Reachability:
                              "; peers cannot open connections to it: it is reached over the connections it "
                              "opens" if status == "private" else "")
                 self.status = status
-            await trio.sleep(CHECK_S if self.status != "unknown" else RETRY_S)
+            await trio.sleep(RETRY_S if not asked else CHECK_S if self.status != "unknown" else UNDECIDED_S)
