@@ -30,10 +30,15 @@ MAX_TOKENS = 8  # per job; DIE_AFTER (3) tokens before a liar goes away
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory):
     root = tmp_path_factory.mktemp("liars")
-    nodes = {"honest": NodeProcess(root / "honest", *MODEL_ARGS)}
+    # A cache of their own: the honest worker advertises the speed it probes here and now, not a
+    # figure some earlier run on a quieter machine left in ~/.cache/inferad/speed.json (the
+    # speed test below holds adverts to 1.5 x what the gateway measures).
+    env = {"INFERAD_CACHE": str(root / "cache")}
+    nodes = {"honest": NodeProcess(root / "honest", *MODEL_ARGS, env=env)}
     try:
         for name in ("liar1", "liar2"):
-            nodes[name] = NodeProcess(root / name, "--bootstrap", nodes["honest"].addr, *MODEL_ARGS, command=LIAR)
+            nodes[name] = NodeProcess(root / name, "--bootstrap", nodes["honest"].addr, *MODEL_ARGS, command=LIAR,
+                                      env=env)
         yield nodes
     finally:
         for node in nodes.values():
@@ -146,7 +151,9 @@ def test_workers_that_overclaim_their_speed_are_ranked_by_what_the_gateway_measu
         ran_on.append(json.loads(out.stdout)["result"]["worker"])
         if all(peers()[liar]["ranked_by_measurement"] for liar in liars):
             break
-    assert set(ran_on[:2]) <= liars
+    # the first goes to a liar: the scheduler picks the better of two random candidates (power of two
+    # choices), and any two hold a liar claiming 10,000 tokens/s; later picks may go either way
+    assert ran_on[0] in liars
     peers = peers()
     for liar in liars:
         assert peers[liar]["ranked_by_measurement"] and peers[liar]["overclaims"] >= 1, peers[liar]
