@@ -587,7 +587,7 @@ class ModelInfoRequest:
 class ModelInfo:
     """A provider's signed word on a model file: its size and the root of its chunk tree
     (proofs.chunks).  A provider that signs a wrong root is found out when the whole file's
-    sha256 is checked, and its word is evidence against it."""
+    sha256 is checked, and is dropped by that fetcher."""
 
     type: ClassVar[str] = "model_info"
     signed: ClassVar[bool] = True

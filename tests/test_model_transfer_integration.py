@@ -121,7 +121,7 @@ def providers(node, sha: str) -> set[str]:
 def test_verifiers_drawn_for_a_model_or_adapter_they_lack_fetch_it_and_attest_valid(chain_network, custom, tmp_path):
     """Only w serves the custom model, alone and with a LoRA adapter; v1 and v2 are staked and serve
     gemma-3-270m alone: the draw names them (the gateway is a party to the job), and each fetches
-    the model, then the adapter, into its own cache and re-scores with them."""
+    the model and the adapter into its own cache and re-scores with them."""
     path, sha = custom
     lora = make_adapter(path, tmp_path / "lora" / "lora.gguf")
     names = ("gateway", "v1", "v2", "w")
@@ -149,10 +149,10 @@ def test_verifiers_drawn_for_a_model_or_adapter_they_lack_fetch_it_and_attest_va
 
         return wait_for(lambda: len(attestations()) >= 2 and attestations(), 180, "two attestations of the job")
 
-    assert {a["verdict"] for a in verified()} == {"valid"}
+    # One job, on the pair: a worker's first job is always drawn (its draw probability starts at 1
+    # and falls with each valid attestation), and the verifiers lack both of its files.
     assert {a["verdict"] for a in verified("--adapter", f"sha256:{file_sha256(lora)}")} == {"valid"}
     for name in ("v1", "v2"):
-        log = net.nodes[name].log()
-        assert f"verifying on {LABEL}, fetched from peers" in log and f"verifying on {LABEL} with adapter" in log
+        assert f"verifying on {LABEL} with adapter" in net.nodes[name].log()
         assert file_sha256(Path(caches[name]) / "models" / f"{sha}.gguf") == sha
         assert file_sha256(Path(caches[name]) / "models" / f"{file_sha256(lora)}.gguf") == file_sha256(lora)
