@@ -116,6 +116,9 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--ip-colocation-limit", type=click.IntRange(0, 10000), metavar="N",
               help="Peers sharing one IP before gossip scores them down (eclipse protection) [config "
                    "gossip.ip_colocation_limit; default 10].  0 turns it off: only for networks on one machine.")
+@click.option("--no-relay-service", is_flag=True,
+              help="Never relay for nodes behind NAT [config relay.relay_service; default: relay, within the "
+                   "[relay] limits, while peers can dial this node].")
 @click.option("--no-model", is_flag=True, help="Serve no model: a pure gateway that routes jobs to others.")
 @click.option("--engine", type=click.Choice(["llama", "sim"]), default="llama", show_default=True,
               help="llama: real inference with llama.cpp.  sim: a SIMULATED engine for scale tests and "
@@ -147,7 +150,7 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
               show_default=True)
 def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models, adapters, model_label,
-          model_cache_limit, no_model, engine, chain_path,
+          model_cache_limit, no_relay_service, no_model, engine, chain_path,
           run_oracle, sim_tokens_per_s, max_tokens, n_ctx, parallel, threads, api_port, api_host, api_max_price,
           log_format, log_level) -> None:
     """Run the node daemon until Ctrl-C or SIGTERM.
@@ -173,6 +176,7 @@ def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models,
     try:
         config = h.config.with_overrides(listen=listen or None, bootstrap=bootstrap or None,
                                          advert_interval=advert_interval, ip_colocation_limit=ip_colocation_limit,
+                                         relay_service=False if no_relay_service else None,
                                          models=() if no_model else (models or None),
                                          model_cache_limit=model_cache_limit, adapters=adapters or None,
                                          max_tokens=max_tokens, n_ctx=n_ctx, parallel=parallel, n_threads=threads,
@@ -438,9 +442,10 @@ def _render_peer(p: dict) -> None:
     gpus = ", ".join(f"{g['name']} {g['vram_mb'] // 1024} GiB" for g in p["hardware"].get("gpus", []))
     models = ", ".join(f"{m['name']} {m['tokens_per_s']:.0f} tok/s" for m in p["models"]) or "no models"
     load = p["load"]
-    reach = {"public": "dialable", "private": "behind NAT: reached over its own connections"}.get(p.get("reach"),
-                                                                                              "reachability unknown")
-    click.echo(f"{p['peer_id']}{' (this node)' if p['self'] else ''}  {reach}\n"
+    reach = {"public": "dialable", "private": "behind NAT: reached through its relays"}.get(p.get("reach"),
+                                                                                         "reachability unknown")
+    connected = "" if p["self"] else f"  connected {p['connection']}" if p.get("connection") else "  not connected"
+    click.echo(f"{p['peer_id']}{' (this node)' if p['self'] else ''}  {reach}{connected}\n"
                f"    {p['engine']}  {gpus or p['hardware']['cpu'] + ' x' + str(p['hardware']['cores'])}  "
                f"{models}\n    load {load['running']} running, {load['queued']} queued of "
                f"{load['capacity']}   advert {p['advert_age_s']} s old   reputation {p['reputation']:.2f}")
@@ -580,6 +585,8 @@ def status(home, as_json) -> None:
                   f"engine {info['engine']}  active jobs {info['active_jobs']}  reachability {info['reachability']}")
     for addr in info["addrs"]:
         console.print(f"listen  {addr}")
+    for addr in info.get("relay_addrs", []):
+        console.print(f"relayed {addr}")
     if info.get("api"):
         console.print(f"API     {info['api']}/v1")
     models = Table("model", "sha256", "tokens/s", "running", "queued", title="served here")

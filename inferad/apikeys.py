@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from pathlib import Path
+
+from inferad.files import write_json
 
 PREFIX = "ifd_"
 
@@ -47,11 +48,7 @@ class ApiKeys:
         return self._entries
 
     def _save(self, entries: list[dict]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"keys": entries}, f, indent=2)
-        os.replace(tmp, self.path)
+        write_json(self.path, {"keys": entries}, indent=2, mode=0o600)
 
     def create(self, name: str) -> tuple[str, dict]:
         key = PREFIX + secrets.token_urlsafe(32)

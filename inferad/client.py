@@ -80,7 +80,6 @@ def model_ref(spec: str) -> wire.ModelRef:
     """
     if is_sim_model(spec):
         return sim_model_ref(spec)
-    spec = spec.replace("sha256:", "") if "sha256:" in spec and not Path(spec).exists() else spec
     try:
         named = resolve_name(spec, ())
     except UnknownModel:  # not a name this client can know alone: a file, or nothing

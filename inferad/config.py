@@ -36,6 +36,21 @@ advert_interval = 2
 # tests, all on 127.0.0.1), where every peer has the same IP.
 ip_colocation_limit = 10
 
+[relay]
+# Circuit relay v2, for nodes behind NAT (docs/operator.md, "Behind a home
+# router").  A node that peers can dial (AutoNAT says public) relays for those
+# that cannot, within these limits; false: never (`--no-relay-service`).  A
+# relay carries encrypted bytes only: Noise runs end to end through it.
+relay_service = true
+# Nodes holding a reservation (a slot) at once.
+relay_reservations = 32
+# Relayed connections open at once to one reserved node.
+relay_circuits = 16
+# Seconds one relayed connection may last, and bytes it may carry both ways
+# together (0: no limit); past either the relay closes it.
+relay_circuit_duration = 3600
+relay_circuit_bytes = 1073741824
+
 [engine]
 # Models to serve: catalog names (see `inferad models --catalog`), GGUF paths, or
 # "sha256:<64 hex>" (also "label@sha256:<hex>"): a model fetched from the peers
@@ -133,6 +148,11 @@ class Config:
     bootstrap: tuple[str, ...] = ()
     advert_interval: int = 2
     ip_colocation_limit: int = 10
+    relay_service: bool = True
+    relay_reservations: int = 32
+    relay_circuits: int = 16
+    relay_circuit_duration: int = 3600  # seconds
+    relay_circuit_bytes: int = 1 << 30
     models: tuple[str, ...] = ("gemma-3-270m",)
     model_cache_limit: int = 0  # bytes of models fetched from peers kept in the cache; 0: no limit
     adapters: tuple[str, ...] = ()  # LoRA adapters, each served on the one model as a pair of its own
@@ -172,6 +192,7 @@ class Config:
 SECTIONS = {
     "node": ("listen", "bootstrap", "advert_interval"),
     "gossip": ("ip_colocation_limit",),
+    "relay": ("relay_service", "relay_reservations", "relay_circuits", "relay_circuit_duration", "relay_circuit_bytes"),
     "engine": ("models", "adapters", "model_cache_limit", "n_ctx", "parallel", "n_threads", "n_gpu_layers",
                "max_tokens", "queue_size", "stream_batch_ms"),
     "routing": ("connect_timeout", "first_token_timeout", "stall_timeout", "max_attempts", "reputation_floor"),
@@ -206,6 +227,10 @@ def _coerce(path: Path, name: str, default: Any, value: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path}: {name} must be a list of strings")
         return tuple(value)
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: {name} must be true or false")
+        return value
     if isinstance(default, str):
         if not isinstance(value, str):
             raise ConfigError(f"{path}: {name} must be a string")

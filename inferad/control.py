@@ -56,6 +56,7 @@ from p2p import wire
 if TYPE_CHECKING:
     from inferad.billing import Billing
     from inferad.membership import Membership
+    from inferad.relay import Relays
     from inferad.service import Activity
     from inferad.store import AsyncStore
     from inferad.verification import Verification
@@ -88,6 +89,7 @@ class Commands:
             engine: ``llama`` or ``sim``.
             proof: fetches an account's reward proof (inferad.oracle.fetch_proof).
             speeds: what this node measured of each worker's speed (scheduler.speeds.SpeedChecks).
+            relays: how this node is connected to each peer, and its relay reservations (inferad.relay.Relays).
     ``api_url`` is set once the HTTP API listens.
     """
 
@@ -101,6 +103,7 @@ class Commands:
     engine: str
     proof: Callable[[str], Awaitable[dict]]
     speeds: SpeedChecks
+    relays: Relays
 
     def __post_init__(self) -> None:
         self.started_at = time.time()
@@ -136,12 +139,10 @@ class Commands:
         return {
             "peer_id": me.peer_id, "addrs": me.addrs, "version": __version__, "engine": self.engine,
             "uptime_s": int(time.time() - self.started_at), "active_jobs": self.activity.running,
-            "reachability": me.reach(),
+            "reachability": me.reach(), "relay_addrs": self.relays.addrs(),
             "peers": len(self.peers.fresh(time.monotonic())), "adverts_rejected": me.adverts_rejected,
-            "models": [{"name": s.engine.ref.name, "sha256": s.engine.ref.sha256, "tokens_per_s": s.tokens_per_s,
-                        "queued": s.worker.load.queued, "running": s.worker.load.running,
-                        "adapter": s.engine.adapter_ref.sha256 if s.engine.adapter_ref else None}
-                       for s in self.served.values()],
+            "models": [{**s.describe(), "tokens_per_s": s.tokens_per_s, "queued": s.worker.load.queued,
+                        "running": s.worker.load.running} for s in self.served.values()],
             "reputation": round(self.reputation(me.peer_id), 4),
             "verification": None if self.verification is None else self.verification.summary(),
             "chain": None if self.billing.view is None else await self.billing.status(),
@@ -152,7 +153,8 @@ class Commands:
         now = time.monotonic()
         return [dict(wire.view(e.advert), advert_age_s=round(now - e.received_at, 1),
                      reputation=round(self.reputation(e.peer_id), 4), self=e.peer_id == self.membership.peer_id,
-                     staked=self.billing.advert_is_staked(e.advert), **self.speeds.view(e.peer_id))
+                     staked=self.billing.advert_is_staked(e.advert), connection=self.relays.connection(e.peer_id),
+                     **self.speeds.view(e.peer_id))
                 for e in sorted(self.peers.fresh(now), key=lambda e: e.peer_id)]
 
     async def models(self) -> list[dict]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from nacl.signing import SigningKey
 
 from inferad.config import TEMPLATE, Config, load_config
+from inferad.files import write_json
 
 KEY_PREFIX = "ed25519:"
 HOME_FILES = ("config.toml", "node.key", "client.key", "eth.json")
@@ -46,9 +47,7 @@ class Home:
 
     def write_node_info(self, info: dict) -> None:
         """Write ``node.json`` (how CLI commands find the running node) atomically."""
-        tmp = self.node_info_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, self.node_info_path)
+        write_json(self.node_info_path, info, indent=2)
 
     def __repr__(self) -> str:
         return f"Home({str(self.path)!r})"

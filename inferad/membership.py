@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from inferad.config import Config
 from inferad.models import ModelError, check_label
 from inferad.store import AsyncStore
 from p2p import wire
-from p2p.host import peer_info
+from p2p.host import is_relayed, peer_info
 from p2p.mesh import PROTOCOL_SETTLEMENT, TOPIC_ADVERTS, GossipSettings
 from p2p.streams import FramedStream
 from scheduler.peers import PeerTable
@@ -43,13 +43,14 @@ MAX_DIALED_PEERS = 8
 
 @dataclass(kw_only=True, eq=False)
 class Dialer:
-    """Streams to peers by peer id: dialed at the first address of their advert when there is one.
+    """Streams to peers by peer id, dialed at the addresses of their advert when not connected yet.
 
     Args:   host: the libp2p host.
             peers: the advert table.
             key: this node's signing key (for :meth:`ask`).
             connect_timeout: seconds to connect and open a stream.
             max_frame: the largest frame read back (bytes).
+            dial_relayed: connects through a relay to a ``/p2p-circuit`` address (inferad.relay.Relays.dial).
     """
 
     host: Any
@@ -57,13 +58,31 @@ class Dialer:
     key: Any
     connect_timeout: float
     max_frame: int
+    dial_relayed: Callable[[str], Awaitable[None]] | None = None
 
     async def connect(self, peer_id: str) -> None:
-        """Dial ``peer_id`` at its advertised address (nothing to do for a peer without an advert:
-        a connection must already exist). Raises what py-libp2p raises for an unreachable peer."""
+        """Dial ``peer_id`` at its advertised addresses until one answers: its own first, or its
+        relays' first when its advert says it is behind NAT (nothing to do for a peer without an
+        advert, or one already connected). Raises what py-libp2p raises for the last address."""
+        from libp2p.peer.id import ID
+
         entry = self.peers.get(peer_id)
-        if entry is not None:
-            await self.host.connect(peer_info(entry.advert.addrs[0]))
+        if entry is None or self.host.get_network().connections.get(ID.from_base58(peer_id)):
+            return
+        addrs = sorted(entry.advert.addrs, key=lambda a: is_relayed(a) != (entry.advert.reach == "private"))
+        for i, addr in enumerate(addrs):
+            try:
+                if is_relayed(addr):
+                    if self.dial_relayed is not None:
+                        await self.dial_relayed(addr)
+                        return
+                else:
+                    await self.host.connect(peer_info(addr))
+                    return
+            except Exception:
+                if i == len(addrs) - 1:
+                    raise
+                log.debug("cannot reach %s at %s: trying its next address", peer_id, addr)
 
     async def new_stream(self, peer_id: str, protocol: str) -> Any:
         """A new stream for ``protocol`` on the connection to ``peer_id``."""
@@ -114,6 +133,7 @@ class Membership:
             load: this node's queue and running jobs, summed over its engines.
             engine, hardware, addrs: what the advert says of this node.
             reach: whether peers can dial it (inferad.reach), as the advert says it.
+            relayed: its ``/p2p-circuit`` addresses (inferad.relay), advertised after its own.
     """
 
     host: Any
@@ -130,6 +150,7 @@ class Membership:
     hardware: wire.Hardware
     addrs: list[str]
     reach: Callable[[], str] = lambda: "unknown"
+    relayed: Callable[[], list[str]] = list
 
     def __post_init__(self) -> None:
         self.peer_id = wire.peer_id_from_public_key(bytes(self.key.verify_key))
@@ -155,7 +176,8 @@ class Membership:
         self._advert_seq = max(self._advert_seq + 1, now_ms())  # grows across restarts too
         config = self.config
         return wire.Advert(
-            peer_id=self.peer_id, addrs=tuple(self.addrs[:16]), eth=self.eth_address, engine=self.engine,
+            peer_id=self.peer_id, addrs=tuple((self.addrs + self.relayed())[:16]), eth=self.eth_address,
+            engine=self.engine,
             models=self.offers(), hardware=self.hardware, load=self.load(), version=__version__,
             seq=self._advert_seq, ts=now_ms(), interval=config.advert_interval,
             limits=wire.Limits(max_tokens=config.max_tokens, max_ttl_s=config.max_job_ttl,
@@ -230,7 +252,9 @@ class Membership:
 
     async def _stay_connected(self) -> None:
         """Stay connected: bootstrap nodes (retry with backoff), peers known before a restart
-        until one answers, and a few advertised peers."""
+        until one answers, and a few advertised peers: of two dialable peers the one with the
+        larger id dials; a node behind NAT dials the dialable ones itself, and nobody dials it
+        (it is reached through its relays, on demand)."""
         retry_at: dict[str, tuple[float, float]] = {}  # addr -> (when, delay)
         remembered = [f"{addrs[0]}" for addrs in (await self.store.remembered_peers()).values() if addrs]
         while True:
@@ -238,10 +262,12 @@ class Membership:
             connected = {p.to_base58() for p in self.host.get_connected_peers()}
             alone = not [e for e in self.peers.fresh(now) if e.peer_id != self.peer_id]
             wanted = list(self.config.bootstrap) + (remembered if alone else [])
+            private = self.reach() == "private"
             for entry in self.peers.fresh(now):
-                if (entry.peer_id > self.peer_id and entry.peer_id not in connected  # one side dials
-                        and entry.advert.addrs and len(connected) < MAX_DIALED_PEERS):
-                    wanted.append(entry.advert.addrs[0])
+                direct = [a for a in entry.advert.addrs if not is_relayed(a)]
+                if ((entry.peer_id > self.peer_id or private) and entry.advert.reach != "private"
+                        and entry.peer_id not in connected and direct and len(connected) < MAX_DIALED_PEERS):
+                    wanted.append(direct[0])
             for addr in wanted:
                 when, delay = retry_at.get(addr, (0.0, 1.0))
                 if when > now or addr.rsplit("/p2p/", 1)[-1] in connected:

@@ -15,12 +15,16 @@ fetch would pass it; catalog files and the model being fetched are never evicted
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from inferad.files import write_json
 from inferad.models import CATALOG, LocalModel, ModelError, cache_dir, file_sha256, is_sha256, resolve, split_name
+
+log = logging.getLogger("inferad.model_cache")
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,7 @@ class ModelCache:
     def find(self, ref: str) -> CachedModel | None:
         """The cached model ``ref`` names: ``sha256:<hex>``, ``<hex>``, ``label@sha256:<hex>`` or a label
         (which must name one file). Raises ModelError for a label several cached files share."""
-        label, sha = split_name(ref.replace("sha256:", ""))  # with a sha256, the label is only a hint
+        label, sha = split_name(ref)  # with a sha256, the label is only a hint
         matches = [m for m in self.entries() if (m.sha256 == sha if sha else m.label == label)]
         if sha is None and len(matches) > 1:
             raise ModelError(f"{len(matches)} cached models are labelled {label!r}: name one as label@sha256 ("
@@ -95,7 +99,8 @@ class ModelCache:
         self._write_meta(sha256, {**info, "last_used": time.time()})
 
     def add(self, sha256: str, label: str, source: str) -> CachedModel:
-        """Move the checked ``partial(sha256)`` into place as a cached model; evict down to the limit."""
+        """Move the checked ``partial(sha256)`` into place as a cached model; evict down to the limit
+        (again: fetches running side by side each made room only for themselves)."""
         self._write_meta(sha256, {"label": label, "source": source, "last_used": time.time()})
         os.replace(self.partial(sha256), self.path(sha256))
         self.partial_state(sha256).unlink(missing_ok=True)
@@ -110,21 +115,20 @@ class ModelCache:
                              f"(--model-cache-limit)")
         self.evict(keep=keep, extra=size)
 
-    def evict(self, *, keep: str, extra: int = 0) -> list[CachedModel]:
+    def evict(self, *, keep: str, extra: int = 0) -> None:
         """Remove fetched models, least recently used first, until they and ``extra`` bytes fit the limit."""
         if self.limit is None:
-            return []
+            return
         fetched = [m for m in self.entries() if m.source != "catalog"]
         total = sum(m.size for m in fetched) + extra
-        removed = []
         for m in sorted(fetched, key=lambda m: m.last_used):
             if total <= self.limit:
                 break
             if m.sha256 != keep:
                 self.remove(m)
                 total -= m.size
-                removed.append(m)
-        return removed
+                log.info("model cache: evicted %s (%s, %.0f MB) to stay under %.0f MB", m.label, m.sha256[:12],
+                         m.size / 1e6, self.limit / 1e6)
 
     def remove(self, model: CachedModel) -> None:
         model.path.unlink(missing_ok=True)
@@ -136,16 +140,13 @@ class ModelCache:
         self.partial_state(sha256).unlink(missing_ok=True)
 
     def _write_meta(self, sha256: str, info: dict) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self._meta(sha256).with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(info, sort_keys=True))
-        os.replace(tmp, self._meta(sha256))
+        write_json(self._meta(sha256), info)
 
 
 def model_ref(spec: str) -> str | None:
     """The sha256 ``spec`` names a model by (``sha256:<hex>``, ``<hex>``, ``label@sha256:<hex>``,
     ``label@<hex>``), lowercase; None for a catalog name or a path."""
-    return split_name(spec.replace("sha256:", ""))[1]
+    return split_name(spec)[1]
 
 
 def local_model(spec: str, cache: ModelCache | None = None) -> LocalModel:

@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from inferad.files import write_json
+
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
@@ -190,11 +192,12 @@ def split_name(name: str) -> tuple[str | None, str | None]:
 
     ``"label@<64 hex>"`` -> both; ``"<64 hex>"`` -> (None, sha256); anything
     else -> (name, None): a label (which may itself contain ``@``).  The sha256
-    comes back lowercase.
+    may carry a ``sha256:`` prefix and comes back lowercase.
     """
-    if is_sha256(name):
-        return None, name.lower()
+    if is_sha256(bare := name.removeprefix("sha256:")):
+        return None, bare.lower()
     label, at, sha = name.rpartition("@")
+    sha = sha.removeprefix("sha256:")
     if at and label and is_sha256(sha):
         return label, sha.lower()
     return name, None
@@ -360,11 +363,7 @@ def _remember_digest(path: Path, sha: str) -> None:
     with _digest_lock:
         digests = _load_digests()
         digests[_digest_key(path)] = sha
-        cache = _digest_cache_path()
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(digests, indent=0, sort_keys=True))
-        os.replace(tmp, cache)
+        write_json(_digest_cache_path(), digests, indent=0)
 
 
 def file_sha256(path: Path, progress: Progress | None = None) -> str:

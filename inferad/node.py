@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
-from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass
 from functools import partial
 from typing import Any
 
@@ -41,25 +40,17 @@ from inferad.hardware import probe
 from inferad.home import Home, HomeError
 from inferad.membership import Dialer, Membership
 from inferad.metrics import Metrics
-from inferad.model_cache import ModelCache, model_ref
+from inferad.model_cache import ModelCache
 from inferad.models import ModelError
 from inferad.oracle import Oracle, Reports, fetch_proof
 from inferad.reach import Reachability
+from inferad.relay import RelayLimits, Relays
 from inferad.service import Activity, Service
 from inferad.store import AsyncStore, Store
-from inferad.transfer import PROTOCOL_MODEL, Fetcher, ModelShare, Progress
+from inferad.supply import ModelSupply, to_fetch
+from inferad.transfer import PROTOCOL_MODEL
 from inferad.verification import Verification
-from inferad.worker import (
-    ExecService,
-    ModelUnusable,
-    Served,
-    VerifyingModels,
-    load_models,
-    model_files,
-    offers,
-    open_model,
-    total_load,
-)
+from inferad.worker import ExecService, ModelUnusable, Served, load_models, offers, total_load
 from p2p import wire
 from p2p.host import PROTOCOL_SUBMIT, dialable, guard_all_handlers, guarded, listen_addrs, make_host, running
 from p2p.mesh import (
@@ -81,6 +72,7 @@ class NodeError(Exception):
     """The node cannot start; the message says what to change."""
 
 
+@dataclass
 class Node:
     """One ``inferad start``: ``trio.run(Node(home, config).run)``.
 
@@ -92,18 +84,17 @@ class Node:
             oracle: settle epochs as the contract's oracle (needs ``chain``).
     """
 
-    def __init__(self, home: Home, config: Config, *, engine: str = "llama", sim_tokens_per_s: float = 50.0,
-                 chain: Any = None, oracle: bool = False) -> None:
-        self.home = home
-        self.config = config
-        self.engine = engine
-        self.sim_tokens_per_s = sim_tokens_per_s
-        self.chain = chain  # chain.devnet.ChainInfo, or None
-        self.run_oracle = oracle
+    home: Home
+    config: Config
+    _: KW_ONLY
+    engine: str = "llama"
+    sim_tokens_per_s: float = 50.0
+    chain: Any = None  # chain.devnet.ChainInfo
+    oracle: bool = False
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Serve until SIGINT/SIGTERM (or cancellation); always cleans up. Raises NodeError."""
-        if self.run_oracle and self.chain is None:
+        if self.oracle and self.chain is None:
             raise NodeError("--oracle needs --chain")
         store = AsyncStore(await trio.to_thread.run_sync(Store, self.home.db_path))
         served: dict[str, Served] = {}
@@ -112,11 +103,10 @@ class Node:
                 log.warning("%d job(s) were interrupted by the previous shutdown", interrupted)
             hardware = await trio.to_thread.run_sync(probe)
             cache = ModelCache(limit=self.config.model_cache_limit or None)
-            to_fetch = tuple(spec for spec in self.config.models if self.engine == "llama"
-                             and (sha := model_ref(spec)) is not None and cache.find(sha) is None)
+            fetching = to_fetch(self.config.models, cache) if self.engine == "llama" else ()
             try:
                 served.update(await load_models(self.config, hardware, engine=self.engine,
-                                                sim_tokens_per_s=self.sim_tokens_per_s, skip=to_fetch))
+                                                sim_tokens_per_s=self.sim_tokens_per_s, skip=fetching))
             except (ModelUnusable, ModelError) as exc:
                 raise NodeError(str(exc)) from None
             peers = PeerTable()
@@ -132,7 +122,7 @@ class Node:
                 if not billing.is_staked_self() and served:
                     log.warning("this node is not staked on chain: peers will not route jobs to it "
                                 "(`inferad chain stake --home %s --chain … AMOUNT`)", self.home.path)
-            await self._serve(store, hardware, served, peers, billing, cache, to_fetch, task_status)
+            await self._serve(store, hardware, served, peers, billing, cache, fetching, task_status)
         finally:
             self.home.node_info_path.unlink(missing_ok=True)
             for each in served.values():
@@ -141,7 +131,7 @@ class Node:
             log.info("node stopped")
 
     async def _serve(self, store: AsyncStore, hardware: wire.Hardware, served: dict[str, Served], peers: PeerTable,
-                     billing: Billing, cache: ModelCache, to_fetch: tuple[str, ...], task_status) -> None:
+                     billing: Billing, cache: ModelCache, fetching: tuple[str, ...], task_status) -> None:
         from libp2p.custom_types import TProtocol
 
         config, key = self.config, self.home.node_key
@@ -150,8 +140,14 @@ class Node:
         metrics = Metrics(peers=lambda: len(peers.fresh(time.monotonic())), active_jobs=lambda: activity.running,
                           queued_jobs=lambda: total_load(served).queued)
         host = make_host(key)
+        reach = Reachability(host=host, servers=lambda: [
+            e.peer_id for e in peers.fresh(time.monotonic())
+            if e.peer_id in {p.to_base58() for p in host.get_connected_peers()}])
+        relays = Relays(host=host, reach=lambda: reach.status, peers=peers, service=config.relay_service,
+                        limits=RelayLimits(config.relay_reservations, config.relay_circuits,
+                                           config.relay_circuit_duration, config.relay_circuit_bytes))
         dialer = Dialer(host=host, peers=peers, key=key, connect_timeout=config.connect_timeout,
-                        max_frame=config.max_frame)
+                        max_frame=config.max_frame, dial_relayed=relays.dial)
         verification: Verification | None = None
         failure: list[NodeError] = []  # what stopped the node from inside (a model it could not fetch)
 
@@ -159,32 +155,26 @@ class Node:
             return 0.0 if verification is None else verification.app_score(peer)
 
         self_id = wire.peer_id_from_public_key(bytes(key.verify_key))
-        share = ModelShare(key=key, files=partial(model_files, served), request_timeout=config.request_timeout)
-        fetcher = Fetcher(providers=lambda sha: [e.peer_id for e in peers.sharing(sha, time.monotonic())
-                                                 if e.peer_id != self_id],
-                          open_stream=partial(dialer.open, protocol=PROTOCOL_MODEL), cache=cache,
-                          wait_s=max(30.0, 5.0 * config.advert_interval))
-        verifying = VerifyingModels(fetch=lambda sha, limit: fetcher.fetch(sha, max_size=limit),
-                                    open=partial(open_model, config=config, hardware=hardware),
-                                    max_size=config.fetch_models)
+        supply = ModelSupply(key=key, config=config, hardware=hardware, served=served, cache=cache,
+                             providers=lambda sha: [e.peer_id for e in peers.sharing(sha, time.monotonic())
+                                                    if e.peer_id != self_id],
+                             open_stream=partial(dialer.open, protocol=PROTOCOL_MODEL))
         try:
             listen = listen_addrs(config.listen)
         except ValueError as exc:
             raise NodeError(str(exc)) from None
         try:
             async with (running(host, listen),
-                        running_mesh(host, self._gossip_settings(), app_score=app_score) as (pubsub, dht),
+                        running_mesh(host, GossipSettings(ip_colocation_limit=config.ip_colocation_limit),
+                                     app_score=app_score) as (pubsub, dht),
                         trio.open_nursery() as nursery):
-                reach = Reachability(host=host, servers=lambda: [
-                    e.peer_id for e in peers.fresh(time.monotonic())
-                    if e.peer_id in {p.to_base58() for p in host.get_connected_peers()}])
                 guard_all_handlers(host)
                 addrs = dialable([str(a) for a in host.get_addrs()])
                 if self.chain is not None:
                     verification = Verification(
                         key=key, config=config, chain_view=billing.view,
                         stakes=StakeTable(billing.view.registry, self.chain.deployment_block),
-                        store=store, served=served, engine_for=verifying.engine_for, ask=dialer.ask_raw,
+                        store=store, served=served, engine_for=supply.verifying.engine_for, ask=dialer.ask_raw,
                         publish=partial(pubsub.publish, TOPIC_ATTESTATIONS),
                         is_staked=billing.peer_is_staked, attestations_counted=metrics.attestations)
                     await verification.load()
@@ -192,7 +182,7 @@ class Node:
                     host=host, pubsub=pubsub, dht=dht, peers=peers, key=key, eth_address=self.home.eth_address,
                     config=config, store=store, offers=partial(offers, served), load=partial(total_load, served),
                     engine="sim" if self.engine == "sim" else "llama.cpp", hardware=hardware, addrs=addrs,
-                    reach=lambda: reach.status)
+                    reach=lambda: reach.status, relayed=relays.addrs)
                 router = Router(membership.peer_id, peers, max_attempts=config.max_attempts,
                                 is_staked=billing.advert_is_staked, reputation_floor=config.reputation_floor,
                                 reputation_of=verification.reputation if verification else lambda peer_id: 0.5)
@@ -206,14 +196,14 @@ class Node:
                 commands = Commands(store=store, peers=peers, served=served, activity=activity, membership=membership,
                                     billing=billing, verification=verification, engine=self.engine,
                                     proof=partial(fetch_proof, key=key, store=store, chain_view=billing.view,
-                                                  dialer=dialer), speeds=router.speeds)
+                                                  dialer=dialer), speeds=router.speeds, relays=relays)
                 handlers = {
                     PROTOCOL_SUBMIT: ("submit", service.handler("job", gateway.serve)),
                     PROTOCOL_EXEC: ("exec", service.handler("exec", worker.serve)),
                     PROTOCOL_SETTLEMENT: ("settlement", service.handler(SETTLEMENT_REQUESTS, reports.serve)),
                     PROTOCOL_VERIFY: ("verify", service.handler("verify_request",
                                                                 verification.serve if verification else _no_chain)),
-                    PROTOCOL_MODEL: ("model", share.serve),
+                    PROTOCOL_MODEL: ("model", supply.share.serve),
                 }
                 for protocol, (name, handler) in handlers.items():
                     host.set_stream_handler(TProtocol(protocol), guarded(name, handler))
@@ -223,7 +213,7 @@ class Node:
                     await verification.resume(nursery)
                 await nursery.start(partial(control.serve, self.home.path / "control.sock", commands.table(),
                                             {"submit": partial(service.answer, expect="job", handle=gateway.serve),
-                                             "pull": fetcher.pull},
+                                             "pull": supply.fetcher.pull},
                                             max_frame=config.max_frame))
                 if config.api_port >= 0:
                     commands.api_url = await self._start_api(nursery, Api(
@@ -231,62 +221,35 @@ class Node:
                         spawn=nursery.start_soon, max_price=config.api_max_price))
                 nursery.start_soon(membership.run)
                 nursery.start_soon(reach.run)
+                nursery.start_soon(relays.run)
                 if billing.view is not None:
                     nursery.start_soon(billing.watch)
-                if self.run_oracle:
+                if self.oracle:
                     nursery.start_soon(self._oracle(store, served, peers, billing, verification, dialer).run)
                 node_info = {"peer_id": membership.peer_id, "addrs": addrs, "pid": os.getpid(),
                              "control": str(self.home.path / "control.sock"), "engine": self.engine,
                              "version": __version__, "started_at": int(time.time()), "api": commands.api_url}
 
                 def write_node_info() -> None:
-                    models = [{"name": s.engine.ref.name, "sha256": s.engine.ref.sha256,
-                               "adapter": s.engine.adapter_ref.sha256 if s.engine.adapter_ref else None}
-                              for s in served.values()]
-                    self.home.write_node_info({**node_info, "models": models})
+                    self.home.write_node_info({**node_info, "models": [s.describe() for s in served.values()]})
 
-                def stop(error: NodeError) -> None:
-                    failure.append(error)
+                def stop(why: str) -> None:
+                    failure.append(NodeError(why))
                     nursery.cancel_scope.cancel()
 
                 write_node_info()
-                for spec in to_fetch:
-                    nursery.start_soon(self._fetch_and_serve, spec, fetcher, hardware, served, write_node_info, stop)
+                for spec in fetching:
+                    nursery.start_soon(supply.fetch_and_serve, spec, write_node_info, stop)
                 log.info("node %s listening on %s", membership.peer_id, " ".join(addrs))
                 task_status.started(self)
-                await self._until_signalled(activity)
+                await activity.drain_on_signal(SHUTDOWN_GRACE_S)
                 nursery.cancel_scope.cancel()
         except OSError as exc:
             raise NodeError(f"cannot listen on {' '.join(config.listen)}: {exc.strerror or exc}") from None
         finally:
-            verifying.close()
+            supply.close()
         if failure:
             raise failure[0]
-
-    async def _fetch_and_serve(self, spec: str, fetcher: Fetcher, hardware: wire.Hardware, served: dict[str, Served],
-                               on_served: Callable[[], None], stop: Callable[[NodeError], None]) -> None:
-        """``--model sha256:…`` that the cache lacks: fetch it from the peers that serve it, then
-        serve it (the next advert offers it); a model that cannot be fetched stops the node."""
-        sha = model_ref(spec)
-        log.info("model %s is not in the cache: fetching it from the peers that serve it", spec)
-        try:
-            await fetcher.fetch(sha, on_progress=_log_progress(sha))
-            served[sha] = await open_model(f"sha256:{sha}", self.config, hardware)
-            for adapter in self.config.adapters:  # on the one model (load_models skipped them)
-                pair = await open_model(f"sha256:{sha}", self.config, hardware, adapter=adapter)
-                served[pair.engine.key] = pair
-        except (ModelError, ModelUnusable) as exc:
-            stop(NodeError(f"cannot serve {spec}: {exc}"))
-            return
-        on_served()
-        log.info("serving %s (%s), fetched from peers", served[sha].engine.ref.name, sha[:12])
-
-    def _gossip_settings(self) -> GossipSettings:
-        settings = GossipSettings(ip_colocation_limit=self.config.ip_colocation_limit)
-        if not settings.ip_colocation_protection:
-            log.warning("gossip IP-colocation (eclipse) protection is off (gossip.ip_colocation_limit = 0): "
-                        "right for a network on one machine only; remove the setting for the internet")
-        return settings
 
     async def _start_api(self, nursery: trio.Nursery, api: Api) -> str:
         host, port = self.config.api_host, self.config.api_port
@@ -309,28 +272,6 @@ class Node:
         return Oracle(key=self.home.node_key, config=self.config,
                       registry=Registry(billing.view.registry.w3, self.chain.contract, account), billing=billing,
                       verification=verification, store=store, peers=peers, served=served, dialer=dialer)
-
-    async def _until_signalled(self, activity: Activity) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for signum in signals:
-                log.info("%s received: refusing new jobs, finishing %d running",
-                         signal.Signals(signum).name, activity.running)
-                activity.draining = True
-                with trio.move_on_after(SHUTDOWN_GRACE_S):
-                    await activity.idle()
-                return
-
-def _log_progress(sha256: str) -> Callable[[Progress], None]:
-    """A fetch's progress in the node's log, every 5 seconds."""
-    last = [0.0]
-
-    def report(progress: Progress) -> None:
-        if time.monotonic() - last[0] >= 5.0 or progress.done == progress.total:
-            last[0] = time.monotonic()
-            log.info("fetching %s: %.0f%% of %.0f MB at %.1f MB/s from %d provider(s)", sha256[:12],
-                     100 * progress.done / progress.total, progress.total / 1e6, progress.rate() / 1e6,
-                     progress.providers)
-    return report
 
 
 async def _no_chain(envelope: wire.Envelope, data: bytes, framed: Any) -> None:

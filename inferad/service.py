@@ -13,6 +13,8 @@ frames itself and none lets a peer's mistake escape as an exception.
 from __future__ import annotations
 
 import contextlib
+import logging
+import signal
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,8 @@ import trio
 from inferad.admission import JobRejected
 from p2p import wire
 from p2p.streams import FramedStream, StreamClosed
+
+log = logging.getLogger("inferad.node")
 
 # (the request's envelope, its bytes, the stream to answer on)
 Handler = Callable[[wire.Envelope, bytes, FramedStream], Awaitable[None]]
@@ -71,6 +75,18 @@ class Activity:
     async def idle(self) -> None:
         """Return once no job runs and every request taken is answered."""
         await self._idle.wait()
+
+    async def drain_on_signal(self, grace_s: float) -> None:
+        """Wait for SIGINT or SIGTERM, then drain: refuse new requests and return once idle, or
+        after ``grace_s`` seconds."""
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                log.info("%s received: refusing new jobs, finishing %d running",
+                         signal.Signals(signum).name, self.running)
+                self.draining = True
+                with trio.move_on_after(grace_s):
+                    await self.idle()
+                return
 
 
 @dataclass(kw_only=True, eq=False)

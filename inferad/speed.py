@@ -1,4 +1,4 @@
-"""How fast this node decodes each model alone: measured, cached, and raised by the jobs it runs.
+"""How fast this node decodes each model alone: measured, cached, and kept up by the jobs it runs.
 
 The scheduler ranks workers by advertised tokens/s, so the figure must be
 measured, not declared: a short greedy run the first time a model starts on
@@ -6,9 +6,12 @@ this hardware (32 tokens: under a second on a CPU), cached (keyed by model
 digest, engine build and hardware) so restarts do not pay for it again.  A
 probe taken while something else loads the machine reads low (1.1 tokens/s was
 seen for gemma-3-270m during a test run, against 45 alone), so every job the
-node then runs is a probe too: one stream is never faster than the engine alone,
-so a job that streamed faster than the figure raises it (:func:`remember`), and
-a bad moment does not stick.  What a node delivers under load is measured apart
+node then runs alone is a probe too: the figure moves half way toward each such
+job's stream speed (:func:`follow`), both ways, so neither a bad moment nor a
+quiet one sticks: the figure is what the node gave lately, not the best it ever
+gave (a best-ever figure of 73 against 44 streamed under a busier machine made
+gateways count an honest node's adverts as overclaims).  The cache is rewritten
+when the figure has moved 10 %.  What a node delivers under load is measured apart
 (the advert's ``load.tokens_per_s``), and gateways hold every claim to the
 speed they observe (``scheduler.speeds``).
 """
@@ -17,15 +20,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
+from inferad.files import write_json
 from inferad.models import cache_dir
 from p2p import wire
 
 log = logging.getLogger("inferad.speed")
 PROBE_PROMPT = "Describe the water cycle in a few sentences."
 PROBE_TOKENS = 32
+SMOOTHING = 0.5  # weight of the newest job alone: from a probe 40x too low, 5 jobs get within 10 %
 
 
 def cache_key(engine, hardware: wire.Hardware, *, threads: int = 0) -> str:
@@ -48,11 +52,18 @@ def tokens_per_second(engine, key: str) -> float:
     return speed
 
 
-def faster(observed: float, advertised: float, tokens: int) -> bool:
-    """Whether one job's stream (``tokens`` new tokens at ``observed`` tokens/s, prompt included)
-    shows the engine faster than ``advertised``: long enough to count (``PROBE_TOKENS``) and 10 %
-    above, so noise does not rewrite the cache after every job."""
-    return tokens >= PROBE_TOKENS and observed > 1.1 * advertised
+def follow(advertised: float, observed: float, tokens: int) -> float:
+    """The single-stream figure after a job that ran alone streamed ``tokens`` new tokens at
+    ``observed`` tokens/s (prompt included): ``SMOOTHING`` of the way from ``advertised`` toward
+    ``observed``, rounded to 0.1; unchanged for a job shorter than ``PROBE_TOKENS``."""
+    if tokens < PROBE_TOKENS or observed <= 0:
+        return advertised
+    return round((1 - SMOOTHING) * advertised + SMOOTHING * observed, 1)
+
+
+def moved(figure: float, cached: float) -> bool:
+    """Whether ``figure`` is 10 % or more away from the ``cached`` one (worth rewriting the cache)."""
+    return abs(figure - cached) >= 0.1 * cached
 
 
 def remember(key: str, speed: float) -> None:
@@ -60,10 +71,7 @@ def remember(key: str, speed: float) -> None:
     cache = _path()
     known = _load(cache)
     known[key] = round(speed, 1)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(known, indent=1, sort_keys=True))
-    os.replace(tmp, cache)
+    write_json(cache, known, indent=1)
 
 
 def _is_speed(value: object) -> bool:

@@ -40,6 +40,7 @@ from typing import Any
 
 import trio
 
+from inferad.files import write_json
 from inferad.model_cache import CachedModel, ModelCache
 from inferad.models import ModelError, file_label
 from p2p import wire
@@ -323,11 +324,8 @@ class Fetch:
     def _save(self, target: _Root, done: set[int]) -> None:
         if not self.cache.partial(self.sha256).is_file():
             return
-        state_path = self.cache.partial_state(self.sha256)
-        tmp = state_path.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps({"sha256": self.sha256, "size": target.size, "root": target.root.hex(),
-                                   "done": sorted(done)}))
-        os.replace(tmp, state_path)
+        write_json(self.cache.partial_state(self.sha256), {"sha256": self.sha256, "size": target.size,
+                                                           "root": target.root.hex(), "done": sorted(done)})
 
 
 @dataclass(kw_only=True, eq=False)

@@ -22,8 +22,7 @@ import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import trio
@@ -42,7 +41,7 @@ from inferad.engine import NO_JOB, Engine, EngineError, Generation, GenerationCa
 from inferad.model_cache import local_model
 from inferad.models import ModelError, check_label, naming_note
 from inferad.sim import SimEngine
-from inferad.speed import cache_key, faster, remember, tokens_per_second
+from inferad.speed import cache_key, follow, moved, remember, tokens_per_second
 from inferad.store import AsyncStore
 from p2p import wire
 from p2p.streams import FramedStream
@@ -206,13 +205,25 @@ class Served:
     tokens_per_s: float  # one stream alone (inferad.speed)
     speed_key: str = ""  # its entry in the speed cache
 
+    def __post_init__(self) -> None:
+        self.cached_tokens_per_s = self.tokens_per_s  # the figure last written to the cache
+
+    def describe(self) -> dict:
+        """``{name, sha256, adapter}``: the model (and LoRA adapter's sha256, or None) as
+        ``inferad status`` and the node-info file name it."""
+        ref, adapter = self.engine.ref, self.engine.adapter_ref
+        return {"name": ref.name, "sha256": ref.sha256, "adapter": adapter.sha256 if adapter else None}
+
     async def observed(self, generation: Generation, new_tokens: int) -> None:
-        """A job's stream speed: raises ``tokens_per_s`` (and the cache) when it shows the engine
-        faster than advertised (:func:`inferad.speed.faster`)."""
-        if self.speed_key and faster(generation.tokens_per_second, self.tokens_per_s, new_tokens):
-            log.info("%s streamed a job at %.1f tokens/s, above the %.1f advertised: advertising that",
-                     self.engine.ref.name, generation.tokens_per_second, self.tokens_per_s)
-            self.tokens_per_s = round(generation.tokens_per_second, 1)
+        """A job's stream speed, ``new_tokens`` long: when no other job ran beside it, moves
+        ``tokens_per_s`` toward it (:func:`inferad.speed.follow`), and the cache once it moved 10 %."""
+        if not self.speed_key or self.worker.load.running:
+            return
+        self.tokens_per_s = follow(self.tokens_per_s, generation.tokens_per_second, new_tokens)
+        if moved(self.tokens_per_s, self.cached_tokens_per_s):
+            log.info("%s streams %.1f tokens/s alone lately (%.1f before): advertising that",
+                     self.engine.ref.name, self.tokens_per_s, self.cached_tokens_per_s)
+            self.cached_tokens_per_s = self.tokens_per_s
             await trio.to_thread.run_sync(remember, self.speed_key, self.tokens_per_s)
 
 
@@ -278,64 +289,6 @@ def offers(served: dict[str, Served]) -> tuple[wire.ModelOffer, ...]:
                                  tokens_per_s=float(s.tokens_per_s), n_ctx=s.engine.n_ctx, n_vocab=s.engine.n_vocab,
                                  adapter=s.engine.adapter_ref.sha256 if s.engine.adapter_ref else None)
                  for s in served.values())
-
-
-@dataclass(kw_only=True, eq=False)
-class VerifyingModels:
-    """The engine for a model this node verifies but does not serve: fetched from peers when a
-    draw names the node for a job on it (config ``verification.fetch_models``: the largest file,
-    in bytes, fetched for that; 0: never), opened and kept until a job on another model needs
-    the memory (one at a time).
-
-    Args:   fetch: ``(sha256, max_size)`` -> the cached model (inferad.transfer.Fetcher.fetch).
-            open: ``sha256:<hex>`` (and ``adapter=``) -> its Served (open_model), blocking the caller only.
-            max_size: config ``verification.fetch_models``.
-    """
-
-    fetch: Callable[[str, int], Awaitable[Any]]
-    open: Callable[..., Awaitable[Served]]
-    max_size: int
-    _held: dict[str, Served] = field(default_factory=dict)
-    _lock: trio.Lock = field(default_factory=trio.Lock)
-
-    async def engine_for(self, key: str) -> Served | None:
-        """The engine for ``key`` (``wire.served_key``: a model, or a model and its LoRA adapter, each
-        fetched if the cache lacks it); None when fetching is off; raises ModelError when a file
-        cannot be fetched or opened."""
-        if self.max_size <= 0:
-            return None
-        async with self._lock:
-            if key not in self._held:
-                model, _, adapter = key.partition("+")
-                for sha in (model, adapter):
-                    if sha:
-                        await self.fetch(sha, self.max_size)
-                try:
-                    opened = await self.open(f"sha256:{model}", adapter=f"sha256:{adapter}" if adapter else None)
-                except ModelUnusable as exc:
-                    raise ModelError(str(exc)) from None
-                self.close()
-                self._held[key] = opened
-                log.info("verifying on %s%s, fetched from peers", opened.engine.ref.name,
-                         f" with adapter {opened.engine.adapter_ref.name}" if adapter else "")
-            return self._held[key]
-
-    def close(self) -> None:
-        for held in self._held.values():
-            held.engine.close()
-        self._held.clear()
-
-
-def model_files(served: dict[str, Served]) -> dict[str, tuple[str, Path]]:
-    """The files of ``served``, models and adapters, as ``{sha256: (label, path)}``: what this node
-    shares with peers (the simulated engine has none)."""
-    files = {}
-    for s in served.values():
-        if isinstance(s.engine, Engine):
-            files[s.engine.model.sha256] = (s.engine.model.name, s.engine.model.path)
-            if s.engine.adapter is not None:
-                files[s.engine.adapter.sha256] = (s.engine.adapter.name, s.engine.adapter.path)
-    return files
 
 
 def total_load(served: dict[str, Served]) -> wire.Load:

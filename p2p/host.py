@@ -38,6 +38,11 @@ def _reattach_libp2p_logging() -> None:
     logging.getLogger("libp2p.host.basic_host").setLevel(logging.CRITICAL)
     # A failed stream negotiation is logged here and raised to us: we report it.
     logging.getLogger("libp2p.protocol_muxer.multiselect_client").setLevel(logging.CRITICAL)
+    # So is a failed TCP dial ("cannot reach …"); and circuit relay v2 logs an ERROR for every
+    # reservation stream its client closes, and a WARNING for every dial to a peer it has not
+    # stored relay addresses of: what fails there is raised to inferad.relay, which reports it.
+    for name in ("libp2p.transport.tcp.tcp", "libp2p.relay.circuit_v2.protocol", "libp2p.relay.circuit_v2.transport"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _end_inbound_handlers_with_their_connection() -> None:
@@ -145,6 +150,14 @@ def listen_addrs(texts: list[str]) -> list:
         except Exception as exc:
             raise ValueError(f"bad listen address {text!r}: {exc}") from None
     return parsed
+
+
+CIRCUIT = "/p2p-circuit"
+
+
+def is_relayed(addr: str) -> bool:
+    """Whether the peer address ``addr`` reaches its peer through a relay (``…/p2p-circuit/p2p/<id>``)."""
+    return CIRCUIT in addr
 
 
 def dialable(addrs: list[str]) -> list[str]:

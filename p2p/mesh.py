@@ -9,6 +9,7 @@ set here, with the reason.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,8 @@ TOPIC_ATTESTATIONS = "/inferad/attestations/1"
 PROTOCOL_EXEC = "/inferad/exec/1.0.0"
 PROTOCOL_SETTLEMENT = "/inferad/settlement/1.0.0"
 PROTOCOL_VERIFY = "/inferad/verify/1.0.0"
+log = logging.getLogger("inferad.mesh")
+
 OWN_RECORD_S = 10.0  # seconds this node's signed peer record is reused in gossip RPCs
 
 
@@ -155,6 +158,9 @@ async def running_mesh(host: Any, settings: GossipSettings,
 
     _cache_sender_record_checks()
     _cache_own_sender_record()
+    if not settings.ip_colocation_protection:
+        log.warning("gossip IP-colocation (eclipse) protection is off (gossip.ip_colocation_limit = 0): "
+                    "right for a network on one machine only; remove the setting for the internet")
     router = GossipSub(
         protocols=[PROTOCOL_ID_V12, PROTOCOL_ID_V11, PROTOCOL_ID],
         degree=settings.degree, degree_low=settings.degree_low, degree_high=settings.degree_high,
