@@ -119,6 +119,9 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--no-relay-service", is_flag=True,
               help="Never relay for nodes behind NAT [config relay.relay_service; default: relay, within the "
                    "[relay] limits, while peers can dial this node].")
+@click.option("--no-hole-punching", is_flag=True,
+              help="Keep connections made through a relay relayed: no DCUtR hole punching [config "
+                   "relay.relay_hole_punching; default: punch].")
 @click.option("--no-model", is_flag=True, help="Serve no model: a pure gateway that routes jobs to others.")
 @click.option("--engine", type=click.Choice(["llama", "sim"]), default="llama", show_default=True,
               help="llama: real inference with llama.cpp.  sim: a SIMULATED engine for scale tests and "
@@ -150,7 +153,7 @@ def init(home: Path | None, as_json: bool) -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info",
               show_default=True)
 def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models, adapters, model_label,
-          model_cache_limit, no_relay_service, no_model, engine, chain_path,
+          model_cache_limit, no_relay_service, no_hole_punching, no_model, engine, chain_path,
           run_oracle, sim_tokens_per_s, max_tokens, n_ctx, parallel, threads, api_port, api_host, api_max_price,
           log_format, log_level) -> None:
     """Run the node daemon until Ctrl-C or SIGTERM.
@@ -177,6 +180,7 @@ def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models,
         config = h.config.with_overrides(listen=listen or None, bootstrap=bootstrap or None,
                                          advert_interval=advert_interval, ip_colocation_limit=ip_colocation_limit,
                                          relay_service=False if no_relay_service else None,
+                                         relay_hole_punching=False if no_hole_punching else None,
                                          models=() if no_model else (models or None),
                                          model_cache_limit=model_cache_limit, adapters=adapters or None,
                                          max_tokens=max_tokens, n_ctx=n_ctx, parallel=parallel, n_threads=threads,

@@ -50,6 +50,10 @@ relay_circuits = 16
 # together (0: no limit); past either the relay closes it.
 relay_circuit_duration = 3600
 relay_circuit_bytes = 1073741824
+# Hole punching (DCUtR): two nodes connected through a relay try to open a
+# direct connection (TCP simultaneous open from their listen ports, which
+# most home routers allow); false: stay relayed.
+relay_hole_punching = true
 
 [engine]
 # Models to serve: catalog names (see `inferad models --catalog`), GGUF paths, or
@@ -153,6 +157,7 @@ class Config:
     relay_circuits: int = 16
     relay_circuit_duration: int = 3600  # seconds
     relay_circuit_bytes: int = 1 << 30
+    relay_hole_punching: bool = True
     models: tuple[str, ...] = ("gemma-3-270m",)
     model_cache_limit: int = 0  # bytes of models fetched from peers kept in the cache; 0: no limit
     adapters: tuple[str, ...] = ()  # LoRA adapters, each served on the one model as a pair of its own
@@ -192,7 +197,8 @@ class Config:
 SECTIONS = {
     "node": ("listen", "bootstrap", "advert_interval"),
     "gossip": ("ip_colocation_limit",),
-    "relay": ("relay_service", "relay_reservations", "relay_circuits", "relay_circuit_duration", "relay_circuit_bytes"),
+    "relay": ("relay_service", "relay_reservations", "relay_circuits", "relay_circuit_duration", "relay_circuit_bytes",
+              "relay_hole_punching"),
     "engine": ("models", "adapters", "model_cache_limit", "n_ctx", "parallel", "n_threads", "n_gpu_layers",
                "max_tokens", "queue_size", "stream_batch_ms"),
     "routing": ("connect_timeout", "first_token_timeout", "stall_timeout", "max_attempts", "reputation_floor"),

@@ -56,7 +56,6 @@ from p2p import wire
 if TYPE_CHECKING:
     from inferad.billing import Billing
     from inferad.membership import Membership
-    from inferad.relay import Relays
     from inferad.service import Activity
     from inferad.store import AsyncStore
     from inferad.verification import Verification
@@ -89,7 +88,8 @@ class Commands:
             engine: ``llama`` or ``sim``.
             proof: fetches an account's reward proof (inferad.oracle.fetch_proof).
             speeds: what this node measured of each worker's speed (scheduler.speeds.SpeedChecks).
-            relays: how this node is connected to each peer, and its relay reservations (inferad.relay.Relays).
+            connection: how this node is connected to a peer now (inferad.membership.Dialer.connection).
+            relay_addrs: this node's addresses through relays (inferad.relay.Relays.addrs).
     ``api_url`` is set once the HTTP API listens.
     """
 
@@ -103,7 +103,8 @@ class Commands:
     engine: str
     proof: Callable[[str], Awaitable[dict]]
     speeds: SpeedChecks
-    relays: Relays
+    connection: Callable[[str], str | None]
+    relay_addrs: Callable[[], list[str]]
 
     def __post_init__(self) -> None:
         self.started_at = time.time()
@@ -139,7 +140,7 @@ class Commands:
         return {
             "peer_id": me.peer_id, "addrs": me.addrs, "version": __version__, "engine": self.engine,
             "uptime_s": int(time.time() - self.started_at), "active_jobs": self.activity.running,
-            "reachability": me.reach(), "relay_addrs": self.relays.addrs(),
+            "reachability": me.reach(), "relay_addrs": self.relay_addrs(),
             "peers": len(self.peers.fresh(time.monotonic())), "adverts_rejected": me.adverts_rejected,
             "models": [{**s.describe(), "tokens_per_s": s.tokens_per_s, "queued": s.worker.load.queued,
                         "running": s.worker.load.running} for s in self.served.values()],
@@ -153,7 +154,7 @@ class Commands:
         now = time.monotonic()
         return [dict(wire.view(e.advert), advert_age_s=round(now - e.received_at, 1),
                      reputation=round(self.reputation(e.peer_id), 4), self=e.peer_id == self.membership.peer_id,
-                     staked=self.billing.advert_is_staked(e.advert), connection=self.relays.connection(e.peer_id),
+                     staked=self.billing.advert_is_staked(e.advert), connection=self.connection(e.peer_id),
                      **self.speeds.view(e.peer_id))
                 for e in sorted(self.peers.fresh(now), key=lambda e: e.peer_id)]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +65,11 @@ UNMEASURED_RTT_S = 0.0
 
 class AttemptFailed(Exception):
     """One worker did not deliver; the gateway tries the next."""
+
+
+class RelayLost(AttemptFailed):
+    """The relay a worker was reached through went away mid-job: the worker may be reached
+    another way (another relay, or directly), so it is tried once more, continuing."""
 
 
 class ClientGone(Exception):
@@ -156,7 +161,10 @@ class Router:
         delivered: list[wire.Token] = []
         workers: list[dict] = []
         codes: set[str] = set()
-        for peer_id in plan.order[: self.max_attempts]:
+        queue = deque(plan.order[: self.max_attempts])
+        rerouted: set[str] = set()  # workers tried again over another path after their relay went away
+        while queue:
+            peer_id = queue.popleft()
             if delivered and choices > 1:  # a continuation carries one choice's prefix
                 raise JobRejected("no_worker", f"worker {workers[-1]['peer'][-8:]} failed after streaming "
                                                f"{len(delivered)} tokens of {choices} choices, and a job with several "
@@ -195,7 +203,12 @@ class Router:
                 code = exc.code if isinstance(exc, JobRejected) else "failed"
                 codes.add(code)
                 workers.append({"peer": peer_id, "tokens": len(from_this), "outcome": reason})
-                if code in JOB_LEVEL_CODES or peer_id == self.self_id:
+                if isinstance(exc, RelayLost) and peer_id not in rerouted:
+                    rerouted.add(peer_id)
+                    queue.appendleft(peer_id)
+                    log.info("the relay to worker %s went away after %d tokens: continuing over another path",
+                             peer_id[-8:], len(from_this))
+                elif code in JOB_LEVEL_CODES or peer_id == self.self_id:
                     log.info("worker %s refused the job (%s)", peer_id[-8:], reason)
                 else:
                     delay = self.backoff.failed(peer_id, time.monotonic())
@@ -460,6 +473,7 @@ class Gateway:
         JobRejected (the worker's typed refusal), ClientGone (from ``relay``).
         """
         stream = await self._open_exec(peer_id)
+        via_relay = self.dialer.connection(peer_id) == "relayed"
         framed = FramedStream(stream, self.config.max_frame)
         try:
             await framed.send(wire.sign(wire.ExecRequest(job=job, prefix=tuple(prefix)), self.key))
@@ -488,7 +502,7 @@ class Gateway:
         except trio.TooSlowError:
             raise AttemptFailed("worker stalled") from None
         except StreamClosed as exc:
-            raise AttemptFailed(f"worker went away: {exc}") from None
+            raise (RelayLost if via_relay else AttemptFailed)(f"worker went away: {exc}") from None
         except wire.WireError as exc:
             raise AttemptFailed(f"worker sent an invalid frame: {exc}") from None
         finally:

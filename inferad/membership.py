@@ -84,6 +84,20 @@ class Dialer:
                     raise
                 log.debug("cannot reach %s at %s: trying its next address", peer_id, addr)
 
+    def connection(self, peer_id: str) -> str | None:
+        """How this node is connected to ``peer_id`` now: ``direct``, ``relayed`` (through a relay:
+        inferad.relay) or None."""
+        from libp2p.network.connection.swarm_connection import ConnectionType
+        from libp2p.peer.id import ID
+
+        conns = self.host.get_network().connections.get(ID.from_base58(peer_id))
+        if not conns:
+            return None
+        conns = conns if isinstance(conns, list) else [conns]
+        relayed = all(c.get_connection_type() == ConnectionType.RELAYED
+                      or any(is_relayed(str(a)) for a in c.get_transport_addresses()) for c in conns)
+        return "relayed" if relayed else "direct"
+
     async def new_stream(self, peer_id: str, protocol: str) -> Any:
         """A new stream for ``protocol`` on the connection to ``peer_id``."""
         from libp2p.custom_types import TProtocol

@@ -144,6 +144,7 @@ class Node:
             e.peer_id for e in peers.fresh(time.monotonic())
             if e.peer_id in {p.to_base58() for p in host.get_connected_peers()}])
         relays = Relays(host=host, reach=lambda: reach.status, peers=peers, service=config.relay_service,
+                        hole_punching=config.relay_hole_punching,
                         limits=RelayLimits(config.relay_reservations, config.relay_circuits,
                                            config.relay_circuit_duration, config.relay_circuit_bytes))
         dialer = Dialer(host=host, peers=peers, key=key, connect_timeout=config.connect_timeout,
@@ -196,7 +197,8 @@ class Node:
                 commands = Commands(store=store, peers=peers, served=served, activity=activity, membership=membership,
                                     billing=billing, verification=verification, engine=self.engine,
                                     proof=partial(fetch_proof, key=key, store=store, chain_view=billing.view,
-                                                  dialer=dialer), speeds=router.speeds, relays=relays)
+                                                  dialer=dialer), speeds=router.speeds,
+                                    connection=dialer.connection, relay_addrs=relays.addrs)
                 handlers = {
                     PROTOCOL_SUBMIT: ("submit", service.handler("job", gateway.serve)),
                     PROTOCOL_EXEC: ("exec", service.handler("exec", worker.serve)),

@@ -19,11 +19,19 @@ What each side runs, through py-libp2p's ``libp2p.relay.circuit_v2`` (0.8.1):
 * private nodes: reservations on up to ``RELAYS`` public peers, renewed before they
   expire and moved to another relay when one goes away;
 * a dialer: :meth:`Relays.dial` for an advert's ``/p2p-circuit`` address
-  (py-libp2p's swarm skips those; ``CircuitV2Transport`` dials them).
+  (py-libp2p's swarm skips those; ``CircuitV2Transport`` dials them);
+* both ends of a relayed connection: hole punching (DCUtR, ``relay/DCUtR.md``):
+  over the relayed connection they swap the addresses their routers map their
+  listen ports to, then dial each other at once from those ports (a TCP
+  simultaneous open, which routers that drop unsolicited inbound let through,
+  as each has just seen its own side go out).  Where it works the connection is
+  direct and the relayed one is closed a minute later; where the routers
+  refuse (symmetric NAT), jobs stay relayed.  ``--no-hole-punching`` turns it off.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -73,6 +81,7 @@ class Relays:
             reach: this node's reachability now (``public``, ``private`` or ``unknown``).
             peers: the advert table: relays are chosen among the peers whose adverts say they are public.
             service: relay for others while public (``--no-relay-service``: False).
+            hole_punching: upgrade relayed connections by DCUtR (``--no-hole-punching``: False).
             limits: what this node grants as a relay.
     """
 
@@ -80,12 +89,14 @@ class Relays:
     reach: Callable[[], str]
     peers: PeerTable
     service: bool = True
+    hole_punching: bool = True
     limits: RelayLimits = field(default_factory=RelayLimits)
     reserved: dict[str, tuple[str, float]] = field(default_factory=dict)  # relay -> (its address, expiry)
     refused: dict[str, float] = field(default_factory=dict)  # relay -> when it may be asked again
 
     def __post_init__(self) -> None:
         from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+        from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
         from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
         from libp2p.relay.circuit_v2.resources import RelayLimits as Limits
         from libp2p.relay.circuit_v2.transport import CircuitV2Transport
@@ -96,6 +107,7 @@ class Relays:
         # STOP only: the transport must not reserve a slot on every relay it dials through.
         self._transport = CircuitV2Transport(self.host, self._protocol, RelayConfig(roles=RelayRole.STOP,
                                                                                     limits=limits))
+        self._dcutr = DCUtRProtocol(self.host) if self.hole_punching else None
         self.peer_id = self.host.get_id().to_base58()
 
     def addrs(self) -> list[str]:
@@ -108,8 +120,10 @@ class Relays:
         from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID
         from libp2p.tools.anyio_service import background_trio_service
 
-        async with background_trio_service(self._protocol):
-            await self._protocol.event_started.wait()
+        async with contextlib.AsyncExitStack() as services:
+            for service in filter(None, (self._protocol, self._dcutr)):
+                await services.enter_async_context(background_trio_service(service))
+                await service.event_started.wait()
             for protocol, handler in self.host.get_mux().handlers.items():  # guard py-libp2p's STOP handler
                 self.host.get_mux().handlers[protocol] = guarded(str(protocol), handler)
             if self.service:
@@ -178,19 +192,6 @@ class Relays:
             self.reserved.pop(relay, None)
             self.refused[relay] = time.time() + 60
             log.info("relay %s refused a reservation or did not answer; trying another", relay)
-
-    def connection(self, peer_id: str) -> str | None:
-        """How this node is connected to ``peer_id`` now: ``direct``, ``relayed`` or None."""
-        from libp2p.network.connection.swarm_connection import ConnectionType
-        from libp2p.peer.id import ID
-
-        conns = self.host.get_network().connections.get(ID.from_base58(peer_id))
-        if not conns:
-            return None
-        conns = conns if isinstance(conns, list) else [conns]
-        relayed = all(c.get_connection_type() == ConnectionType.RELAYED
-                      or any(is_relayed(str(a)) for a in c.get_transport_addresses()) for c in conns)
-        return "relayed" if relayed else "direct"
 
     async def dial(self, addr: str) -> None:
         """Connect to the peer at the ``/p2p-circuit`` address ``addr`` through its relay.

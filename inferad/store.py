@@ -112,11 +112,13 @@ class Store:
     def has_job(self, job_id: str) -> bool:
         return self._db.get(JOB + job_id.encode()) is not None
 
-    def accept_job(self, job_id: str, job: bytes, **meta) -> bool:
-        """Record a job id as taken (synced); False if it was seen before (a replay)."""
+    def accept_job(self, job_id: str, job: bytes, *, resume: Callable[[dict], bool] | None = None,
+                   **meta) -> bool:
+        """Record a job id as taken (synced); False if it was seen before (a replay), unless
+        ``resume(its record)`` says that earlier run may be continued (its record is replaced)."""
         key = JOB + job_id.encode()
         with self._lock:
-            if self._db.get(key) is not None:
+            if (seen := self._db.get(key)) is not None and not (resume and resume(msgpack.unpackb(seen))):
                 return False
             record = {"job": job, "received_at": _now_ms(), "status": "accepted", "meta": meta}
             self._db.put(key, msgpack.packb(record), sync=True)

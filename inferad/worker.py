@@ -340,8 +340,10 @@ class ExecService:
                                         f"max_tokens ({job_envelope.message.params.max_tokens})")
         if self.settled:  # it will be settled: its client must have one spelling
             check_client_eth(job_envelope.message)
-        if not await self.store.accept_job(job_id, request.job, role="worker", gateway=envelope.signer_peer_id,
-                                           prefix=len(request.prefix)):
+        gateway, prefix = envelope.signer_peer_id, len(request.prefix)
+        resume = functools.partial(_resumable, gateway=gateway, prefix=prefix)
+        if not await self.store.accept_job(job_id, request.job, role="worker", gateway=gateway, prefix=prefix,
+                                           resume=resume):
             raise JobRejected("replay", f"job {job_id[:16]}… was already run here")
         with self.activity.job():
             try:
@@ -395,6 +397,14 @@ class ExecService:
                                               "tokens_per_s": round(generation.tokens_per_second, 1),
                                               "continued_from": len(prefix)}})
         return signed, wire.decode(signed)
+
+
+def _resumable(record: dict, *, gateway: str, prefix: int) -> bool:
+    """Whether a job this worker ran before may run again: its run was cut off without a result
+    because its gateway's connection went away (a relay that died: the gateway continues on this
+    worker over another path), and the same gateway now asks for a continuation of it."""
+    return (record.get("status") == "failed" and record.get("error") == "cancelled"
+            and record["meta"].get("gateway") == gateway and prefix > 0)
 
 
 def check_timing_now(job: wire.JobRequest, config: Config) -> None:

@@ -43,6 +43,8 @@ def _reattach_libp2p_logging() -> None:
     # stored relay addresses of: what fails there is raised to inferad.relay, which reports it.
     for name in ("libp2p.transport.tcp.tcp", "libp2p.relay.circuit_v2.protocol", "libp2p.relay.circuit_v2.transport"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    # Hole punching says when it made a connection direct.
+    logging.getLogger("libp2p.relay.circuit_v2.dcutr").setLevel(logging.INFO)
 
 
 def _end_inbound_handlers_with_their_connection() -> None:

@@ -82,6 +82,11 @@ class Internet:
             _run(*nat, "iptables", "-A", "FORWARD", "-i", wan_side, "-m", "conntrack", "--ctstate",
                  "ESTABLISHED,RELATED", "-j", "ACCEPT")
             _run(*nat, "iptables", "-A", "FORWARD", "-i", wan_side, "-j", "DROP")
+            # Unsolicited packets to the router itself are dropped too, as a home router's firewall
+            # does (else its kernel answers a SYN to an unmapped port with a RST).
+            _run(*nat, "iptables", "-A", "INPUT", "-i", wan_side, "-m", "conntrack", "--ctstate",
+                 "ESTABLISHED,RELATED", "-j", "ACCEPT")
+            _run(*nat, "iptables", "-A", "INPUT", "-i", wan_side, "-j", "DROP")
         return self
 
     def address(self, name: str) -> str:

@@ -1,11 +1,14 @@
 """Nodes behind NAT (issue 16), in network namespaces (tests/netns.py): a public host, and two homes
 each behind a router that masquerades and drops unsolicited inbound connections."""
 
+import contextlib
 import json
+import signal
+import subprocess
 
 import pytest
 
-from tests.conftest import INFERAD, NodeProcess, run_cli
+from tests.conftest import INFERAD, ROOT, NodeProcess, run_cli
 from tests.netns import Internet, can_build
 from tests.test_mesh_integration import wait_for
 
@@ -60,17 +63,17 @@ def test_autonat_tells_a_public_node_from_one_behind_nat_and_adverts_say_so(inte
             node.stop()
 
 
-@pytest.fixture
-def two_homes(internet, tmp_path):
+@contextlib.contextmanager
+def two_homes(internet, tmp_path, *extra: str):
     """Two relays on the public host; a worker in home B and a gateway without a model in home A, each
-    behind its router; the worker has reserved a slot on both relays."""
+    behind its router (both started with ``extra``); the worker has reserved a slot on both relays."""
     relays = [start_in(internet, tmp_path, "pub", "--no-model", name=f"relay{i}") for i in (1, 2)]
     nodes = list(relays)
     try:
         boot = ("--bootstrap", relays[0].addr, "--bootstrap", relays[1].addr)
-        worker = start_in(internet, tmp_path, "hb", *boot)
+        worker = start_in(internet, tmp_path, "hb", *boot, "--sim-tokens-per-s", "100", *extra)
         nodes.append(worker)
-        gateway = start_in(internet, tmp_path, "ha", "--no-model", *boot)
+        gateway = start_in(internet, tmp_path, "ha", "--no-model", *boot, *extra)
         nodes.append(gateway)
         wait_for(lambda: len(status(worker).get("relay_addrs", [])) == 2, 90,
                  "the worker behind NAT to reserve a slot on both relays")
@@ -82,17 +85,58 @@ def two_homes(internet, tmp_path):
             node.stop()
 
 
+@pytest.fixture
+def relayed_only(internet, tmp_path):
+    """:func:`two_homes` without hole punching: the gateway reaches the worker through a relay only."""
+    with two_homes(internet, tmp_path, "--no-hole-punching") as homes:
+        yield homes
+
+
 def submit(gateway, tmp_path, *args: str) -> dict:
     proc = run_cli("submit", "--node-home", str(gateway.home), "--model", "sim", *args, "--json",
                    home=tmp_path / "client", check=True)
     return json.loads(proc.stdout)
 
 
-def test_a_gateway_behind_nat_gets_a_job_done_by_a_worker_behind_another_nat(two_homes, tmp_path):
-    relays, worker, gateway = two_homes
+def test_a_gateway_behind_nat_gets_a_job_done_by_a_worker_behind_another_nat_through_a_relay(relayed_only,
+                                                                                              tmp_path):
+    relays, worker, gateway = relayed_only
     completion = submit(gateway, tmp_path, "Hello", "--max-tokens", "64")
     assert completion["result"]["worker"] == worker.info["peer_id"]
     assert completion["result"]["usage"]["completion_tokens"] == 64
-    connection = peer_view(gateway, worker.info["peer_id"])["connection"]
-    print(f"the gateway reached the worker {connection}")
-    assert connection in ("relayed", "direct")
+    assert peer_view(gateway, worker.info["peer_id"])["connection"] == "relayed"
+
+
+def test_hole_punching_makes_the_relayed_connection_between_two_homes_direct(internet, tmp_path):
+    with two_homes(internet, tmp_path) as (relays, worker, gateway):
+        first = submit(gateway, tmp_path, "Hello", "--max-tokens", "64")
+        assert first["result"]["worker"] == worker.info["peer_id"]
+        wait_for(lambda: peer_view(gateway, worker.info["peer_id"]).get("connection") == "direct", 60,
+                 "hole punching to make the connection direct")
+        second = submit(gateway, tmp_path, "Hello again", "--max-tokens", "64")
+        ran = peer_view(gateway, worker.info["peer_id"])["connection"]
+        print(f"the second job ran {ran}")
+        assert second["result"]["usage"]["completion_tokens"] == 64 and ran == "direct"
+
+
+def test_a_stream_survives_the_death_of_the_relay_it_runs_through(relayed_only, tmp_path):
+    relays, worker, gateway = relayed_only
+    first = status(worker)["relay_addrs"][0]  # the gateway dials the worker's relays in its advert's order
+    carrying = next(r for r in relays if f"/p2p/{r.info['peer_id']}/p2p-circuit" in first)
+    client = subprocess.Popen([*INFERAD, "submit", "--node-home", str(gateway.home), "--model", "sim", "Hello",
+                               "--max-tokens", "600", "--json", "--home", str(tmp_path / "client")],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: status(worker).get("active_jobs") == 1, 30, "the worker to start the job")
+        carrying.stop(signal.SIGKILL)
+        out, err = client.communicate(timeout=120)
+    finally:
+        client.kill()
+    assert client.returncode == 0, err
+    completion = json.loads(out)
+    assert completion["result"]["usage"]["completion_tokens"] == 600
+    (record,) = json.loads(run_cli("jobs", completion["job_id"], "--json", home=gateway.home, check=True).stdout)
+    print("attempts after the relay died:", record["workers"])
+    first, second = record["workers"]  # the same worker, reached through the other relay, continues
+    assert first["peer"] == second["peer"] == worker.info["peer_id"] and second["outcome"] == "ok"
+    assert first["tokens"] > 0 and first["tokens"] + second["tokens"] == 600
