@@ -31,6 +31,10 @@ contracts: $(NPM_STAMP)
 # llama-cpp-python builds from source the first time (~6 min on 2 cores); pip
 # caches the wheel, so later installs take seconds.  For a CUDA build:
 #   CMAKE_ARGS="-DGGML_CUDA=on" make install
+# The CPU build targets AVX2 (GGML_NATIVE=OFF), not the exact CPU it is built on:
+# -march=native turned on llama.cpp's AMX kernels on a Sapphire Rapids VM, where
+# every llama_decode then crashed (SIGSEGV); and a cached wheel may meet another CPU.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 $(STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@echo "installing inferad and its dependencies into $(VENV) (first time: llama.cpp compiles, ~6 min)"

@@ -758,8 +758,11 @@ def devnet() -> None:
               help="Settlement period of the network.")
 @click.option("--block-time", type=click.FloatRange(0.1, 60), default=1.0, show_default=True,
               help="Seconds between blocks: verification draws on the first block after a job expires.")
-def devnet_chain(directory: Path, fund_homes, oracle_home, epoch_seconds, block_time) -> None:
-    """Run anvil on 127.0.0.1, deploy the registry, fund accounts, write DIR/chain.json.
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address anvil listens on: another lets nodes in other network namespaces or on other "
+                   "machines reach this devnet's chain (anvil has no authentication: a private network only).")
+def devnet_chain(directory: Path, fund_homes, oracle_home, epoch_seconds, block_time, host) -> None:
+    """Run anvil on 127.0.0.1 (or --host), deploy the registry, fund accounts, write DIR/chain.json.
 
     Runs until Ctrl-C; the chain's state is kept in DIR/anvil-state.json, so the
     next run continues the same chain (and reuses the deployment).
@@ -776,7 +779,7 @@ def devnet_chain(directory: Path, fund_homes, oracle_home, epoch_seconds, block_
     try:
         # Resuming: the same port too, so running nodes find the chain again.
         port = int(ChainInfo.load(info_path).rpc_url.rsplit(":", 1)[1]) if resume else 0
-        anvil = Anvil(state=state, port=port, block_time=block_time)
+        anvil = Anvil(state=state, port=port, block_time=block_time, host=host)
     except ChainError as exc:
         fail(str(exc))
     try:

@@ -63,19 +63,21 @@ class ChainInfo:
 
 
 class Anvil:
-    """An anvil process on 127.0.0.1 and a free port; ``state`` keeps the chain across restarts."""
+    """An anvil process on ``host`` (127.0.0.1 by default) and a free port; ``state`` keeps the chain
+    across restarts."""
 
-    def __init__(self, *, state: Path | None = None, port: int = 0, block_time: float | None = None) -> None:
+    def __init__(self, *, state: Path | None = None, port: int = 0, block_time: float | None = None,
+                 host: str = "127.0.0.1") -> None:
         if not ANVIL.exists():
             raise ChainError(f"{ANVIL} is missing: run `make install` (installs the pinned npm anvil)")
-        args = [str(ANVIL), "--host", "127.0.0.1", "--port", str(port)]
+        args = [str(ANVIL), "--host", host, "--port", str(port)]
         if state is not None:
             args += ["--state", str(state)]
         if block_time:
             args += ["--block-time", str(block_time)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in self.proc.stdout:
-            match = re.search(r"Listening on (127\.0\.0\.1:\d+)", line)
+            match = re.search(r"Listening on (\d+\.\d+\.\d+\.\d+:\d+)", line)
             if match:
                 self.rpc_url = f"http://{match.group(1)}"
                 break

@@ -140,13 +140,9 @@ class Node:
         metrics = Metrics(peers=lambda: len(peers.fresh(time.monotonic())), active_jobs=lambda: activity.running,
                           queued_jobs=lambda: total_load(served).queued)
         host = make_host(key)
-        reach = Reachability(host=host, servers=lambda: [
-            e.peer_id for e in peers.fresh(time.monotonic())
-            if e.peer_id in {p.to_base58() for p in host.get_connected_peers()}])
+        reach = Reachability(host=host, peers=peers)
         relays = Relays(host=host, reach=lambda: reach.status, peers=peers, service=config.relay_service,
-                        hole_punching=config.relay_hole_punching,
-                        limits=RelayLimits(config.relay_reservations, config.relay_circuits,
-                                           config.relay_circuit_duration, config.relay_circuit_bytes))
+                        hole_punching=config.relay_hole_punching, limits=RelayLimits.of(config))
         dialer = Dialer(host=host, peers=peers, key=key, connect_timeout=config.connect_timeout,
                         max_frame=config.max_frame, dial_relayed=relays.dial)
         verification: Verification | None = None
@@ -155,10 +151,7 @@ class Node:
         def app_score(peer: Any) -> float:  # gossipsub's P6: reputation, once verification is up
             return 0.0 if verification is None else verification.app_score(peer)
 
-        self_id = wire.peer_id_from_public_key(bytes(key.verify_key))
-        supply = ModelSupply(key=key, config=config, hardware=hardware, served=served, cache=cache,
-                             providers=lambda sha: [e.peer_id for e in peers.sharing(sha, time.monotonic())
-                                                    if e.peer_id != self_id],
+        supply = ModelSupply(key=key, config=config, hardware=hardware, served=served, cache=cache, peers=peers,
                              open_stream=partial(dialer.open, protocol=PROTOCOL_MODEL))
         try:
             listen = listen_addrs(config.listen)

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import trio
+
+from scheduler.peers import PeerTable
 
 log = logging.getLogger("inferad.reach")
 
@@ -34,11 +36,11 @@ class Reachability:
     """This node's reachability (``status``: unknown, public or private).
 
     Args:   host: the libp2p host (the AutoNAT handler is registered on it here).
-            servers: the inferad peers this node is connected to now (peer ids): the ones asked.
+            peers: the advert table: the inferad peers this node is connected to are the ones asked.
     """
 
     host: Any
-    servers: Callable[[], list[str]]
+    peers: PeerTable
     status: str = "unknown"
 
     def __post_init__(self) -> None:
@@ -51,7 +53,8 @@ class Reachability:
         from libp2p.peer.id import ID
 
         while True:
-            candidates = self.servers()
+            connected = {p.to_base58() for p in self.host.get_connected_peers()}
+            candidates = [e.peer_id for e in self.peers.fresh(time.monotonic()) if e.peer_id in connected]
             asked = random.sample(candidates, min(SERVERS, len(candidates)))
             if asked:
                 self._autonat.dial_results.clear()  # this round's verdicts only

@@ -40,6 +40,7 @@ from typing import Any
 
 import trio
 
+from inferad.config import Config
 from p2p.host import CIRCUIT, guarded, is_relayed
 from scheduler.peers import PeerTable
 
@@ -71,6 +72,11 @@ class RelayLimits:
     circuits: int = 16
     duration_s: int = 3600
     bytes: int = 1 << 30
+
+    @classmethod
+    def of(cls, config: Config) -> RelayLimits:
+        return cls(config.relay_reservations, config.relay_circuits, config.relay_circuit_duration,
+                   config.relay_circuit_bytes)
 
 
 @dataclass(kw_only=True, eq=False)

@@ -28,6 +28,7 @@ from inferad.models import ModelError
 from inferad.transfer import Fetcher, ModelShare, OpenStream, Progress
 from inferad.worker import ModelUnusable, Served, open_model
 from p2p import wire
+from scheduler.peers import PeerTable
 
 log = logging.getLogger("inferad.supply")
 
@@ -48,7 +49,7 @@ class ModelSupply:
             hardware: this machine (the speed cache's key for a model opened here).
             served: the engines this node serves, by ``wire.served_key``; a fetched model joins them.
             cache: the model cache.
-            providers: the peer ids (other than this node) whose fresh adverts offer a sha256.
+            peers: the advert table: a file is fetched from the peers whose fresh adverts offer it.
             open_stream: a new ``/inferad/model`` stream to a peer.
     """
 
@@ -57,10 +58,13 @@ class ModelSupply:
     hardware: wire.Hardware
     served: dict[str, Served]
     cache: ModelCache
-    providers: Callable[[str], list[str]]
+    peers: PeerTable
     open_stream: OpenStream
 
     def __post_init__(self) -> None:
+        self_id = wire.peer_id_from_public_key(bytes(self.key.verify_key))
+        self.providers = lambda sha: [e.peer_id for e in self.peers.sharing(sha, time.monotonic())
+                                      if e.peer_id != self_id]
         self.share = ModelShare(key=self.key, files=partial(model_files, self.served),
                                 request_timeout=self.config.request_timeout)
         self.fetcher = Fetcher(providers=self.providers, open_stream=self.open_stream, cache=self.cache,

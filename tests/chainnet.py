@@ -37,7 +37,8 @@ class ChainNetwork:
     and bring it back (the same command: anvil resumes the same chain on the same port).
     """
 
-    def __init__(self, root: Path, *names: str, epoch_seconds: int | None = None, oracle: str | None = None):
+    def __init__(self, root: Path, *names: str, epoch_seconds: int | None = None, oracle: str | None = None,
+                 host: str | None = None):
         self.root = root
         self.homes = {name: root / name for name in names}
         self.chain_json = root / "dev" / "chain.json"
@@ -45,6 +46,7 @@ class ChainNetwork:
         self.command = [*INFERAD, "devnet", "chain", "--dir", str(root / "dev"),
                         *(["--epoch-seconds", str(epoch_seconds)] if epoch_seconds else []),
                         *(["--oracle", str(self.homes[oracle])] if oracle else []),
+                        *(["--host", host] if host else []),
                         *sum((["--fund", str(home)] for home in self.homes.values()), [])]
         self.devnet: subprocess.Popen | None = None
         self.nodes: dict[str, NodeProcess] = {}  # the latest node of each home
@@ -91,12 +93,12 @@ class ChainNetwork:
         """``name`` deposits ``amount`` ETH to pay for jobs."""
         run_cli("chain", "deposit", str(amount), *self.chain, home=self.homes[name], check=True)
 
-    def start(self, name: str, *args: str, bootstrap: str | None = None,
-              command: tuple[str, ...] = tuple(INFERAD), env: dict[str, str] | None = None) -> NodeProcess:
+    def start(self, name: str, *args: str, bootstrap: str | None = None, command: tuple[str, ...] = tuple(INFERAD),
+              env: dict[str, str] | None = None, listen: str = "/ip4/127.0.0.1/tcp/0") -> NodeProcess:
         """Start a node for home ``name`` (another, if it ran before) with ``args``, dialling the node
-        of home ``bootstrap`` first (``env``: variables to add)."""
+        of home ``bootstrap`` first (``env``: variables to add), listening on ``listen``."""
         dial = ("--bootstrap", self.nodes[bootstrap].addr) if bootstrap else ()
-        node = NodeProcess(self.homes[name], *dial, *args, *self.chain, command=command, env=env)
+        node = NodeProcess(self.homes[name], *dial, *args, *self.chain, command=command, env=env, listen=listen)
         self.nodes[name] = node
         self.processes.append(node)
         return node

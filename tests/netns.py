@@ -39,6 +39,7 @@ def _run(*args: str) -> None:
 class Internet:
     prefix: str = field(default_factory=lambda: "in" + uuid.uuid4().hex[:6])
     made: list[str] = field(default_factory=list)
+    linked: str | None = None  # this namespace's end of the link to the wan (join_from_here)
 
     def ns(self, name: str) -> str:
         return f"{self.prefix}-{name}"
@@ -63,6 +64,19 @@ class Internet:
             self.ip(name, "addr", "add", f"{addr}/24", "dev", iface)
             self.ip(name, "link", "set", iface, "up")
         return ia, ib
+
+    def join_from_here(self) -> str:
+        """Link this machine's own namespace to the wan (10.99.254.1, routes to 10.99.0.0/16), so that
+        a service here (the chain) serves every namespace; its address.  :meth:`remove` unlinks it."""
+        here, there = f"{self.prefix}h0", f"{self.prefix}w0"
+        _run("ip", "link", "add", here, "type", "veth", "peer", "name", there, "netns", self.ns("wan"))
+        self.linked = here
+        _run("ip", "addr", "add", "10.99.254.1/24", "dev", here)
+        _run("ip", "link", "set", here, "up")
+        self.ip("wan", "addr", "add", "10.99.254.2/24", "dev", there)
+        self.ip("wan", "link", "set", there, "up")
+        _run("ip", "route", "add", "10.99.0.0/16", "via", "10.99.254.2")
+        return "10.99.254.1"
 
     def build(self) -> Internet:
         for name in ("wan", "pub", *(f"r{h}" for h in HOMES), *(f"h{h}" for h in HOMES)):
@@ -94,6 +108,9 @@ class Internet:
         return {"pub": "10.99.0.2", **{f"h{h}": f"192.168.{n}.2" for h, n in HOMES.items()}}[name]
 
     def remove(self) -> None:
+        if self.linked:
+            subprocess.run(["ip", "link", "del", self.linked], capture_output=True)  # its route goes with it
+            self.linked = None
         for name in reversed(self.made):
             subprocess.run(["ip", "netns", "del", self.ns(name)], capture_output=True)
         self.made.clear()

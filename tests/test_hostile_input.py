@@ -109,8 +109,10 @@ async def send_raw(addr: str, protocol: str, raw: bytes) -> None:
                 pass
 
 
-@pytest.mark.parametrize("protocol", ["/ipfs/kad/1.0.0", "/meshsub/1.1.0", "/libp2p/autonat/1.0.0"])
-def test_deeply_nested_protobuf_to_the_dht_pubsub_and_autonat_leaves_the_node_serving(devnet, protocol):
+@pytest.mark.parametrize("protocol", ["/ipfs/kad/1.0.0", "/meshsub/1.1.0", "/libp2p/autonat/1.0.0",
+                                      "/libp2p/circuit/relay/0.2.0/hop", "/libp2p/circuit/relay/0.2.0/stop",
+                                      "/libp2p/dcutr"])
+def test_deeply_nested_protobuf_to_the_dht_pubsub_autonat_and_relay_leaves_the_node_serving(devnet, protocol):
     node1 = devnet["nodes"][0]["addr"]
     trio.run(send_raw, node1, protocol, wire.encode_frame(DEEP_PROTOBUF))  # both use varint length prefixes
     assert serves_a_job(devnet)

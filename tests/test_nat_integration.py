@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from tests.chainnet import NEEDS_CHAIN, ChainNetwork
 from tests.conftest import INFERAD, ROOT, NodeProcess, run_cli
 from tests.netns import Internet, can_build
 from tests.test_mesh_integration import wait_for
@@ -40,56 +41,35 @@ def peer_view(node, peer_id: str) -> dict:
     return {p["peer_id"]: p for p in json.loads(proc.stdout)}.get(peer_id, {}) if proc.returncode == 0 else {}
 
 
-def reachability(node) -> str:
-    proc = run_cli("status", "--json", home=node.home)
-    return json.loads(proc.stdout)["reachability"] if proc.returncode == 0 else "?"
-
-
-def test_autonat_tells_a_public_node_from_one_behind_nat_and_adverts_say_so(internet, tmp_path):
-    public = start_in(internet, tmp_path, "pub")
-    nodes = [public]
+@pytest.fixture(scope="module")
+def relays(internet, tmp_path_factory):
+    """Two nodes on the public host, without a model: they relay for the homes."""
+    root = tmp_path_factory.mktemp("relays")
+    nodes = [start_in(internet, root, "pub", "--no-model", name=f"relay{i}") for i in (1, 2)]
     try:
-        nodes += [start_in(internet, tmp_path, host, "--bootstrap", public.addr) for host in ("ha", "hb")]
-        wait_for(lambda: reachability(public) == "public", 60, "the public node to find it is dialable")
-        wait_for(lambda: reachability(nodes[1]) == reachability(nodes[2]) == "private", 60,
-                 "the nodes behind NAT to find they are not")
-        peers = {p["peer_id"]: p for p in json.loads(run_cli("peers", "--json", home=nodes[1].home).stdout)}
-        wait_for(lambda: {p["peer_id"]: p.get("reach") for p in json.loads(
-            run_cli("peers", "--json", home=nodes[1].home).stdout)}.get(public.info["peer_id"]) == "public",
-            30, "home A to hear that the public node is dialable")
-        assert public.info["peer_id"] in peers
+        yield nodes
     finally:
         for node in nodes:
             node.stop()
 
 
 @contextlib.contextmanager
-def two_homes(internet, tmp_path, *extra: str):
-    """Two relays on the public host; a worker in home B and a gateway without a model in home A, each
-    behind its router (both started with ``extra``); the worker has reserved a slot on both relays."""
-    relays = [start_in(internet, tmp_path, "pub", "--no-model", name=f"relay{i}") for i in (1, 2)]
-    nodes = list(relays)
+def two_homes(internet, tmp_path, relays, *extra: str):
+    """A worker in home B and a gateway without a model in home A, each behind its router (both
+    started with ``extra``), bootstrapped by ``relays``; the worker holds a slot on both relays."""
+    nodes = []
     try:
         boot = ("--bootstrap", relays[0].addr, "--bootstrap", relays[1].addr)
-        worker = start_in(internet, tmp_path, "hb", *boot, "--sim-tokens-per-s", "100", *extra)
-        nodes.append(worker)
-        gateway = start_in(internet, tmp_path, "ha", "--no-model", *boot, *extra)
-        nodes.append(gateway)
+        nodes.append(worker := start_in(internet, tmp_path, "hb", *boot, "--sim-tokens-per-s", "100", *extra))
+        nodes.append(gateway := start_in(internet, tmp_path, "ha", "--no-model", *boot, *extra))
         wait_for(lambda: len(status(worker).get("relay_addrs", [])) == 2, 90,
                  "the worker behind NAT to reserve a slot on both relays")
         wait_for(lambda: len(peer_view(gateway, worker.info["peer_id"]).get("addrs", [])) >= 3, 30,
                  "the gateway to hear the worker's relayed addresses")
-        yield relays, worker, gateway
+        yield worker, gateway
     finally:
         for node in nodes:
             node.stop()
-
-
-@pytest.fixture
-def relayed_only(internet, tmp_path):
-    """:func:`two_homes` without hole punching: the gateway reaches the worker through a relay only."""
-    with two_homes(internet, tmp_path, "--no-hole-punching") as homes:
-        yield homes
 
 
 def submit(gateway, tmp_path, *args: str) -> dict:
@@ -98,19 +78,19 @@ def submit(gateway, tmp_path, *args: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def test_a_gateway_behind_nat_gets_a_job_done_by_a_worker_behind_another_nat_through_a_relay(relayed_only,
+def test_a_gateway_in_one_home_gets_a_job_done_in_another_and_hole_punching_makes_it_direct(internet, relays,
                                                                                               tmp_path):
-    relays, worker, gateway = relayed_only
-    completion = submit(gateway, tmp_path, "Hello", "--max-tokens", "64")
-    assert completion["result"]["worker"] == worker.info["peer_id"]
-    assert completion["result"]["usage"]["completion_tokens"] == 64
-    assert peer_view(gateway, worker.info["peer_id"])["connection"] == "relayed"
+    with two_homes(internet, tmp_path, relays) as (worker, gateway):
+        # AutoNAT: the relays are public, the homes private, and adverts say so.
+        assert [status(r)["reachability"] for r in relays] == ["public", "public"]
+        assert status(worker)["reachability"] == status(gateway)["reachability"] == "private"
+        assert peer_view(gateway, relays[0].info["peer_id"])["reach"] == "public"
+        assert peer_view(gateway, worker.info["peer_id"])["reach"] == "private"
 
-
-def test_hole_punching_makes_the_relayed_connection_between_two_homes_direct(internet, tmp_path):
-    with two_homes(internet, tmp_path) as (relays, worker, gateway):
         first = submit(gateway, tmp_path, "Hello", "--max-tokens", "64")
         assert first["result"]["worker"] == worker.info["peer_id"]
+        assert first["result"]["usage"]["completion_tokens"] == 64
+        print(f"the first job ran {peer_view(gateway, worker.info['peer_id'])['connection']}")
         wait_for(lambda: peer_view(gateway, worker.info["peer_id"]).get("connection") == "direct", 60,
                  "hole punching to make the connection direct")
         second = submit(gateway, tmp_path, "Hello again", "--max-tokens", "64")
@@ -119,24 +99,72 @@ def test_hole_punching_makes_the_relayed_connection_between_two_homes_direct(int
         assert second["result"]["usage"]["completion_tokens"] == 64 and ran == "direct"
 
 
-def test_a_stream_survives_the_death_of_the_relay_it_runs_through(relayed_only, tmp_path):
-    relays, worker, gateway = relayed_only
-    first = status(worker)["relay_addrs"][0]  # the gateway dials the worker's relays in its advert's order
-    carrying = next(r for r in relays if f"/p2p/{r.info['peer_id']}/p2p-circuit" in first)
-    client = subprocess.Popen([*INFERAD, "submit", "--node-home", str(gateway.home), "--model", "sim", "Hello",
-                               "--max-tokens", "600", "--json", "--home", str(tmp_path / "client")],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_a_stream_survives_the_death_of_the_relay_it_runs_through(internet, tmp_path):
+    own = [start_in(internet, tmp_path, "pub", "--no-model", name=f"relay{i}") for i in (1, 2)]  # one is killed
     try:
-        wait_for(lambda: status(worker).get("active_jobs") == 1, 30, "the worker to start the job")
-        carrying.stop(signal.SIGKILL)
-        out, err = client.communicate(timeout=120)
+        with two_homes(internet, tmp_path, own, "--no-hole-punching") as (worker, gateway):
+            first = status(worker)["relay_addrs"][0]  # the gateway dials the worker's relays in its advert's order
+            carrying = next(r for r in own if f"/p2p/{r.info['peer_id']}/p2p-circuit" in first)
+            client = subprocess.Popen([*INFERAD, "submit", "--node-home", str(gateway.home), "--model", "sim",
+                                       "Hello", "--max-tokens", "600", "--json", "--home", str(tmp_path / "client")],
+                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                wait_for(lambda: status(worker).get("active_jobs") == 1, 30, "the worker to start the job")
+                assert peer_view(gateway, worker.info["peer_id"])["connection"] == "relayed"
+                carrying.stop(signal.SIGKILL)
+                out, err = client.communicate(timeout=120)
+            finally:
+                client.kill()
+            assert client.returncode == 0, err
+            completion = json.loads(out)
+            assert completion["result"]["usage"]["completion_tokens"] == 600
+            (record,) = json.loads(run_cli("jobs", completion["job_id"], "--json", home=gateway.home,
+                                           check=True).stdout)
+            print("attempts after the relay died:", record["workers"])
+            first, second = record["workers"]  # the same worker, reached through the other relay, continues
+            assert first["peer"] == second["peer"] == worker.info["peer_id"] and second["outcome"] == "ok"
+            assert first["tokens"] > 0 and first["tokens"] + second["tokens"] == 600
     finally:
-        client.kill()
-    assert client.returncode == 0, err
-    completion = json.loads(out)
-    assert completion["result"]["usage"]["completion_tokens"] == 600
-    (record,) = json.loads(run_cli("jobs", completion["job_id"], "--json", home=gateway.home, check=True).stdout)
-    print("attempts after the relay died:", record["workers"])
-    first, second = record["workers"]  # the same worker, reached through the other relay, continues
-    assert first["peer"] == second["peer"] == worker.info["peer_id"] and second["outcome"] == "ok"
-    assert first["tokens"] > 0 and first["tokens"] + second["tokens"] == 600
+        for node in own:
+            node.stop()
+
+
+@pytest.fixture(scope="module")
+def wan_host(internet):
+    """This machine's address on the namespaces' wan, where the chain listens."""
+    return internet.join_from_here()
+
+
+@pytest.mark.model
+@NEEDS_CHAIN
+def test_a_drawn_verifier_behind_nat_rescores_a_job_of_a_worker_behind_another_nat(internet, relays, wan_host,
+                                                                                   tmp_path):
+    """The worker in home B is its own gateway; the only staked node the draw can name is in home A:
+    the worker reaches it through a relay (hole punching off) to have its job re-scored."""
+    with ChainNetwork(tmp_path, "worker", "verifier", "client", epoch_seconds=10, host=wan_host) as net:
+        net.stake("worker", "verifier", amount=2)
+        net.deposit("client", amount=1)
+        boot = ("--bootstrap", relays[0].addr, "--bootstrap", relays[1].addr)
+        for name, host in (("worker", "hb"), ("verifier", "ha")):
+            net.start(name, "--n-ctx", "256", "--no-hole-punching", *boot, command=(*internet.exec(host), *INFERAD),
+                      listen=f"/ip4/{internet.address(host)}/tcp/0")
+        worker, verifier = net.nodes["worker"], net.nodes["verifier"]
+        wait_for(lambda: len(status(verifier).get("relay_addrs", [])) == 2, 90,
+                 "the verifier behind NAT to reserve a slot on both relays")
+        wait_for(lambda: len(peer_view(worker, verifier.info["peer_id"]).get("addrs", [])) >= 3, 30,
+                 "the worker to hear the verifier's relayed addresses")
+        for attempt in range(10):  # the worker's gateway spreads jobs: until it ran one itself
+            job = net.cli_json("submit", "--node-home", str(worker.home), f"The capital of France is ({attempt})",
+                               "--max-tokens", "6", "--ttl", "12", "--max-price", "1000", home="client")
+            if job["result"]["worker"] == worker.info["peer_id"]:
+                break
+        else:
+            raise AssertionError("the worker never ran a job it routed")
+
+        def verdicts() -> dict:
+            (record,) = net.cli_json("jobs", job["job_id"], home="worker")
+            return {a["verifier"]: a["verdict"] for a in (record.get("verification") or {}).get("attestations", [])}
+
+        wait_for(lambda: verdicts().get(verifier.info["peer_id"]) == "valid", 120,
+                 "the verifier in home A to attest the job of the worker in home B valid")
+        assert peer_view(worker, verifier.info["peer_id"])["connection"] == "relayed"
