@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/verify_calibration.py [--honest 500] [--batched 16] [--max-tokens 32]
                                                       [--forged 20] [--lengths 32,64,128,256]
+                                                      [--kinds other_model_q4_0,...]
 
 Runs ``--honest`` honest jobs on gemma-3-270m (a quarter greedy, the rest sampled at
 temperatures 0.3, 0.7, 1.0 and 1.5 with top-p and top-k mixes, over varied prompts), generated
@@ -99,6 +100,7 @@ def main() -> None:
     parser.add_argument("--lengths", default="32,64,128,256", help="output lengths of the forgeries")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--batched", type=int, default=16, help="honest jobs generated at once, a slot each")
+    parser.add_argument("--kinds", default="", help="forgery kinds to run, comma-separated (default: every kind)")
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",") if x] if args.forged else []
     rng = random.Random(2026)
@@ -108,8 +110,14 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="inferad-calibration-"))
     forgeries = dict(FORGERIES)
     for ftype in ("Q4_0", "Q2_K") if args.forged else ():
-        other = Engine(requantized(model, ftype, tmp), n_ctx=512, n_threads=args.threads, n_slots=1)
-        forgeries[f"other_model_{ftype.lower()}"] = other_model(other)
+        if not args.kinds or f"other_model_{ftype.lower()}" in args.kinds.split(","):
+            other = Engine(requantized(model, ftype, tmp), n_ctx=512, n_threads=args.threads, n_slots=1)
+            forgeries[f"other_model_{ftype.lower()}"] = other_model(other)
+    if args.kinds:
+        unknown = set(args.kinds.split(",")) - set(forgeries)
+        if unknown:
+            parser.error(f"unknown forgery kind(s) {', '.join(sorted(unknown))}; known: {', '.join(forgeries)}")
+        forgeries = {kind: forge for kind, forge in forgeries.items() if kind in args.kinds.split(",")}
 
     false_positives, gaps, misses, ambiguous, positions, seconds = [], [], [], 0, 0, []
     started = time.perf_counter()

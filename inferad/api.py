@@ -42,6 +42,7 @@ from inferad.openai_request import (
 )
 from inferad.openai_response import Shape
 from p2p import wire
+from p2p.host import sole_exception
 
 log = logging.getLogger("inferad.api")
 KNOWN_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/metrics", "/health")
@@ -339,6 +340,25 @@ def _send_quietly(send, item) -> None:
 
 def _event(payload: dict) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+class ApiUnavailable(Exception):
+    """The API's address cannot be bound; the message says what to change."""
+
+
+async def start(nursery: trio.Nursery, api: Api, host: str, port: int) -> str:
+    """Serve ``api`` in ``nursery`` on host:port (0: any free port) and return its URL.
+
+    Raises: ApiUnavailable when the address cannot be bound (a port in use, a host not on this machine).
+    """
+    try:
+        url = await nursery.start(serve, api, host, port)
+    except* OSError as group:  # hypercorn binds inside its nurseries
+        exc = sole_exception(group)
+        raise ApiUnavailable(f"cannot serve the HTTP API on {host}:{port}: {getattr(exc, 'strerror', None) or exc} "
+                             f"(is another node or program using that port? choose another with --api-port)") from None
+    log.info("OpenAI-compatible API on %s/v1 (keys: `inferad apikey create --home %s`)", url, api.home.path)
+    return url
 
 
 async def serve(api: Api, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

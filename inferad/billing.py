@@ -29,6 +29,7 @@ from p2p import wire
 from scheduler.peers import PeerTable
 
 if TYPE_CHECKING:
+    from chain.contract import Registry
     from chain.devnet import ChainInfo
     from chain.view import ChainView
 
@@ -76,6 +77,12 @@ class Billing:
             await self.refresh()
         except ChainError as exc:
             raise ChainUnusable(f"chain: {exc}") from None
+
+    def registry_as(self, account: Any) -> Registry:
+        """The contract sending as ``account`` (the oracle's Ethereum account); after :meth:`connect`."""
+        from chain.contract import Registry
+
+        return Registry(self.view.registry.w3, self.chain.contract, account)
 
     # ------------------------------------------------------------------ stakes
 

@@ -29,9 +29,8 @@ from typing import Any
 import trio
 
 from chain.view import StakeTable
-from inferad import __version__, control
+from inferad import __version__, api, control
 from inferad.admission import JobRejected
-from inferad.api import Api, serve
 from inferad.billing import Billing, ChainUnusable
 from inferad.config import Config
 from inferad.control import Commands
@@ -122,7 +121,10 @@ class Node:
                 if not billing.is_staked_self() and served:
                     log.warning("this node is not staked on chain: peers will not route jobs to it "
                                 "(`inferad chain stake --home %s --chain … AMOUNT`)", self.home.path)
-            await self._serve(store, hardware, served, peers, billing, cache, fetching, task_status)
+            try:
+                await self._serve(store, hardware, served, peers, billing, cache, fetching, task_status)
+            except* (NodeError, ModelUnusable, api.ApiUnavailable, HomeError) as group:  # from a task: a port in use…
+                raise NodeError(str(group.exceptions[0])) from None
         finally:
             self.home.node_info_path.unlink(missing_ok=True)
             for each in served.values():
@@ -146,7 +148,6 @@ class Node:
         dialer = Dialer(host=host, peers=peers, key=key, connect_timeout=config.connect_timeout,
                         max_frame=config.max_frame, dial_relayed=relays.dial)
         verification: Verification | None = None
-        failure: list[NodeError] = []  # what stopped the node from inside (a model it could not fetch)
 
         def app_score(peer: Any) -> float:  # gossipsub's P6: reputation, once verification is up
             return 0.0 if verification is None else verification.app_score(peer)
@@ -211,16 +212,19 @@ class Node:
                                              "pull": supply.fetcher.pull},
                                             max_frame=config.max_frame))
                 if config.api_port >= 0:
-                    commands.api_url = await self._start_api(nursery, Api(
+                    commands.api_url = await api.start(nursery, api.Api(
                         home=self.home, config=config, gateway=gateway, commands=commands, metrics=metrics,
-                        spawn=nursery.start_soon, max_price=config.api_max_price))
+                        spawn=nursery.start_soon, max_price=config.api_max_price), config.api_host, config.api_port)
                 nursery.start_soon(membership.run)
                 nursery.start_soon(reach.run)
                 nursery.start_soon(relays.run)
                 if billing.view is not None:
                     nursery.start_soon(billing.watch)
                 if self.oracle:
-                    nursery.start_soon(self._oracle(store, served, peers, billing, verification, dialer).run)
+                    registry = billing.registry_as(self.home.eth_account())
+                    nursery.start_soon(Oracle(key=key, config=config, registry=registry, billing=billing,
+                                              verification=verification, store=store, peers=peers, served=served,
+                                              dialer=dialer).run)
                 node_info = {"peer_id": membership.peer_id, "addrs": addrs, "pid": os.getpid(),
                              "control": str(self.home.path / "control.sock"), "engine": self.engine,
                              "version": __version__, "started_at": int(time.time()), "api": commands.api_url}
@@ -228,13 +232,9 @@ class Node:
                 def write_node_info() -> None:
                     self.home.write_node_info({**node_info, "models": [s.describe() for s in served.values()]})
 
-                def stop(why: str) -> None:
-                    failure.append(NodeError(why))
-                    nursery.cancel_scope.cancel()
-
                 write_node_info()
                 for spec in fetching:
-                    nursery.start_soon(supply.fetch_and_serve, spec, write_node_info, stop)
+                    nursery.start_soon(supply.fetch_and_serve, spec, write_node_info)
                 log.info("node %s listening on %s", membership.peer_id, " ".join(addrs))
                 task_status.started(self)
                 await activity.drain_on_signal(SHUTDOWN_GRACE_S)
@@ -243,30 +243,6 @@ class Node:
             raise NodeError(f"cannot listen on {' '.join(config.listen)}: {exc.strerror or exc}") from None
         finally:
             supply.close()
-        if failure:
-            raise failure[0]
-
-    async def _start_api(self, nursery: trio.Nursery, api: Api) -> str:
-        host, port = self.config.api_host, self.config.api_port
-        try:
-            url = await nursery.start(serve, api, host, port)
-        except OSError as exc:
-            raise NodeError(f"cannot serve the HTTP API on {host}:{port}: {exc.strerror or exc} (is another node "
-                            f"or program using that port? choose another with --api-port)") from None
-        log.info("OpenAI-compatible API on %s/v1 (keys: `inferad apikey create --home %s`)", url, self.home.path)
-        return url
-
-    def _oracle(self, store: AsyncStore, served: dict[str, Served], peers: PeerTable, billing: Billing,
-                verification: Verification | None, dialer: Dialer) -> Oracle:
-        from chain.contract import Registry
-
-        try:
-            account = self.home.eth_account()
-        except HomeError as exc:
-            raise NodeError(str(exc)) from None
-        return Oracle(key=self.home.node_key, config=self.config,
-                      registry=Registry(billing.view.registry.w3, self.chain.contract, account), billing=billing,
-                      verification=verification, store=store, peers=peers, served=served, dialer=dialer)
 
 
 async def _no_chain(envelope: wire.Envelope, data: bytes, framed: Any) -> None:

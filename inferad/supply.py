@@ -73,11 +73,10 @@ class ModelSupply:
                                          open=partial(open_model, config=self.config, hardware=self.hardware),
                                          max_size=self.config.fetch_models)
 
-    async def fetch_and_serve(self, spec: str, on_served: Callable[[], None],
-                              on_failure: Callable[[str], None]) -> None:
+    async def fetch_and_serve(self, spec: str, on_served: Callable[[], None]) -> None:
         """``--model sha256:…`` that the cache lacks: fetch it from the peers that serve it, then
         serve it with each of ``config.adapters`` too, and call ``on_served`` (the next advert
-        offers it); a model that cannot be fetched or opened calls ``on_failure`` with why."""
+        offers it). Raises ModelUnusable, naming the model, when it cannot be fetched or opened."""
         sha = model_ref(spec)
         log.info("model %s is not in the cache: fetching it from the peers that serve it", spec)
         try:
@@ -86,9 +85,8 @@ class ModelSupply:
             for adapter in self.config.adapters:  # on the one model (load_models skipped them)
                 pair = await open_model(f"sha256:{sha}", self.config, self.hardware, adapter=adapter)
                 self.served[pair.engine.key] = pair
-        except (ModelError, ModelUnusable) as exc:
-            on_failure(f"cannot serve {spec}: {exc}")
-            return
+        except ModelError as exc:
+            raise ModelUnusable(f"cannot serve {spec}: {exc}") from None
         on_served()
         log.info("serving %s (%s), fetched from peers", self.served[sha].engine.ref.name, sha[:12])
 

@@ -183,12 +183,18 @@ async def running(host: Any, listen_addrs: list) -> AsyncIterator[Any]:
             await host.get_network().auto_connector.stop()
             yield host
     except BaseExceptionGroup as group:
-        leaf: BaseException = group
-        while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
-            leaf = leaf.exceptions[0]
-        if leaf is group:
+        if (leaf := sole_exception(group)) is group:
             raise
         raise leaf from None
+
+
+def sole_exception(group: BaseExceptionGroup) -> BaseException:
+    """The one exception inside ``group``, through nested groups of one (trio wraps at every
+    nursery), or ``group`` itself where it holds several."""
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup) and len(leaf.exceptions) == 1:
+        leaf = leaf.exceptions[0]
+    return leaf if not isinstance(leaf, BaseExceptionGroup) else group
 
 
 def guarded(name: str, handler: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:

@@ -5,6 +5,7 @@ import contextlib
 import json
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -61,7 +62,7 @@ def two_homes(internet, tmp_path, relays, *extra: str):
     try:
         boot = ("--bootstrap", relays[0].addr, "--bootstrap", relays[1].addr)
         nodes.append(worker := start_in(internet, tmp_path, "hb", *boot, "--sim-tokens-per-s", "100", *extra))
-        nodes.append(gateway := start_in(internet, tmp_path, "ha", "--no-model", *boot, *extra))
+        nodes.append(gateway := start_in(internet, tmp_path, "ha", "--no-model", "--api-port", "0", *boot, *extra))
         wait_for(lambda: len(status(worker).get("relay_addrs", [])) == 2, 90,
                  "the worker behind NAT to reserve a slot on both relays")
         wait_for(lambda: len(peer_view(gateway, worker.info["peer_id"]).get("addrs", [])) >= 3, 30,
@@ -78,8 +79,28 @@ def submit(gateway, tmp_path, *args: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def test_a_gateway_in_one_home_gets_a_job_done_in_another_and_hole_punching_makes_it_direct(internet, relays,
-                                                                                              tmp_path):
+STREAM = """
+import json, sys, httpx
+url, key, tokens = sys.argv[1:4]
+body = {"model": "sim", "prompt": "Hello", "max_tokens": int(tokens), "stream": True}
+with httpx.stream("POST", url + "/v1/completions", json=body, headers={"Authorization": "Bearer " + key},
+                  timeout=60) as reply:
+    reply.raise_for_status()
+    print(json.dumps([json.loads(line[6:]) for line in reply.iter_lines() if line.startswith("data: {")]))
+"""
+
+
+def stream_in_home_a(internet, gateway, tokens: int) -> list[dict]:
+    """The chunks of a streamed /v1/completions that a client in home A gets from the gateway's API."""
+    key = run_cli("apikey", "create", home=gateway.home, check=True).stdout.strip()
+    proc = subprocess.run([*internet.exec("ha"), sys.executable, "-c", STREAM, gateway.info["api"], key, str(tokens)],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_a_gateway_in_one_home_streams_a_job_of_a_worker_in_another_and_hole_punching_makes_it_direct(
+        internet, relays, tmp_path):
     with two_homes(internet, tmp_path, relays) as (worker, gateway):
         # AutoNAT: the relays are public, the homes private, and adverts say so.
         assert [status(r)["reachability"] for r in relays] == ["public", "public"]
@@ -93,10 +114,11 @@ def test_a_gateway_in_one_home_gets_a_job_done_in_another_and_hole_punching_make
         print(f"the first job ran {peer_view(gateway, worker.info['peer_id'])['connection']}")
         wait_for(lambda: peer_view(gateway, worker.info["peer_id"]).get("connection") == "direct", 60,
                  "hole punching to make the connection direct")
-        second = submit(gateway, tmp_path, "Hello again", "--max-tokens", "64")
+        chunks = stream_in_home_a(internet, gateway, 64)  # an API job, streamed to a client in home A
         ran = peer_view(gateway, worker.info["peer_id"])["connection"]
         print(f"the second job ran {ran}")
-        assert second["result"]["usage"]["completion_tokens"] == 64 and ran == "direct"
+        assert sum(bool(c["choices"][0]["text"]) for c in chunks) > 1
+        assert chunks[-1]["choices"][0]["finish_reason"] == "length" and ran == "direct"
 
 
 def test_a_stream_survives_the_death_of_the_relay_it_runs_through(internet, tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -85,6 +86,18 @@ def test_a_window_over_the_trained_context_is_refused_at_start(tmp_path):
     proc = run_cli("start", "--listen", "/ip4/127.0.0.1/tcp/0", "--n-ctx", "65536", home=tmp_path / "n")
     assert proc.returncode == 1
     assert "n_ctx 65536 (--n-ctx or engine.n_ctx) is over the model's trained context of 32768 tokens" in proc.stderr
+
+
+def test_a_node_whose_api_port_is_taken_exits_with_a_clear_error(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = run_cli("start", "--listen", "/ip4/127.0.0.1/tcp/0", "--api-port", str(port), home=tmp_path / "n")
+    assert proc.returncode == 1, proc.stderr
+    assert f"cannot serve the HTTP API on 127.0.0.1:{port}" in proc.stderr
+    assert "choose another with --api-port" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_stored_result_verifies_after_the_node_stops(start_node, tmp_path):
