@@ -58,6 +58,7 @@ bench: install
 	$(PY) benchmarks/swarm.py
 	$(PY) benchmarks/settlement_gas.py
 	$(PY) benchmarks/model_transfer.py
+	$(PY) benchmarks/nat_reach.py
 
 # The long form of the reliability suite (CI runs a short one inside `make test`):
 # 200 jobs under SIGKILLs of a worker, a gateway and the oracle; 40 fuzz cases per target;

@@ -54,10 +54,14 @@ def client(url: str, key: str, jobs: int, tokens: int) -> None:
     print(json.dumps(runs))
 
 
-def peer_connection(node: NodeProcess, peer_id: str) -> str | None:
+def peer_view(node: NodeProcess, peer_id: str) -> dict:
+    """What ``inferad peers`` on ``node`` says of ``peer_id`` ({} before its advert)."""
     proc = run_cli("peers", "--json", home=node.home)
-    peers = {p["peer_id"]: p for p in json.loads(proc.stdout)} if proc.returncode == 0 else {}
-    return peers.get(peer_id, {}).get("connection")
+    return next((p for p in json.loads(proc.stdout) if p["peer_id"] == peer_id), {}) if proc.returncode == 0 else {}
+
+
+def peer_connection(node: NodeProcess, peer_id: str) -> str | None:
+    return peer_view(node, peer_id).get("connection")
 
 
 def wait(condition, timeout: float, what: str) -> None:
@@ -88,13 +92,21 @@ class Homes:
         worker = self.start("hb", f"worker-{tag}", *self.boot, *extra)
         gateway = self.start("ha", f"gateway-{tag}", "--no-model", "--api-port", "0", *self.boot, *extra)
         wait(lambda: len(_status(worker).get("relay_addrs", [])) == 2, 120, "the worker to reserve relay slots")
+        wait(lambda: self.knows(gateway, worker), 60, "the gateway to hear the worker's advert")
         key = run_cli("apikey", "create", home=gateway.home, check=True).stdout.strip()
         return worker, gateway, key
+
+    @staticmethod
+    def knows(gateway: NodeProcess, worker: NodeProcess) -> bool:
+        """The gateway has the worker's advert with its relayed addresses."""
+        return len(peer_view(gateway, worker.info["peer_id"]).get("addrs", [])) >= 3
 
     def jobs(self, gateway: NodeProcess, key: str, jobs: int, tokens: int) -> list[list[float]]:
         url = json.loads((gateway.home / "node.json").read_text())["api"]
         out = subprocess.run([*self.net.exec("ha"), sys.executable, __file__, "client", url, key, str(jobs),
-                              str(tokens)], capture_output=True, text=True, timeout=600, cwd=ROOT, check=True)
+                              str(tokens)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+        if out.returncode:
+            sys.exit(f"the client in home A failed:\n{out.stderr}")
         return json.loads(out.stdout)
 
     def stop(self, *nodes: NodeProcess) -> None:
@@ -138,6 +150,7 @@ def main() -> None:
                 made_direct = 1
                 for i in range(args.punches - 1):
                     other = homes.start("ha", f"gateway-punch{i}", "--no-model", "--api-port", "0", *homes.boot)
+                    wait(lambda o=other: homes.knows(o, worker), 60, "the gateway to hear the worker's advert")
                     other_key = run_cli("apikey", "create", home=other.home, check=True).stdout.strip()
                     homes.jobs(other, other_key, 0, args.tokens)
                     deadline = time.monotonic() + 30
