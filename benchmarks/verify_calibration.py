@@ -174,7 +174,9 @@ def main() -> None:
         print(f"sampled: largest miss of a public draw {max(misses):.4f} of the mass (inside what "
               f"{thresholds.draw_margin} nats of logit noise explains); "
               f"ambiguous positions {ambiguous}/{positions} = {100 * ambiguous / max(positions, 1):.2f} %")
-    print(f"re-score time per honest job: median {statistics.median(seconds) * 1000:.0f} ms\n")
+    if seconds:
+        print(f"re-score time per honest job: median {statistics.median(seconds) * 1000:.0f} ms")
+    print()
     if not rows:
         return
     print("sampled forgeries caught, by output length:\n")
