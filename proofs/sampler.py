@@ -34,7 +34,7 @@ one position costs about a millisecond for a 262k vocabulary.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -72,24 +72,40 @@ def _scaled(logits, temperature: float, top_k: int, allowed, token: int | None =
     ``token`` (a verifier's claimed one) was kept only because its scaled logit is within
     ``TOP_K_MARGIN`` of the k-th or of the min-p cut: float noise can swap near-equal neighbours
     at an edge."""
+    z, stretched, _ = _cut(_temperature(logits, temperature, allowed), temperature, top_k, token, min_p)
+    return z, stretched
+
+
+def _temperature(logits, temperature: float, allowed) -> np.ndarray:
+    """Steps 1 and 2: float32 logits over the temperature, -inf where the grammar forbids."""
     z = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
-    if allowed is not None:
-        z = np.where(allowed, z, np.float32(-np.inf))
+    return z if allowed is None else np.where(allowed, z, np.float32(-np.inf))
+
+
+def _cut(z, temperature: float, top_k: int, token: int | None, min_p: float) -> tuple[np.ndarray, bool, np.ndarray]:
+    """Steps 3 and 3b on scaled logits ``z``: (what stays in, -inf for the rest; ``stretched`` as
+    :func:`_scaled` says; with a claimed ``token``, the mask of the tokens within ``TOP_K_MARGIN``
+    of the k-th or the min-p cut, which float noise may have put on either side of it)."""
     stretched = False
+    edge = np.zeros(z.shape, dtype=bool)
     margin = np.float32(TOP_K_MARGIN / temperature)
     if top_k and top_k < z.size:
         kth = np.partition(z, z.size - top_k)[z.size - top_k]
         ids = _canonical(z, z >= kth)[:top_k]
+        if token is not None and np.isfinite(kth):  # -inf: fewer tokens allowed than k, all kept
+            edge |= np.abs(z - kth) < margin
         if token is not None and token not in ids and z[token] >= kth - margin:
             ids, stretched = np.append(ids, token), True
         z = _keep(z, ids)
     if min_p > 0.0:
         cut = z.max() + np.float32(np.log(min_p))
+        if token is not None and np.isfinite(cut):
+            edge |= np.abs(z - cut) < margin
         if token is not None and cut - margin <= z[token] < cut:
             stretched = True
             cut = z[token]
         z = np.where(z >= cut, z, np.float32(-np.inf))
-    return z, stretched
+    return z, stretched, edge
 
 
 def _near_nucleus(z, weights, total, token, temperature, top_p, slack) -> bool:
@@ -187,8 +203,35 @@ def interval(logits, token: int, *, temperature: float, top_k: int = 0, top_p: f
     With ``slack`` (a verifier's tolerance for float noise), the nucleus may end anywhere its
     cumulative probability is within ``slack`` of ``top_p``, and the claimed token's top-k rank
     and min-p cut within ``TOP_K_MARGIN``: of the plausible distributions, the one whose interval lies nearest
-    ``u`` is taken, ``stretched`` when it is not the nominal one."""
-    z, stretched = _scaled(logits, temperature, top_k, allowed, token if slack else None, min_p)
+    ``u`` is taken, ``stretched`` when it is not the nominal one.  Other tokens that close to the
+    k-th or the min-p cut may have stood on either side of it for the worker: where ``u`` misses
+    the nominal interval, the intervals with those ahead of ``token`` (in id order) out and those
+    after it in, and the other way round, are tried too (the lowest and the highest it can lie).
+    Raises nothing; ``kept`` False when no plausible distribution holds ``token``."""
+    full = _temperature(logits, temperature, allowed)
+    z, stretched, edge = _cut(full, temperature, top_k, token if slack else None, min_p)
+    nominal = _interval(z, stretched, token, temperature, top_p, slack, u)
+    if not slack or u is None or _miss(nominal, u) == 0.0:
+        return nominal
+    edge &= np.isfinite(full) & (np.arange(full.size) != token)
+    if not edge.any():
+        return nominal
+    ahead = edge & (np.arange(full.size) < token)
+    tried = [nominal]
+    for keep in (edge & ~ahead, ahead):  # the interval at its lowest, then at its highest
+        moved = np.where(edge, np.where(keep, full, np.float32(-np.inf)), z)
+        tried.append(replace(_interval(moved, True, token, temperature, top_p, slack, u), stretched=True))
+    return min(tried, key=lambda each: _miss(each, u))
+
+
+def _miss(interval: Interval, u: float) -> float:
+    """How far ``u`` lies outside ``interval`` (inf when the token is out)."""
+    return max(interval.lo - u, u - interval.hi, 0.0) if interval.kept else float("inf")
+
+
+def _interval(z, stretched: bool, token: int, temperature: float, top_p: float, slack: float,
+              u: float | None) -> Interval:
+    """Step 4 and 5 of :func:`interval` on logits ``z`` already scaled and cut."""
     if not np.isfinite(z[token]):
         return Interval(0.0, 0.0, kept=False)
     weights, total = _weights(z)

@@ -54,11 +54,12 @@ def net(tmp_path_factory):
         chain = ("--chain", str(chain_json))
         for home in homes.values():
             run_cli("chain", "stake", "2", *chain, home=home, check=True)
+        staked_at = time.time()
         nodes["verifier"] = NodeProcess(homes["verifier"], "--max-tokens", "16", "--n-ctx", "512", *chain)
         nodes["gateway"] = NodeProcess(homes["gateway"], "--no-model", "--bootstrap", nodes["verifier"].addr, *chain)
         everyone = {n.info["peer_id"] for n in nodes.values()}
         wait_for(lambda: peer_ids(nodes["verifier"]) == everyone, 45, "the verifier to see the gateway's advert")
-        yield {"homes": homes, "nodes": nodes, "chain": ChainInfo.load(chain_json)}
+        yield {"homes": homes, "nodes": nodes, "chain": ChainInfo.load(chain_json), "staked_at": staked_at}
     finally:
         for node in nodes.values():
             node.stop()
@@ -121,7 +122,10 @@ def test_a_verifier_refuses_a_forged_beacon(net, forgery):
 def test_a_verifier_answers_a_staked_gateway_with_the_true_beacon(net):
     """The control for the refusals above: the same request with the job's real beacon is judged.
     The draw names 5 of the staked keys for each result, so results are forged until one names
-    this verifier (a `not_named` answer judges nothing; CI once drew a result that did not)."""
+    this verifier (a `not_named` answer judges nothing; CI once drew a result that did not).
+    The jobs expired 10 s ago: their beacon must come after the verifier's stake, or the draw
+    rightly names only those staked then (a full `make test` once reached here within 10 s)."""
+    time.sleep(max(0.0, net["staked_at"] + 12 - time.time()))
     before = verified_here(net)
     for _ in range(20):
         job, result, request = expired_job_and_forged_result(net)

@@ -53,7 +53,9 @@ def test_the_sampler_picks_the_token_whose_interval_holds_the_draw(row, u, tempe
     share = interval(logits, token, temperature=temperature, top_k=top_k, top_p=top_p)
     assert share.kept and share.lo - 1e-9 <= u < share.hi + 1e-9
     cumulative = np.cumsum(p)
-    if not any(abs(u - c) < 1e-6 for c in cumulative):  # away from a boundary, the slow way agrees
+    kept = np.cumsum(np.sort(brute_force(logits, temperature, top_k)[1])[::-1])  # canonical prefixes' mass
+    at_nucleus_end = top_p < 1.0 and bool(np.any(np.abs(kept - top_p) < 1e-9))  # float rounding decides
+    if not any(abs(u - c) < 1e-6 for c in cumulative) and not at_nucleus_end:  # else the slow way agrees
         assert token == token_at(ids, p, u)
 
 
@@ -127,3 +129,30 @@ def test_a_claimed_token_just_past_the_nucleus_with_near_equal_neighbours_is_str
     assert not interval(logits, 2, temperature=1.0, top_p=0.85).kept
     share = interval(logits, 2, temperature=1.0, top_p=0.85, slack=0.06, u=0.9)
     assert share.kept and share.stretched
+
+
+def test_another_token_that_noise_moved_across_the_min_p_cut_makes_the_draw_ambiguous_not_a_miss():
+    # the worker: token 0 just under the cut (min_p 0.1 of the best, token 3), so token 5 owned
+    # [0.667, 1); the verifier's noise lifts token 0 just over it, which moves token 5 to [0.688, 1)
+    worker = np.log(np.array([0.099, 1e-9, 1e-9, 1.0, 1e-9, 0.5], dtype=np.float32))
+    verifier = np.log(np.array([0.101, 1e-9, 1e-9, 1.0, 1e-9, 0.5], dtype=np.float32))
+    u = 0.67
+    assert sample(worker, u, temperature=1.0, min_p=0.1) == 5
+    nominal = interval(verifier, 5, temperature=1.0, min_p=0.1)
+    assert not nominal.lo <= u < nominal.hi
+    share = interval(verifier, 5, temperature=1.0, min_p=0.1, slack=0.06, u=u)
+    assert share.lo <= u < share.hi and share.stretched
+    far = np.log(np.array([0.3, 1e-9, 1e-9, 1.0, 1e-9, 0.5], dtype=np.float32))  # token 0 clearly in
+    assert interval(far, 5, temperature=1.0, min_p=0.1, slack=0.06, u=u) == interval(far, 5, temperature=1.0,
+                                                                                        min_p=0.1)
+
+
+def test_another_token_that_noise_moved_across_the_k_th_makes_the_draw_ambiguous_not_a_miss():
+    # top_k 2: the worker kept tokens 3 and 5; the verifier's noise lifts token 0 to the k-th place
+    worker = np.log(np.array([0.49, 1e-9, 1e-9, 1.0, 1e-9, 0.5], dtype=np.float32))
+    verifier = np.log(np.array([0.51, 1e-9, 1e-9, 1.0, 1e-9, 0.5], dtype=np.float32))
+    u = 0.7
+    assert sample(worker, u, temperature=1.0, top_k=2) == 5
+    assert interval(verifier, 5, temperature=1.0, top_k=2).kept is False
+    share = interval(verifier, 5, temperature=1.0, top_k=2, slack=0.06, u=u)
+    assert share.kept and share.lo <= u < share.hi and share.stretched
