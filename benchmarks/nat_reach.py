@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.conftest import INFERAD, NodeProcess, run_cli  # noqa: E402
 from tests.netns import Internet, can_build  # noqa: E402
+from tests.test_mesh_integration import wait_for  # noqa: E402
 
 PROMPT = "Write a long story about a dragon who learns to cook."
 
@@ -54,24 +55,6 @@ def client(url: str, key: str, jobs: int, tokens: int) -> None:
     print(json.dumps(runs))
 
 
-def peer_view(node: NodeProcess, peer_id: str) -> dict:
-    """What ``inferad peers`` on ``node`` says of ``peer_id`` ({} before its advert)."""
-    proc = run_cli("peers", "--json", home=node.home)
-    return next((p for p in json.loads(proc.stdout) if p["peer_id"] == peer_id), {}) if proc.returncode == 0 else {}
-
-
-def peer_connection(node: NodeProcess, peer_id: str) -> str | None:
-    return peer_view(node, peer_id).get("connection")
-
-
-def wait(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            sys.exit(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
 class Homes:
     """Two relays, a worker in home B and gateways in home A, in ``net``; every node stopped by :meth:`stop`."""
 
@@ -91,15 +74,15 @@ class Homes:
         both relays; and an API key of the gateway."""
         worker = self.start("hb", f"worker-{tag}", *self.boot, *extra)
         gateway = self.start("ha", f"gateway-{tag}", "--no-model", "--api-port", "0", *self.boot, *extra)
-        wait(lambda: len(_status(worker).get("relay_addrs", [])) == 2, 120, "the worker to reserve relay slots")
-        wait(lambda: self.knows(gateway, worker), 60, "the gateway to hear the worker's advert")
+        wait_for(lambda: len(worker.status().get("relay_addrs", [])) == 2, 120, "the worker to reserve relay slots")
+        wait_for(lambda: self.knows(gateway, worker), 60, "the gateway to hear the worker's advert")
         key = run_cli("apikey", "create", home=gateway.home, check=True).stdout.strip()
         return worker, gateway, key
 
     @staticmethod
     def knows(gateway: NodeProcess, worker: NodeProcess) -> bool:
         """The gateway has the worker's advert with its relayed addresses."""
-        return len(peer_view(gateway, worker.info["peer_id"]).get("addrs", [])) >= 3
+        return len(gateway.peer(worker.info["peer_id"]).get("addrs", [])) >= 3
 
     def jobs(self, gateway: NodeProcess, key: str, jobs: int, tokens: int) -> list[list[float]]:
         url = json.loads((gateway.home / "node.json").read_text())["api"]
@@ -112,11 +95,6 @@ class Homes:
     def stop(self, *nodes: NodeProcess) -> None:
         for node in nodes or self.nodes:
             node.stop()
-
-
-def _status(node: NodeProcess) -> dict:
-    proc = run_cli("status", "--json", home=node.home)
-    return json.loads(proc.stdout) if proc.returncode == 0 else {}
 
 
 def summary(runs: list[list[float]]) -> tuple[float, float]:
@@ -135,28 +113,32 @@ def main() -> None:
     if (reason := can_build()) is not None:
         sys.exit(f"cannot build the network namespaces: {reason}")
     net = Internet().build()
+
+    def connection(node: NodeProcess) -> str | None:  # how node reaches the worker of the moment
+        return node.peer(worker.info["peer_id"]).get("connection")
+
     try:
         with tempfile.TemporaryDirectory() as tmp:
             homes = Homes(net, Path(tmp))
             try:
                 worker, gateway, key = homes.pair("relayed", "--no-hole-punching")
                 relayed = homes.jobs(gateway, key, args.jobs, args.tokens)
-                assert peer_connection(gateway, worker.info["peer_id"]) == "relayed"
+                assert connection(gateway) == "relayed"
                 homes.stop(worker, gateway)
                 worker, gateway, key = homes.pair("direct")
                 homes.jobs(gateway, key, 0, args.tokens)  # connect (relayed), then let hole punching work
-                wait(lambda: peer_connection(gateway, worker.info["peer_id"]) == "direct", 60, "a direct connection")
+                wait_for(lambda: connection(gateway) == "direct", 60, "a direct connection")
                 direct = homes.jobs(gateway, key, args.jobs, args.tokens)
                 made_direct = 1
                 for i in range(args.punches - 1):
                     other = homes.start("ha", f"gateway-punch{i}", "--no-model", "--api-port", "0", *homes.boot)
-                    wait(lambda o=other: homes.knows(o, worker), 60, "the gateway to hear the worker's advert")
+                    wait_for(lambda o=other: homes.knows(o, worker), 60, "the gateway to hear the worker's advert")
                     other_key = run_cli("apikey", "create", home=other.home, check=True).stdout.strip()
                     homes.jobs(other, other_key, 0, args.tokens)
                     deadline = time.monotonic() + 30
-                    while time.monotonic() < deadline and peer_connection(other, worker.info["peer_id"]) != "direct":
+                    while time.monotonic() < deadline and connection(other) != "direct":
                         time.sleep(0.5)
-                    made_direct += peer_connection(other, worker.info["peer_id"]) == "direct"
+                    made_direct += connection(other) == "direct"
                     homes.stop(other)
             finally:
                 homes.stop()

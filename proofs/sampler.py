@@ -66,16 +66,6 @@ class Interval:
     stretched: bool = False
 
 
-def _scaled(logits, temperature: float, top_k: int, allowed, token: int | None = None,
-            min_p: float = 0.0) -> tuple[np.ndarray, bool]:
-    """Steps 1 to 3b: logits over temperature, -inf for every token out of the running; and whether
-    ``token`` (a verifier's claimed one) was kept only because its scaled logit is within
-    ``TOP_K_MARGIN`` of the k-th or of the min-p cut: float noise can swap near-equal neighbours
-    at an edge."""
-    z, stretched, _ = _cut(_temperature(logits, temperature, allowed), temperature, top_k, token, min_p)
-    return z, stretched
-
-
 def _temperature(logits, temperature: float, allowed) -> np.ndarray:
     """Steps 1 and 2: float32 logits over the temperature, -inf where the grammar forbids."""
     z = np.asarray(logits, dtype=np.float32) / np.float32(temperature)
@@ -83,9 +73,10 @@ def _temperature(logits, temperature: float, allowed) -> np.ndarray:
 
 
 def _cut(z, temperature: float, top_k: int, token: int | None, min_p: float) -> tuple[np.ndarray, bool, np.ndarray]:
-    """Steps 3 and 3b on scaled logits ``z``: (what stays in, -inf for the rest; ``stretched`` as
-    :func:`_scaled` says; with a claimed ``token``, the mask of the tokens within ``TOP_K_MARGIN``
-    of the k-th or the min-p cut, which float noise may have put on either side of it)."""
+    """Steps 3 and 3b on scaled logits ``z``: (what stays in, -inf for the rest; whether ``token``
+    (a verifier's claimed one) was kept only because its scaled logit is within ``TOP_K_MARGIN``
+    of the k-th or of the min-p cut; with a claimed ``token``, the mask of the tokens that close
+    to a cut).  Float noise can put near-equal neighbours on either side of an edge."""
     stretched = False
     edge = np.zeros(z.shape, dtype=bool)
     margin = np.float32(TOP_K_MARGIN / temperature)
@@ -169,7 +160,7 @@ def sample(logits, u: float, *, temperature: float, top_k: int = 0, top_p: float
            allowed=None, min_p: float = 0.0) -> int:
     """The token the sampler emits for ``u`` at a position with these ``logits`` (a vocabulary of
     floats); ``allowed``: a boolean mask of the tokens the grammar allows, or None."""
-    z, _ = _scaled(logits, temperature, top_k, allowed, min_p=min_p)
+    z, _, _ = _cut(_temperature(logits, temperature, allowed), temperature, top_k, None, min_p)
     weights, total = _weights(z)
     if top_p < 1.0:
         ids = np.sort(_prefix(z, weights, total, top_p)[0])  # the nucleus, in id order
@@ -213,10 +204,11 @@ def interval(logits, token: int, *, temperature: float, top_k: int = 0, top_p: f
     nominal = _interval(z, stretched, token, temperature, top_p, slack, u)
     if not slack or u is None or _miss(nominal, u) == 0.0:
         return nominal
-    edge &= np.isfinite(full) & (np.arange(full.size) != token)
+    ids = np.arange(full.size)
+    edge &= np.isfinite(full) & (ids != token)
     if not edge.any():
         return nominal
-    ahead = edge & (np.arange(full.size) < token)
+    ahead = edge & (ids < token)
     tried = [nominal]
     for keep in (edge & ~ahead, ahead):  # the interval at its lowest, then at its highest
         moved = np.where(edge, np.where(keep, full, np.float32(-np.inf)), z)

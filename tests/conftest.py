@@ -133,6 +133,16 @@ class NodeProcess:
         self._reported += len(new)
         assert not new, f"{self.home.name}'s log ({self.log_path}) shows a bug:\n" + "\n".join(new)
 
+    def status(self) -> dict:
+        """What ``inferad status --json`` says of this node ({} while its control socket does not answer)."""
+        proc = run_cli("status", "--json", home=self.home)
+        return json.loads(proc.stdout) if proc.returncode == 0 else {}
+
+    def peer(self, peer_id: str) -> dict:
+        """What ``inferad peers --json`` on this node says of ``peer_id`` ({} before its advert)."""
+        proc = run_cli("peers", "--json", home=self.home)
+        return next((p for p in json.loads(proc.stdout) if p["peer_id"] == peer_id), {}) if proc.returncode == 0 else {}
+
     @property
     def running(self) -> bool:
         return self.proc.poll() is None

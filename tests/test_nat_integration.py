@@ -32,16 +32,6 @@ def start_in(internet, tmp_path, host: str, *extra: str, name: str | None = None
                        listen=f"/ip4/{internet.address(host)}/tcp/0")
 
 
-def status(node) -> dict:
-    proc = run_cli("status", "--json", home=node.home)
-    return json.loads(proc.stdout) if proc.returncode == 0 else {}
-
-
-def peer_view(node, peer_id: str) -> dict:
-    proc = run_cli("peers", "--json", home=node.home)
-    return {p["peer_id"]: p for p in json.loads(proc.stdout)}.get(peer_id, {}) if proc.returncode == 0 else {}
-
-
 @pytest.fixture(scope="module")
 def relays(internet, tmp_path_factory):
     """Two nodes on the public host, without a model: they relay for the homes."""
@@ -63,9 +53,9 @@ def two_homes(internet, tmp_path, relays, *extra: str):
         boot = ("--bootstrap", relays[0].addr, "--bootstrap", relays[1].addr)
         nodes.append(worker := start_in(internet, tmp_path, "hb", *boot, "--sim-tokens-per-s", "100", *extra))
         nodes.append(gateway := start_in(internet, tmp_path, "ha", "--no-model", "--api-port", "0", *boot, *extra))
-        wait_for(lambda: len(status(worker).get("relay_addrs", [])) == 2, 90,
+        wait_for(lambda: len(worker.status().get("relay_addrs", [])) == 2, 90,
                  "the worker behind NAT to reserve a slot on both relays")
-        wait_for(lambda: len(peer_view(gateway, worker.info["peer_id"]).get("addrs", [])) >= 3, 30,
+        wait_for(lambda: len(gateway.peer(worker.info["peer_id"]).get("addrs", [])) >= 3, 30,
                  "the gateway to hear the worker's relayed addresses")
         yield worker, gateway
     finally:
@@ -103,19 +93,19 @@ def test_a_gateway_in_one_home_streams_a_job_of_a_worker_in_another_and_hole_pun
         internet, relays, tmp_path):
     with two_homes(internet, tmp_path, relays) as (worker, gateway):
         # AutoNAT: the relays are public, the homes private, and adverts say so.
-        assert [status(r)["reachability"] for r in relays] == ["public", "public"]
-        assert status(worker)["reachability"] == status(gateway)["reachability"] == "private"
-        assert peer_view(gateway, relays[0].info["peer_id"])["reach"] == "public"
-        assert peer_view(gateway, worker.info["peer_id"])["reach"] == "private"
+        assert [r.status()["reachability"] for r in relays] == ["public", "public"]
+        assert worker.status()["reachability"] == gateway.status()["reachability"] == "private"
+        assert gateway.peer(relays[0].info["peer_id"])["reach"] == "public"
+        assert gateway.peer(worker.info["peer_id"])["reach"] == "private"
 
         first = submit(gateway, tmp_path, "Hello", "--max-tokens", "64")
         assert first["result"]["worker"] == worker.info["peer_id"]
         assert first["result"]["usage"]["completion_tokens"] == 64
-        print(f"the first job ran {peer_view(gateway, worker.info['peer_id'])['connection']}")
-        wait_for(lambda: peer_view(gateway, worker.info["peer_id"]).get("connection") == "direct", 60,
+        print(f"the first job ran {gateway.peer(worker.info['peer_id'])['connection']}")
+        wait_for(lambda: gateway.peer(worker.info["peer_id"]).get("connection") == "direct", 60,
                  "hole punching to make the connection direct")
         chunks = stream_in_home_a(internet, gateway, 64)  # an API job, streamed to a client in home A
-        ran = peer_view(gateway, worker.info["peer_id"])["connection"]
+        ran = gateway.peer(worker.info["peer_id"])["connection"]
         print(f"the second job ran {ran}")
         assert sum(bool(c["choices"][0]["text"]) for c in chunks) > 1
         assert chunks[-1]["choices"][0]["finish_reason"] == "length" and ran == "direct"
@@ -125,14 +115,14 @@ def test_a_stream_survives_the_death_of_the_relay_it_runs_through(internet, tmp_
     own = [start_in(internet, tmp_path, "pub", "--no-model", name=f"relay{i}") for i in (1, 2)]  # one is killed
     try:
         with two_homes(internet, tmp_path, own, "--no-hole-punching") as (worker, gateway):
-            first = status(worker)["relay_addrs"][0]  # the gateway dials the worker's relays in its advert's order
+            first = worker.status()["relay_addrs"][0]  # the gateway dials the worker's relays in its advert's order
             carrying = next(r for r in own if f"/p2p/{r.info['peer_id']}/p2p-circuit" in first)
             client = subprocess.Popen([*INFERAD, "submit", "--node-home", str(gateway.home), "--model", "sim",
                                        "Hello", "--max-tokens", "600", "--json", "--home", str(tmp_path / "client")],
                                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:
-                wait_for(lambda: status(worker).get("active_jobs") == 1, 30, "the worker to start the job")
-                assert peer_view(gateway, worker.info["peer_id"])["connection"] == "relayed"
+                wait_for(lambda: worker.status().get("active_jobs") == 1, 30, "the worker to start the job")
+                assert gateway.peer(worker.info["peer_id"])["connection"] == "relayed"
                 carrying.stop(signal.SIGKILL)
                 out, err = client.communicate(timeout=120)
             finally:
@@ -171,9 +161,9 @@ def test_a_drawn_verifier_behind_nat_rescores_a_job_of_a_worker_behind_another_n
             net.start(name, "--n-ctx", "256", "--no-hole-punching", *boot, command=(*internet.exec(host), *INFERAD),
                       listen=f"/ip4/{internet.address(host)}/tcp/0")
         worker, verifier = net.nodes["worker"], net.nodes["verifier"]
-        wait_for(lambda: len(status(verifier).get("relay_addrs", [])) == 2, 90,
+        wait_for(lambda: len(verifier.status().get("relay_addrs", [])) == 2, 90,
                  "the verifier behind NAT to reserve a slot on both relays")
-        wait_for(lambda: len(peer_view(worker, verifier.info["peer_id"]).get("addrs", [])) >= 3, 30,
+        wait_for(lambda: len(worker.peer(verifier.info["peer_id"]).get("addrs", [])) >= 3, 30,
                  "the worker to hear the verifier's relayed addresses")
         for attempt in range(10):  # the worker's gateway spreads jobs: until it ran one itself
             job = net.cli_json("submit", "--node-home", str(worker.home), f"The capital of France is ({attempt})",
@@ -189,4 +179,4 @@ def test_a_drawn_verifier_behind_nat_rescores_a_job_of_a_worker_behind_another_n
 
         wait_for(lambda: verdicts().get(verifier.info["peer_id"]) == "valid", 120,
                  "the verifier in home A to attest the job of the worker in home B valid")
-        assert peer_view(worker, verifier.info["peer_id"])["connection"] == "relayed"
+        assert worker.peer(verifier.info["peer_id"])["connection"] == "relayed"
