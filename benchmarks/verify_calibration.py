@@ -15,8 +15,9 @@ verifier computes it (probability mass) and how many positions were ambiguous.
 Then, for each output length of ``--lengths``, forges ``--forged`` sampled jobs in every way a
 cheating worker might (tests/adversaries/forgeries.py; the spoofs decode with the job's own
 public draws: another prompt, and the same weights re-quantized to Q4_0 and to Q2_K, a cheaper
-model claimed as the real one) and prints the share caught.  A forgery whose tokens equal the
-honest output is no lie and is not counted.  Goal: 0 false positives; >= 99 % per kind at 32
+model claimed as the real one) and prints the share caught, with the rate it shows at 95 %
+confidence (one-sided Clopper-Pearson: 300 caught of 300 shows 99 %).  A forgery whose tokens
+equal the honest output is no lie and is not counted.  Goal: 0 false positives; >= 99 % per kind at 32
 tokens, except the single changed token (caught only where it was unlikely).
 """
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import math
 import random
 import statistics
 import sys
@@ -92,6 +94,35 @@ def generate_all(engine: Engine, specs: list, batched: int) -> list[list[int]]:
     return outputs
 
 
+def escaped(kind: str, job: wire.JobRequest, honest: list[int], claimed: list[int], verdict) -> str:
+    """One line on a forgery the verifier let through: its sampling parameters, the first token
+    where it parts from the honest output (before it, its tokens are honest ones), and the
+    positions the verifier found ambiguous."""
+    first = next((i for i, (a, b) in enumerate(zip(honest, claimed, strict=False)) if a != b),
+                 min(len(honest), len(claimed)))
+    p = job.params
+    return (f"  {kind}: temperature {p.temperature} top_p {p.top_p} top_k {p.top_k}; parts from the honest "
+            f"output at token {first} of {len(claimed)}; {verdict.metrics.get('ambiguous', 0)} ambiguous "
+            f"positions ({verdict.verdict})")
+
+
+def lower_bound(caught: int, counted: int, confidence: float = 0.95) -> float:
+    """The one-sided Clopper-Pearson lower bound on a detection rate: the p at which catching
+    ``caught`` or more of ``counted`` forgeries has probability ``1 - confidence`` (with all
+    caught, ``(1 - confidence) ** (1 / counted)``: 300 of 300 shows >= 99.0 %)."""
+    if caught == 0:
+        return 0.0
+
+    def tail(p: float) -> float:  # P(X >= caught), X ~ Binomial(counted, p): rises with p
+        return sum(math.comb(counted, k) * p**k * (1 - p) ** (counted - k) for k in range(caught, counted + 1))
+
+    low, high = 0.0, 1.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if tail(mid) < 1 - confidence else (low, mid)
+    return low
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--honest", type=int, default=500)
@@ -142,7 +173,7 @@ def main() -> None:
               f"{time.perf_counter() - started:.0f} s", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
 
-    rows = {}  # kind -> length -> (caught, counted, identical)
+    rows, passed = {}, []  # kind -> length -> (caught, counted, identical); forgeries not caught
     for length in lengths:
         forged_specs = [make_job(rng.choice(FORMS).format(rng.choice(SUBJECTS)), model=engine.ref,
                                  **sampling(4 * n + 1 + n % 3, rng, length)) for n in range(args.forged)]
@@ -157,7 +188,10 @@ def main() -> None:
                     identical += 1
                     continue
                 counted += 1
-                caught += rescore(engine, job_id, job, result, thresholds).verdict == "invalid"
+                verdict = rescore(engine, job_id, job, result, thresholds)
+                caught += verdict.verdict == "invalid"
+                if verdict.verdict != "invalid":
+                    passed.append(escaped(kind, job, honest, list(result.output_tokens), verdict))
                 print(f"\r{length} tokens, {kind}: {n + 1}/{args.forged}", end="", file=sys.stderr, flush=True)
             rows.setdefault(kind, {})[length] = (caught, counted, identical)
         print(file=sys.stderr)
@@ -179,16 +213,19 @@ def main() -> None:
     print()
     if not rows:
         return
-    print("sampled forgeries caught, by output length:\n")
+    print("sampled forgeries caught, by output length (in brackets: the rate shown at 95 % confidence):\n")
     print("| forgery | " + " | ".join(f"{n} tokens" for n in lengths) + " |")
     print("|---|" + "---|" * len(lengths))
     for kind, by_length in rows.items():
         cells = []
         for n in lengths:
             caught, counted, identical = by_length[n]
-            cells.append(f"{caught}/{counted} = {100 * caught / counted:.0f} %" if counted
-                         else f"- ({identical} identical)")
+            cells.append(f"{caught}/{counted} = {100 * caught / counted:.1f} % "
+                         f"(≥ {100 * lower_bound(caught, counted):.1f} %)" if counted else f"- ({identical} identical)")
         print(f"| {kind} | " + " | ".join(cells) + " |")
+    if passed:
+        print("\nforgeries not caught:")
+        print("\n".join(passed))
 
 
 if __name__ == "__main__":
