@@ -84,6 +84,11 @@ class Homes:
         """The gateway has the worker's advert with its relayed addresses."""
         return len(gateway.peer(worker.info["peer_id"]).get("addrs", [])) >= 3
 
+    @staticmethod
+    def connection(gateway: NodeProcess, worker: NodeProcess) -> str | None:
+        """How the gateway reaches the worker: "direct" or "relayed" (None before its advert)."""
+        return gateway.peer(worker.info["peer_id"]).get("connection")
+
     def jobs(self, gateway: NodeProcess, key: str, jobs: int, tokens: int) -> list[list[float]]:
         url = json.loads((gateway.home / "node.json").read_text())["api"]
         out = subprocess.run([*self.net.exec("ha"), sys.executable, __file__, "client", url, key, str(jobs),
@@ -114,20 +119,17 @@ def main() -> None:
         sys.exit(f"cannot build the network namespaces: {reason}")
     net = Internet().build()
 
-    def connection(node: NodeProcess) -> str | None:  # how node reaches the worker of the moment
-        return node.peer(worker.info["peer_id"]).get("connection")
-
     try:
         with tempfile.TemporaryDirectory() as tmp:
             homes = Homes(net, Path(tmp))
             try:
                 worker, gateway, key = homes.pair("relayed", "--no-hole-punching")
                 relayed = homes.jobs(gateway, key, args.jobs, args.tokens)
-                assert connection(gateway) == "relayed"
+                assert homes.connection(gateway, worker) == "relayed"
                 homes.stop(worker, gateway)
                 worker, gateway, key = homes.pair("direct")
                 homes.jobs(gateway, key, 0, args.tokens)  # connect (relayed), then let hole punching work
-                wait_for(lambda: connection(gateway) == "direct", 60, "a direct connection")
+                wait_for(lambda: homes.connection(gateway, worker) == "direct", 60, "a direct connection")
                 direct = homes.jobs(gateway, key, args.jobs, args.tokens)
                 made_direct = 1
                 for i in range(args.punches - 1):
@@ -136,9 +138,9 @@ def main() -> None:
                     other_key = run_cli("apikey", "create", home=other.home, check=True).stdout.strip()
                     homes.jobs(other, other_key, 0, args.tokens)
                     deadline = time.monotonic() + 30
-                    while time.monotonic() < deadline and connection(other) != "direct":
+                    while time.monotonic() < deadline and homes.connection(other, worker) != "direct":
                         time.sleep(0.5)
-                    made_direct += connection(other) == "direct"
+                    made_direct += homes.connection(other, worker) == "direct"
                     homes.stop(other)
             finally:
                 homes.stop()

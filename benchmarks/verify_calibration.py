@@ -41,7 +41,7 @@ from inferad.engine import Engine  # noqa: E402
 from inferad.models import LocalModel, resolve  # noqa: E402
 from inferad.verification import rescore  # noqa: E402
 from p2p import wire  # noqa: E402
-from proofs.check import Thresholds  # noqa: E402
+from proofs.check import Thresholds, Verdict  # noqa: E402
 from tests.adversaries.forgeries import FORGERIES, forged_result, other_model  # noqa: E402
 from tests.factories import WORKER, make_job  # noqa: E402
 
@@ -94,7 +94,7 @@ def generate_all(engine: Engine, specs: list, batched: int) -> list[list[int]]:
     return outputs
 
 
-def escaped(kind: str, job: wire.JobRequest, honest: list[int], claimed: list[int], verdict) -> str:
+def escaped(kind: str, job: wire.JobRequest, honest: list[int], claimed: list[int], verdict: Verdict) -> str:
     """One line on a forgery the verifier let through: its sampling parameters, the first token
     where it parts from the honest output (before it, its tokens are honest ones), and the
     positions the verifier found ambiguous."""
