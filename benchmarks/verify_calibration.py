@@ -1,6 +1,7 @@
 """Calibrate the verifier's thresholds: false positives on honest jobs, detection per forgery kind.
 
     .venv/bin/python benchmarks/verify_calibration.py [--honest 500] [--batched 16] [--max-tokens 32]
+                                                      [--sampling 1.5,0.95,0]
                                                       [--forged 20] [--lengths 32,64,128,256]
                                                       [--kinds other_model_q4_0,...]
 
@@ -10,7 +11,8 @@ temperatures 0.3, 0.7, 1.0 and 1.5 with top-p and top-k mixes, over varied promp
 node runs them), and re-scores each alone with the shipped thresholds: every ``invalid`` is a
 false positive.  Prints the worst honest figures next to the thresholds: the greedy gap (nats)
 and, for sampled jobs, how far a public draw fell outside the claimed token's interval as the
-verifier computes it (probability mass) and how many positions were ambiguous.
+verifier computes it (probability mass) and how many positions were ambiguous.  With
+``--sampling T,TOP_P,TOP_K`` every honest job is sampled so (the hardest case: 1.5,0.95,0).
 
 Then, for each output length of ``--lengths``, forges ``--forged`` sampled jobs in every way a
 cheating worker might (tests/adversaries/forgeries.py; the spoofs decode with the job's own
@@ -54,7 +56,11 @@ FORMS = ("Write a short story about {}.", "Explain {} to a child.", "Three facts
          "Once upon a time, {}", "In the news today: {}", "{} can be described as")
 
 
-def sampling(i: int, rng: random.Random, max_tokens: int) -> dict:
+def sampling(i: int, rng: random.Random, max_tokens: int, fixed: dict | None = None) -> dict:
+    """The ``i``-th honest job's parameters: greedy one time in four, else the mix; with ``fixed``
+    (temperature, top_p, top_k), always those."""
+    if fixed:
+        return dict(max_tokens=max_tokens, seed=rng.randrange(2**32), **fixed)
     if i % 4 == 0:
         return dict(max_tokens=max_tokens)
     return dict(max_tokens=max_tokens, temperature=(0.3, 0.7, 1.0, 1.5)[i % 4],
@@ -132,7 +138,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--batched", type=int, default=16, help="honest jobs generated at once, a slot each")
     parser.add_argument("--kinds", default="", help="forgery kinds to run, comma-separated (default: every kind)")
+    parser.add_argument("--sampling", metavar="T,TOP_P,TOP_K", default="",
+                        help="every honest job at this temperature, top-p and top-k (default: the mix)")
     args = parser.parse_args()
+    fixed = None
+    if args.sampling:
+        try:
+            temperature, top_p, top_k = args.sampling.split(",")
+            fixed = dict(temperature=float(temperature), top_p=float(top_p), top_k=int(top_k))
+        except ValueError:
+            parser.error(f"--sampling wants temperature,top_p,top_k (like 1.5,0.95,0), not {args.sampling!r}")
     lengths = [int(x) for x in args.lengths.split(",") if x] if args.forged else []
     rng = random.Random(2026)
     thresholds = Thresholds()
@@ -150,10 +165,10 @@ def main() -> None:
             parser.error(f"unknown forgery kind(s) {', '.join(sorted(unknown))}; known: {', '.join(forgeries)}")
         forgeries = {kind: forge for kind, forge in forgeries.items() if kind in args.kinds.split(",")}
 
-    false_positives, gaps, misses, ambiguous, positions, seconds = [], [], [], 0, 0, []
+    false_positives, gaps, misses, ambiguous, excursions, positions, seconds = [], [], [], 0, 0, 0, []
     started = time.perf_counter()
     specs = [make_job(rng.choice(FORMS).format(rng.choice(SUBJECTS)), model=engine.ref,
-                      **sampling(i, rng, args.max_tokens)) for i in range(args.honest)]
+                      **sampling(i, rng, args.max_tokens, fixed)) for i in range(args.honest)]
     outputs = generate_all(engine, specs, args.batched)
     for i, job in enumerate(specs):
         prompt, honest, job_id = engine.prompt_tokens(job), outputs[i], job_id_of(job)
@@ -165,6 +180,7 @@ def main() -> None:
         else:
             misses.append(verdict.metrics.get("max_miss", 0.0))
             ambiguous += verdict.metrics.get("ambiguous", 0)
+            excursions += verdict.metrics.get("excursions", 0)
             positions += verdict.metrics.get("positions", 0)
         if verdict.verdict != "valid":
             false_positives.append((job.prompt, job.params, verdict))
@@ -196,7 +212,9 @@ def main() -> None:
             rows.setdefault(kind, {})[length] = (caught, counted, identical)
         print(file=sys.stderr)
 
-    print(f"\nhonest jobs: {args.honest} ({len(gaps)} greedy, {len(misses)} sampled at temperatures 0.3-1.5), "
+    mix = "temperature {temperature}, top-p {top_p}, top-k {top_k}".format(**fixed) if fixed \
+        else "temperatures 0.3-1.5"
+    print(f"\nhonest jobs: {args.honest} ({len(gaps)} greedy, {len(misses)} sampled at {mix}), "
           f"{args.max_tokens} tokens max, generated {args.batched} at a time, gemma-3-270m Q4_K_M on CPU")
     print(f"false positives: {len(false_positives)}")
     for prompt, params, verdict in false_positives:
@@ -207,7 +225,8 @@ def main() -> None:
     if misses:
         print(f"sampled: largest miss of a public draw {max(misses):.4f} of the mass (inside what "
               f"{thresholds.draw_margin} nats of logit noise explains); "
-              f"ambiguous positions {ambiguous}/{positions} = {100 * ambiguous / max(positions, 1):.2f} %")
+              f"ambiguous positions {ambiguous}/{positions} = {100 * ambiguous / max(positions, 1):.2f} %, of "
+              f"them {excursions} beyond it (within {thresholds.excursion_margin} nats: one a choice allowed)")
     if seconds:
         print(f"re-score time per honest job: median {statistics.median(seconds) * 1000:.0f} ms")
     print()

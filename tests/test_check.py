@@ -36,7 +36,7 @@ def test_a_sampled_token_whose_interval_holds_the_public_draw_is_valid():
 
 
 def test_a_sampled_token_whose_interval_misses_the_public_draw_is_invalid_and_named():
-    verdict = judge([sampled()] * 3 + [sampled(u=0.9)], temperature=0.8)
+    verdict = judge([sampled()] * 3 + [sampled(u=0.999)], temperature=0.8)
     assert verdict.verdict == INVALID and verdict.metrics["position"] == 3 and "public draw" in verdict.reason
 
 
@@ -45,7 +45,28 @@ def test_a_draw_that_float_noise_in_the_logits_explains_is_ambiguous_not_a_lie()
     assert 0.2 < lo < 0.4 and 0.6 < hi < 0.8
     verdict = judge([sampled(u=(0.6 + hi) / 2), sampled(u=(lo + 0.4) / 2), sampled()], temperature=1.0)
     assert verdict.verdict == VALID and verdict.metrics["ambiguous"] == 2
-    assert judge([sampled(u=hi + 0.02)], temperature=1.0).verdict == INVALID
+    assert judge([sampled(u=hi + 0.02)] * 2, temperature=1.0).verdict == INVALID
+
+
+def test_one_draw_in_the_rare_tail_of_float_noise_is_tolerated_per_choice():
+    """The field's case (2026-12-02): an honest job at temperature 1.5, top-p 0.95, generated 16 at a
+    time, whose token 4 the verifier's logits put at [0.1048, 0.3748) while the worker's put it at
+    [0.0329, 0.2905), around the draw 0.0397: a coordinated shift of 0.93 nats, past draw_margin."""
+    field = sampled(u=0.0397, lo=0.1048, hi=0.3748)
+    verdict = judge([sampled()] * 4 + [field] + [sampled()] * 3, temperature=1.5)
+    assert verdict.verdict == VALID and verdict.metrics["excursions"] == 1
+
+
+def test_a_second_draw_in_the_tail_of_float_noise_is_a_lie():
+    field = sampled(u=0.0397, lo=0.1048, hi=0.3748)
+    verdict = judge([sampled(), field, sampled(), field], temperature=1.5)
+    assert verdict.verdict == INVALID and verdict.metrics["position"] == 1
+    assert "1 allowed" in verdict.reason and verdict.metrics["excursions"] == 2
+
+
+def test_a_draw_beyond_the_tail_of_float_noise_is_a_lie_at_once():
+    verdict = judge([sampled(u=0.0001, lo=0.1048, hi=0.3748)], temperature=1.5)
+    assert verdict.verdict == INVALID and verdict.metrics["excursions"] == 0
 
 
 def test_a_sampled_token_of_next_to_no_probability_is_invalid_even_beside_the_draw():
@@ -60,8 +81,8 @@ def test_a_sampled_token_of_next_to_no_probability_is_invalid_even_beside_the_dr
 
 def test_the_noise_a_draw_is_allowed_grows_as_the_temperature_falls():
     near_miss = sampled(u=0.85)
-    assert judge([near_miss], temperature=1.0).verdict == INVALID
-    assert judge([near_miss], temperature=0.3).verdict == VALID
+    assert judge([near_miss] * 2, temperature=1.0).verdict == INVALID
+    assert judge([near_miss] * 2, temperature=0.3).verdict == VALID
 
 
 def test_a_token_the_jobs_top_k_or_top_p_excludes_is_invalid_wherever_the_draw_fell():
