@@ -55,6 +55,11 @@ class Drawn:
         hi = self.hi * up / (self.hi * up + (1.0 - self.hi) * down)
         return lo, hi
 
+    def explained(self, nats: float) -> bool:
+        """Whether shifting every logit by at most ``nats`` can bring ``u`` into the interval."""
+        lo, hi = self.reach(nats)
+        return lo <= self.u < hi
+
 
 @dataclass(frozen=True)
 class Position:
@@ -219,10 +224,8 @@ def _judge_sampled(positions: Sequence[Position], t: Thresholds, temperature: fl
     beyond: set[int] = set()  # positions whose draw float noise does not explain
     excursions: list[int] = []  # those whose draw only its rare tail explains
     for i, p in enumerate(positions):
-        lo, hi = p.drawn.reach(t.draw_margin / temperature)
-        if p.drawn.kept and not lo <= p.drawn.u < hi:
-            lo, hi = p.drawn.reach(t.excursion_margin / temperature)
-            if lo <= p.drawn.u < hi:
+        if p.drawn.kept and not p.drawn.explained(t.draw_margin / temperature):
+            if p.drawn.explained(t.excursion_margin / temperature):
                 excursions.append(i)
             else:
                 beyond.add(i)
