@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/verify_calibration.py [--honest 500] [--batched 16] [--max-tokens 32]
                                                       [--sampling 1.5,0.95,0]
                                                       [--forged 20] [--lengths 32,64,128,256]
-                                                      [--kinds other_model_q4_0,...]
+                                                      [--kinds other_model_q4_0,...] [--drawn]
 
 Runs ``--honest`` honest jobs on gemma-3-270m (a quarter greedy, the rest sampled at
 temperatures 0.3, 0.7, 1.0 and 1.5 with top-p and top-k mixes, over varied prompts), generated
@@ -18,7 +18,9 @@ Then, for each output length of ``--lengths``, forges ``--forged`` sampled jobs 
 cheating worker might (tests/adversaries/forgeries.py; the spoofs decode with the job's own
 public draws: another prompt, and the same weights re-quantized to Q4_0 and to Q2_K, a cheaper
 model claimed as the real one) and prints the share caught, with the rate it shows at 95 %
-confidence (one-sided Clopper-Pearson: 300 caught of 300 shows 99 %).  A forgery whose tokens
+confidence (one-sided Clopper-Pearson: 300 caught of 300 shows 99 %); every position is re-scored, as
+``inferad verify`` does, and with ``--drawn`` also only a beacon's 32 drawn positions (the whole
+output after an excursion among them), as a drawn verifier does.  A forgery whose tokens
 equal the honest output is no lie and is not counted.  Goal: 0 false positives; >= 99 % per kind at 32
 tokens, except the single changed token (caught only where it was unlikely).
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import hashlib
 import math
 import random
 import statistics
@@ -137,6 +140,8 @@ def main() -> None:
     parser.add_argument("--lengths", default="32,64,128,256", help="output lengths of the forgeries")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--batched", type=int, default=16, help="honest jobs generated at once, a slot each")
+    parser.add_argument("--drawn", action="store_true",
+                        help="also judge each forgery as a drawn verifier does (its beacon's 32 positions)")
     parser.add_argument("--kinds", default="", help="forgery kinds to run, comma-separated (default: every kind)")
     parser.add_argument("--sampling", metavar="T,TOP_P,TOP_K", default="",
                         help="every honest job at this temperature, top-p and top-k (default: the mix)")
@@ -195,7 +200,7 @@ def main() -> None:
                                  **sampling(4 * n + 1 + n % 3, rng, length)) for n in range(args.forged)]
         honest_outputs = generate_all(engine, forged_specs, args.batched)
         for kind, forge in forgeries.items():
-            caught = counted = identical = 0
+            caught = counted = identical = drawn_caught = 0
             for n, (job, honest) in enumerate(zip(forged_specs, honest_outputs, strict=True)):
                 prompt, job_id = engine.prompt_tokens(job), job_id_of(job)
                 claimed = forge(engine, prompt, honest, job.params, random.Random(n), job_id)
@@ -208,8 +213,13 @@ def main() -> None:
                 caught += verdict.verdict == "invalid"
                 if verdict.verdict != "invalid":
                     passed.append(escaped(kind, job, honest, list(result.output_tokens), verdict))
+                if args.drawn:
+                    beacon = hashlib.sha256(f"beacon {length} {n}".encode()).digest()
+                    drawn_caught += rescore(engine, job_id, job, result, thresholds, beacon).verdict == "invalid"
                 print(f"\r{length} tokens, {kind}: {n + 1}/{args.forged}", end="", file=sys.stderr, flush=True)
             rows.setdefault(kind, {})[length] = (caught, counted, identical)
+            if args.drawn:
+                rows.setdefault(f"{kind}, drawn verifier", {})[length] = (drawn_caught, counted, identical)
         print(file=sys.stderr)
 
     mix = "temperature {temperature}, top-p {top_p}, top-k {top_k}".format(**fixed) if fixed \
@@ -226,7 +236,8 @@ def main() -> None:
         print(f"sampled: largest miss of a public draw {max(misses):.4f} of the mass (inside what "
               f"{thresholds.draw_margin} nats of logit noise explains); "
               f"ambiguous positions {ambiguous}/{positions} = {100 * ambiguous / max(positions, 1):.2f} %, of "
-              f"them {excursions} beyond it (within {thresholds.excursion_margin} nats: one a choice allowed)")
+              f"them {excursions} beyond it (within {thresholds.excursion_margin} nats: "
+              f"one a choice allowed per {thresholds.excursion_span} positions)")
     if seconds:
         print(f"re-score time per honest job: median {statistics.median(seconds) * 1000:.0f} ms")
     print()

@@ -45,6 +45,7 @@ from proofs.check import (
     INVALID,
     VALID,
     Claim,
+    Position,
     Thresholds,
     Verdict,
     check_claim,
@@ -89,8 +90,10 @@ def rescore(engine: Any, job_id: str, job: wire.JobRequest, result: wire.JobResu
     beyond the other choices' tokens; a sampled choice against the public draws of ``job_id``;
     its reported log-probabilities, when the job asked for them), and the verdicts combine as
     :func:`proofs.check.combine` says.  With the draw's ``beacon``, the positions re-scored are
-    those :func:`proofs.draw.checked_positions` draws (all of an output of up to 32 tokens);
-    without it (a receipt checked locally), every position."""
+    those :func:`proofs.draw.checked_positions` draws (all of an output of up to 32 tokens), and
+    every position of a choice whose drawn ones hold an excursion (a draw only the rare tail of
+    float noise explains, which one draw may be): a spoof that parts from the model by about the
+    noise shows it at more than one position; without it (a receipt checked locally), every position."""
     if result.job_id != job_id:
         return Verdict(INVALID, f"the result answers job {result.job_id[:16]}…, not {job_id[:16]}…")
     choices = result.all_choices()
@@ -113,9 +116,10 @@ def rescore(engine: Any, job_id: str, job: wire.JobRequest, result: wire.JobResu
                 bad = Verdict(INVALID, "log-probabilities where the job asked for none, or none where it did")
             if bad is None:
                 only = None if beacon is None else checked_positions(beacon, job_id, index, len(choice.output_tokens))
-                positions = engine.score(prompt, choice.output_tokens, job.params, job_id=job_id, choice=index,
-                                         slack=thresholds.nucleus_slack, only=only)
-                bad = judge(positions, temperature=job.params.temperature, thresholds=thresholds)
+                positions, bad = _judged(engine, prompt, choice, index, job, job_id, thresholds, only)
+                partial = len(positions) < len(choice.output_tokens)
+                if bad.verdict == VALID and bad.metrics.get("excursions") and partial:  # the whole output decides
+                    positions, bad = _judged(engine, prompt, choice, index, job, job_id, thresholds, None)
                 if bad.verdict == VALID and choice.logprobs is not None:
                     bad = check_logprobs([choice.logprobs[p.index].logprob for p in positions], positions,
                                          thresholds) or bad
@@ -123,6 +127,14 @@ def rescore(engine: Any, job_id: str, job: wire.JobRequest, result: wire.JobResu
     except EngineError as exc:
         return Verdict(INCONCLUSIVE, f"cannot re-score: {exc}")
     return combine(verdicts)
+
+
+def _judged(engine: Any, prompt: list[int], choice: wire.Choice, index: int, job: wire.JobRequest, job_id: str,
+            thresholds: Thresholds, only: list[int] | None) -> tuple[list[Position], Verdict]:
+    """The positions ``only`` (None: all) of one choice re-scored, and the verdict on them."""
+    positions = engine.score(prompt, choice.output_tokens, job.params, job_id=job_id, choice=index,
+                             slack=thresholds.nucleus_slack, only=only)
+    return positions, judge(positions, temperature=job.params.temperature, thresholds=thresholds)
 
 
 @dataclass(kw_only=True, eq=False)

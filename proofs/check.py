@@ -17,8 +17,8 @@ interval of the job's distribution, recomputed here, must hold ``u``, or be
 brought to it by shifting every logit by at most ``draw_margin`` nats (float
 noise).  A ``u`` that only such a shift explains is *ambiguous*: counted, never
 a failure.  The noise has a rare heavy tail, so one position of a choice
-(``excursions_allowed``) may need a shift of up to ``excursion_margin``; a second
-such position, or one beyond it, is a lie.  A token that even the worst shift
+(``excursions_allowed``, one more per ``excursion_span`` positions) may need a shift of up
+to ``excursion_margin``; one more such position, or one beyond it, is a lie.  A token that even the worst shift
 leaves less likely than ``sampled_floor`` is a lie wherever the draw fell.
 """
 
@@ -98,10 +98,14 @@ class Thresholds:
     # That rounding is heavy-tailed: a worker's one-row decode and a verifier's prefill of the same
     # tokens gave log-probabilities of the top tokens up to 1.2 nats apart, and one honest position
     # in 96 jobs (temperature 1.5, top-p 0.95, 128 tokens, 16 at a time) needed a shift of 0.93 nats
-    # (2026-12-02, docs/verification.md).  So excursions_allowed positions of a choice may lie beyond
-    # draw_margin, if within excursion_margin; one more, or one beyond that, is a lie.
+    # (2026-12-02, docs/verification.md).  So excursions_allowed positions in every excursion_span
+    # positions judged (rounded up) may lie beyond draw_margin, if within excursion_margin; one more,
+    # or one beyond that, is a lie.  The span keeps long honest outputs safe: at the observed rate
+    # (one in about 49 000 positions) or its 95 % upper bound (one in 10 000), two excursions in 256
+    # positions happen to an honest worker about once in 70 000 or 3 000 choices (Poisson).
     excursion_margin: float = 1.5
     excursions_allowed: int = 1
+    excursion_span: int = 256
     # Where the nucleus ends moves with the same noise: a verifier considers every end whose
     # cumulative probability is within nucleus_slack of top_p (boundary shifts up to 0.052 seen).
     nucleus_slack: float = 0.06
@@ -115,6 +119,10 @@ class Thresholds:
     def unlikely_gap(self, temperature: float) -> float:
         """The gap (nats, at temperature 1) beyond which a sampled token is under ``sampled_floor``."""
         return 2.0 * self.draw_margin + temperature * math.log(1.0 / self.sampled_floor)
+
+    def excursions_tolerated(self, positions: int) -> int:
+        """How many excursions a choice judged at ``positions`` positions may have."""
+        return self.excursions_allowed * max(1, math.ceil(positions / self.excursion_span))
 
 
 @dataclass(frozen=True)
@@ -229,7 +237,8 @@ def _judge_sampled(positions: Sequence[Position], t: Thresholds, temperature: fl
                 excursions.append(i)
             else:
                 beyond.add(i)
-    if len(excursions) > t.excursions_allowed:
+    allowed = t.excursions_tolerated(len(positions))
+    if len(excursions) > allowed:
         beyond.update(excursions)
     metrics = {"positions": len(positions),
                "ambiguous": sum(1 for i, (p, m) in enumerate(zip(positions, misses, strict=True))
@@ -247,6 +256,6 @@ def _judge_sampled(positions: Sequence[Position], t: Thresholds, temperature: fl
             return Verdict(INVALID, f"token {_at(i, p)} owns [{p.drawn.lo:.4f}, {p.drawn.hi:.4f}) of the job's "
                                     f"distribution, but the public draw was {p.drawn.u:.4f}"
                                     + (f" ({len(excursions)} draws outside what ordinary float noise explains, "
-                                       f"{t.excursions_allowed} allowed)" if i in excursions else ""),
+                                       f"{allowed} allowed in {len(positions)} positions)" if i in excursions else ""),
                            dict(metrics, position=_at(i, p)))
     return Verdict(VALID, "every token is the one the public draws select under this model", metrics)

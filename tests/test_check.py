@@ -64,6 +64,13 @@ def test_a_second_draw_in_the_tail_of_float_noise_is_a_lie():
     assert "1 allowed" in verdict.reason and verdict.metrics["excursions"] == 2
 
 
+def test_a_long_output_is_allowed_one_draw_in_the_tail_of_float_noise_per_256_positions():
+    field = sampled(u=0.0397, lo=0.1048, hi=0.3748)
+    assert [Thresholds().excursions_tolerated(n) for n in (1, 32, 256, 257, 1024)] == [1, 1, 1, 2, 4]
+    assert judge([field] + [sampled()] * 299 + [field], temperature=1.5).verdict == VALID
+    assert judge([field] + [sampled()] * 200 + [field], temperature=1.5).verdict == INVALID
+
+
 def test_a_draw_beyond_the_tail_of_float_noise_is_a_lie_at_once():
     verdict = judge([sampled(u=0.0001, lo=0.1048, hi=0.3748)], temperature=1.5)
     assert verdict.verdict == INVALID and verdict.metrics["excursions"] == 0

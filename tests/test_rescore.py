@@ -9,7 +9,8 @@ from inferad.engine import Engine
 from inferad.models import resolve
 from inferad.verification import rescore
 from p2p import wire
-from proofs.check import Thresholds
+from proofs.check import Thresholds, judge
+from proofs.draw import checked_positions
 from tests.adversaries.forgeries import FORGERIES, forged_result
 from tests.factories import WORKER, make_job
 
@@ -124,6 +125,31 @@ def test_a_drawn_verifier_rescores_a_sample_of_32_positions_of_a_long_output(eng
     spoof = FORGERIES["other_prompt"](engine, tokens, list(honest.output_tokens), job.params, random.Random(1), job_id)
     forged = forged_result(engine, job_id, job, tokens, spoof, WORKER)
     assert rescore(engine, job_id, job, forged, Thresholds(), beacon=b"\7" * 32).verdict == "invalid"
+
+
+def test_a_drawn_verifier_that_meets_a_draw_in_the_tail_of_float_noise_judges_the_whole_output(engine):
+    """One excursion among the drawn positions is allowed, but a spoof that parts from the model by
+    about the noise shows more of them where the draw did not look: the whole output decides.  With
+    a negative draw_margin, a draw must lie well inside its interval to be unremarkable, so an
+    honest output has many excursions, drawn and not."""
+    for _ in range(8):  # an output longer than the 32 drawn positions (an early end of text is possible)
+        job = make_job("Write a long story about a dragon who learns to cook.", model=engine.ref,
+                       max_tokens=96, temperature=1.5, top_p=0.95, top_k=0, seed=3)
+        honest, job_id, beacon = honest_result(engine, job), job_id_of(job), b"\7" * 32
+        n = len(honest.output_tokens)
+        if n > 32:
+            break
+    assert rescore(engine, job_id, job, honest, Thresholds(), beacon=beacon).metrics["positions"] == 32
+    strict = Thresholds(draw_margin=-0.5, excursions_allowed=n, excursion_span=n)
+    whole = rescore(engine, job_id, job, honest, strict, beacon=beacon)
+    assert whole.verdict == "valid" and whole.metrics["positions"] == n, whole
+    drawn = judge(engine.score(engine.prompt_tokens(job), honest.output_tokens, job.params, job_id=job_id,
+                               slack=strict.nucleus_slack, only=checked_positions(beacon, job_id, 0, n)),
+                  temperature=1.5, thresholds=strict)
+    assert drawn.verdict == "valid" and 0 < drawn.metrics["excursions"] < whole.metrics["excursions"]
+    as_many_as_drawn = dataclasses.replace(strict, excursions_allowed=drawn.metrics["excursions"])
+    verdict = rescore(engine, job_id, job, honest, as_many_as_drawn, beacon=beacon)
+    assert verdict.verdict == "invalid" and f"{drawn.metrics['excursions']} allowed in {n} positions" in verdict.reason
 
 
 def test_a_token_the_grammar_forbids_is_caught_where_no_logits_were_looked_at(engine):
