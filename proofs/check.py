@@ -16,10 +16,11 @@ public uniform number ``u`` (:mod:`proofs.sampler`), so each claimed token's
 interval of the job's distribution, recomputed here, must hold ``u``, or be
 brought to it by shifting every logit by at most ``draw_margin`` nats (float
 noise).  A ``u`` that only such a shift explains is *ambiguous*: counted, never
-a failure.  The noise has a rare heavy tail, so one position of a choice
-(``excursions_allowed``, one more per ``excursion_span`` positions) may need a shift of up
-to ``excursion_margin``; one more such position, or one beyond it, is a lie.  A token that even the worst shift
-leaves less likely than ``sampled_floor`` is a lie wherever the draw fell.
+a failure.  The noise has a rare heavy tail, so one position in every
+``excursion_span`` of a choice (``excursions_allowed``) may need a shift of up
+to ``excursion_margin``; one more such position, or one beyond it, is a lie.
+A token that even the worst shift leaves less likely than ``sampled_floor`` is
+a lie wherever the draw fell.
 """
 
 from __future__ import annotations
