@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check --quiet
 
 NPM_STAMP := contracts/node_modules/.installed
 
-.PHONY: install system test demo bench reliability lint contracts clean
+.PHONY: install system llama-invariant test demo bench reliability lint contracts clean
 
 install: $(STAMP) $(NPM_STAMP) system
 
@@ -43,7 +43,23 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -c "from inferad.models import resolve; print('model ready:', resolve('gemma-3-270m').path)"
 	@touch $@
 
-test: install
+# llama.cpp for batch-invariant engines (engine.batch_invariant, docs/verification.md): the same
+# llama-cpp-python built without llamafile's sgemm, whose kernels change with a batch's rows.
+# Built once into a wheel under ~/.cache/inferad (pip's own cache keys a wheel by its version,
+# not by CMAKE_ARGS), installed into build/llama-invariant: run with PYTHONPATH=build/llama-invariant.
+LLAMA_VERSION := $(shell sed -n 's/^ *llama-cpp-python==//p' setup.cfg)
+INVARIANT_WHEELS := $(HOME)/.cache/inferad/wheels/llama-invariant-$(LLAMA_VERSION)
+INVARIANT := build/llama-invariant
+llama-invariant: $(INVARIANT)/.installed
+$(INVARIANT)/.installed: $(STAMP)
+	@ls $(INVARIANT_WHEELS)/*.whl >/dev/null 2>&1 || { \
+	  echo "building llama-cpp-python $(LLAMA_VERSION) without llamafile into $(INVARIANT_WHEELS) (~6 min)"; \
+	  CMAKE_ARGS="$(CMAKE_ARGS) -DGGML_LLAMAFILE=OFF" $(PIP) wheel --no-cache-dir --no-deps \
+	    -w $(INVARIANT_WHEELS).tmp llama-cpp-python==$(LLAMA_VERSION) && mv $(INVARIANT_WHEELS).tmp $(INVARIANT_WHEELS); }
+	$(PIP) install --no-deps --upgrade --target $(INVARIANT) $(INVARIANT_WHEELS)/*.whl
+	@touch $@
+
+test: install llama-invariant
 	$(PY) -m pytest -q -m "not long"
 
 demo: install

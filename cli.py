@@ -142,6 +142,11 @@ def init(home: Path | None, as_json: bool) -> None:
               help="Slots: jobs decoded side by side in one batch [config engine.parallel; default 4 on a CPU, "
                    "what the memory holds on a GPU].  --n-ctx is each slot's context.")
 @click.option("--threads", type=click.IntRange(0, 1024), help="CPU threads for llama.cpp (0 = one per core).")
+@click.option("--batch-invariant", is_flag=True, default=None,
+              help="Compute every token's logits with the same CPU kernels whatever shares its batch: a job's "
+                   "tokens then do not depend on load, and verifiers on the same build check them exactly "
+                   "[config engine.batch_invariant; default off].  Needs `make llama-invariant` and "
+                   "PYTHONPATH=build/llama-invariant; prefill is slower (docs/verification.md).")
 @click.option("--api-port", type=click.IntRange(-1, 65535),
               help="Serve the OpenAI-compatible HTTP API on this port (0: any free port; -1: off) "
                    "[config api.api_port; default off].  Needs a key: `inferad apikey create`.")
@@ -154,8 +159,8 @@ def init(home: Path | None, as_json: bool) -> None:
               show_default=True)
 def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models, adapters, model_label,
           model_cache_limit, no_relay_service, no_hole_punching, no_model, engine, chain_path,
-          run_oracle, sim_tokens_per_s, max_tokens, n_ctx, parallel, threads, api_port, api_host, api_max_price,
-          log_format, log_level) -> None:
+          run_oracle, sim_tokens_per_s, max_tokens, n_ctx, parallel, threads, batch_invariant, api_port, api_host,
+          api_max_price, log_format, log_level) -> None:
     """Run the node daemon until Ctrl-C or SIGTERM.
 
     Loads the models, listens for jobs on libp2p and writes <home>/node.json
@@ -184,7 +189,8 @@ def start(home, listen, bootstrap, advert_interval, ip_colocation_limit, models,
                                          models=() if no_model else (models or None),
                                          model_cache_limit=model_cache_limit, adapters=adapters or None,
                                          max_tokens=max_tokens, n_ctx=n_ctx, parallel=parallel, n_threads=threads,
-                                         api_port=api_port, api_host=api_host, api_max_price=api_max_price)
+                                         batch_invariant=batch_invariant, api_port=api_port, api_host=api_host,
+                                         api_max_price=api_max_price)
     except ConfigError as exc:
         fail(str(exc))
     import trio

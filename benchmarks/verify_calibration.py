@@ -4,12 +4,15 @@
                                                       [--sampling 1.5,0.95,0]
                                                       [--forged 20] [--lengths 32,64,128,256]
                                                       [--kinds other_model_q4_0,...] [--drawn]
+                                                      [--batch-invariant]
 
 Runs ``--honest`` honest jobs on gemma-3-270m (a quarter greedy, the rest sampled at
 temperatures 0.3, 0.7, 1.0 and 1.5 with top-p and top-k mixes, over varied prompts), generated
 ``--batched`` at a time, each in a slot of one engine's batch (continuous batching, as a busy
 node runs them), and re-scores each alone with the shipped thresholds: every ``invalid`` is a
-false positive.  Prints the worst honest figures next to the thresholds: the greedy gap (nats)
+false positive.  With ``--batch-invariant`` the engine is batch-invariant and the thresholds are
+``Thresholds.exact()`` (run it with ``PYTHONPATH=build/llama-invariant``, after ``make llama-invariant``).
+Prints the worst honest figures next to the thresholds: the greedy gap (nats)
 and, for sampled jobs, how far a public draw fell outside the claimed token's interval as the
 verifier computes it (probability mass) and how many positions were ambiguous.  With
 ``--sampling T,TOP_P,TOP_K`` every honest job is sampled so (the hardest case: 1.5,0.95,0).
@@ -145,6 +148,9 @@ def main() -> None:
     parser.add_argument("--kinds", default="", help="forgery kinds to run, comma-separated (default: every kind)")
     parser.add_argument("--sampling", metavar="T,TOP_P,TOP_K", default="",
                         help="every honest job at this temperature, top-p and top-k (default: the mix)")
+    parser.add_argument("--batch-invariant", action="store_true",
+                        help="generate and re-score on a batch-invariant engine, judged with the exact thresholds "
+                             "(needs the build of `make llama-invariant` first on PYTHONPATH)")
     args = parser.parse_args()
     fixed = None
     if args.sampling:
@@ -155,9 +161,10 @@ def main() -> None:
             parser.error(f"--sampling wants temperature,top_p,top_k (like 1.5,0.95,0), not {args.sampling!r}")
     lengths = [int(x) for x in args.lengths.split(",") if x] if args.forged else []
     rng = random.Random(2026)
-    thresholds = Thresholds()
+    thresholds = Thresholds.exact() if args.batch_invariant else Thresholds()
     model = resolve("gemma-3-270m")
-    engine = Engine(model, n_ctx=512, n_threads=args.threads, n_slots=args.batched)
+    engine = Engine(model, n_ctx=512, n_threads=args.threads, n_slots=args.batched,
+                    batch_invariant=args.batch_invariant)
     tmp = Path(tempfile.mkdtemp(prefix="inferad-calibration-"))
     forgeries = dict(FORGERIES)
     for ftype in ("Q4_0", "Q2_K") if args.forged else ():
@@ -225,7 +232,8 @@ def main() -> None:
     mix = "temperature {temperature}, top-p {top_p}, top-k {top_k}".format(**fixed) if fixed \
         else "temperatures 0.3-1.5"
     print(f"\nhonest jobs: {args.honest} ({len(gaps)} greedy, {len(misses)} sampled at {mix}), "
-          f"{args.max_tokens} tokens max, generated {args.batched} at a time, gemma-3-270m Q4_K_M on CPU")
+          f"{args.max_tokens} tokens max, generated {args.batched} at a time, gemma-3-270m Q4_K_M on CPU"
+          + (", batch-invariant engine, exact thresholds" if args.batch_invariant else ""))
     print(f"false positives: {len(false_positives)}")
     for prompt, params, verdict in false_positives:
         print(f"  {prompt!r} {params}: {verdict.reason}")
@@ -237,7 +245,7 @@ def main() -> None:
               f"{thresholds.draw_margin} nats of logit noise explains); "
               f"ambiguous positions {ambiguous}/{positions} = {100 * ambiguous / max(positions, 1):.2f} %, of "
               f"them {excursions} beyond it (within {thresholds.excursion_margin} nats: "
-              f"one a choice allowed per {thresholds.excursion_span} positions)")
+              f"{thresholds.excursions_allowed} a choice allowed per {thresholds.excursion_span} positions)")
     if seconds:
         print(f"re-score time per honest job: median {statistics.median(seconds) * 1000:.0f} ms")
     print()

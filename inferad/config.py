@@ -88,6 +88,13 @@ queue_size = 8
 # milliseconds: fewer writes through the network stack, for CPU it shares
 # with llama.cpp.  0 sends every token on its own.
 stream_batch_ms = 50
+# Batch-invariant decoding: every logits row computed by the same CPU kernels
+# whatever shares its batch, so a job's tokens do not depend on load and a
+# verifier with the same build (the fingerprint in the result's engine) checks
+# them exactly instead of within float noise.  Needs the llama.cpp build of
+# `make llama-invariant` and n_gpu_layers = 0; prefill is slower
+# (docs/verification.md, "Batch-invariant engines").
+batch_invariant = false
 
 [routing]
 # Seconds to connect to a worker, to wait for its first token (queue wait
@@ -168,6 +175,7 @@ class Config:
     max_tokens: int = 1024
     queue_size: int = 8
     stream_batch_ms: int = 50
+    batch_invariant: bool = False
     connect_timeout: int = 5
     first_token_timeout: int = 60
     stall_timeout: int = 10
@@ -200,7 +208,7 @@ SECTIONS = {
     "relay": ("relay_service", "relay_reservations", "relay_circuits", "relay_circuit_duration", "relay_circuit_bytes",
               "relay_hole_punching"),
     "engine": ("models", "adapters", "model_cache_limit", "n_ctx", "parallel", "n_threads", "n_gpu_layers",
-               "max_tokens", "queue_size", "stream_batch_ms"),
+               "max_tokens", "queue_size", "stream_batch_ms", "batch_invariant"),
     "routing": ("connect_timeout", "first_token_timeout", "stall_timeout", "max_attempts", "reputation_floor"),
     "verification": ("verifiers", "quorum", "probability_floor", "verify_timeout", "attestation_window",
                      "fetch_models", "slash_bps", "bounty_bps"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import hashlib
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from inferad.models import LocalModel
@@ -231,6 +233,72 @@ def check_vocabulary(tokens: Sequence[int], n_vocab: int) -> list[int]:
     return list(tokens)
 
 
+# A probe of 40 tokens or so: past every row count at which llama.cpp's CPU kernels change (4 and 8)
+PROBE = b"Batch invariance probe: the logits of every row must not depend on the rows beside it, 1 2 3 4 5 6 7 8 9."
+
+
+def _prepare_batch_invariance(gpu: bool) -> None:
+    """Refuse what cannot be batch-invariant, and turn llama.cpp's tiled K-quant product off."""
+    import llama_cpp
+
+    if gpu:
+        raise EngineError("batch-invariant decoding is built for llama.cpp's CPU backend only: "
+                          "set n_gpu_layers = 0, or leave batch_invariant off")
+    if b"LLAMAFILE = 1" in llama_cpp.llama_print_system_info():
+        raise EngineError("this llama.cpp build has llamafile's sgemm, whose kernels change with a batch's rows: "
+                          "build llama-cpp-python without it (`make llama-invariant`, "
+                          "CMAKE_ARGS=-DGGML_LLAMAFILE=OFF), or leave batch_invariant off")
+    os.environ["GGML_CPU_TILED_MM"] = "0"  # read once per process, at the first matrix product of 8 rows or more
+
+
+def build_fingerprint() -> str:
+    """The first 16 hex digits of the sha256 of llama-cpp-python's shared libraries: engines with
+    the same fingerprint run the same compiled kernels (a rebuild, even of the same sources with
+    another compiler, may round differently, and gets another fingerprint)."""
+    import llama_cpp
+
+    digest = hashlib.sha256()
+    for path in sorted(p for pattern in ("*.so", "*.dylib", "*.dll")
+                       for p in (Path(llama_cpp.__file__).parent / "lib").glob(pattern)):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _batch_dependence(ctx, memory, tokens: list[int]) -> str | None:
+    """Evaluate ``tokens`` in sequence 0 of ``ctx`` in one batch, then one row at a time, and
+    compare every logits row bit for bit: None when equal, else which row differs and by how
+    much (nats).  Leaves sequence 0 empty."""
+    import llama_cpp
+    import numpy as np
+
+    n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(llama_cpp.llama_get_model(ctx)))
+    batch = llama_cpp.llama_batch_init(len(tokens), 0, 1)
+    rows = []
+    try:
+        for width in (len(tokens), 1):
+            llama_cpp.llama_memory_seq_rm(memory, 0, -1, -1)
+            logits = []
+            for start in range(0, len(tokens), width):
+                batch.n_tokens = min(width, len(tokens) - start)
+                for j in range(batch.n_tokens):
+                    at = start + j
+                    batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.logits[j] = tokens[at], at, 1, 1
+                    batch.seq_id[j][0] = 0
+                if llama_cpp.llama_decode(ctx, batch) != 0:
+                    return "llama_decode failed on the probe"
+                logits += [np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, j), shape=(n_vocab,)).copy()
+                           for j in range(batch.n_tokens)]
+            rows.append(logits)
+    finally:
+        llama_cpp.llama_memory_seq_rm(memory, 0, -1, -1)
+        llama_cpp.llama_batch_free(batch)
+    for i, (together, alone) in enumerate(zip(*rows, strict=True)):
+        if not np.array_equal(together, alone):
+            return (f"row {i} of a {len(tokens)}-row batch differs from the same row decoded alone by up to "
+                    f"{float(np.abs(together - alone).max()):.3g} in its logits")
+    return None
+
+
 class Engine:
     """One model on llama.cpp, decoding up to ``n_slots`` jobs side by side (continuous batching).
 
@@ -254,6 +322,16 @@ class Engine:
     logits can differ in the last bits, which changes a greedy token only at near-ties
     (docs/benchmarks.md measures how often; verifiers allow ``greedy_margin`` for it).
 
+    Batch invariance: with ``batch_invariant``, every logits row is computed by the same kernels
+    whatever else shares its batch, so a token's logits do not depend on load: a verifier's one
+    batched evaluation of prompt + output gives the worker's logits bit for bit, and the same job
+    gives the same tokens on the same build alone or among 16 (docs/verification.md, "Batch-invariant
+    engines").  llama.cpp's CPU backend switches kernels by the rows of a batch: repacked weights
+    at 4 rows and more, its tiled K-quant matrix product at 8, llamafile's sgemm and tiled flash
+    attention beyond; so this engine loads the weights unrepacked, turns the tiled product off
+    (``GGML_CPU_TILED_MM=0``, process-wide), computes attention without flash attention, and needs
+    a build without llamafile (``make llama-invariant``).  A probe checks it at load.
+
     LoRA: with ``adapter``, a GGUF LoRA adapter (``llama_adapter_lora_init``) is set on the
     context at scale 1 for every slot.  llama.cpp applies adapters per context, not per sequence,
     so a (model, adapter) pair is an engine of its own (the weights' pages are shared through
@@ -263,11 +341,11 @@ class Engine:
     kind = "llama.cpp"
 
     def __init__(self, model: LocalModel, *, n_ctx: int = 0, n_threads: int = 0, n_gpu_layers: int = -1,
-                 n_slots: int = 0, adapter: LocalModel | None = None) -> None:
+                 n_slots: int = 0, adapter: LocalModel | None = None, batch_invariant: bool = False) -> None:
         """Load ``model`` (with the LoRA ``adapter``) with ``n_slots`` slots of ``n_ctx`` tokens each;
         0 chooses from the model's trained context and free memory (:func:`inferad.context.plan`).
-        Raises EngineError when a file cannot be loaded, ``n_ctx`` exceeds the trained context, or
-        the slots do not fit."""
+        Raises EngineError when a file cannot be loaded, ``n_ctx`` exceeds the trained context, the
+        slots do not fit, or ``batch_invariant`` is asked of a build or backend that cannot give it."""
         import llama_cpp
 
         from inferad.context import ContextError, plan
@@ -275,6 +353,8 @@ class Engine:
         _route_llama_logs()
         self.model = model
         gpu = llama_cpp.llama_supports_gpu_offload() and n_gpu_layers != 0
+        if batch_invariant:
+            _prepare_batch_invariance(gpu)
         try:
             self.context = plan(model.path, requested=n_ctx, slots=n_slots, offload=gpu)
         except ContextError as exc:
@@ -296,26 +376,43 @@ class Engine:
         params.n_seq_max = self.context.n_slots
         params.n_threads = params.n_threads_batch = threads
         params.kv_unified = False  # a stream per slot: attention spans a slot's own positions only
-        self._ctx = llama_cpp.llama_init_from_model(self._llm._model.model, params)
+        self._weights = None  # the batch-invariant engine's own copy of the model (unrepacked)
+        if batch_invariant:
+            params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            weights = llama_cpp.llama_model_default_params()
+            weights.n_gpu_layers, weights.use_extra_bufts = 0, False
+            self._weights = llama_cpp.llama_model_load_from_file(str(model.path).encode(), weights)
+            if not self._weights:
+                self._llm.close()
+                raise EngineError(f"llama.cpp cannot load {model.path} a second time, unrepacked")
+        self._ctx = llama_cpp.llama_init_from_model(self._weights or self._llm._model.model, params)
         if not self._ctx:
-            self._llm.close()
+            self._free_model()
             raise EngineError(f"llama.cpp cannot make a context of {self.context.describe()}")
         self.adapter, self._adapter = adapter, None
         if adapter is not None:
-            self._adapter = llama_cpp.llama_adapter_lora_init(self._llm._model.model, str(adapter.path).encode())
+            self._adapter = llama_cpp.llama_adapter_lora_init(self._weights or self._llm._model.model,
+                                                              str(adapter.path).encode())
             adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._adapter)
             if not self._adapter or llama_cpp.llama_set_adapters_lora(self._ctx, adapters, 1,
                                                                       (ctypes.c_float * 1)(1.0)):
                 llama_cpp.llama_free(self._ctx)
-                self._llm.close()
+                self._free_model()
                 raise EngineError(f"llama.cpp cannot apply the LoRA adapter {adapter.path} to {model.name} (is it "
                                   f"a GGUF LoRA made for this model's architecture and tensor shapes?)")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
+        self.batch_invariant = batch_invariant
+        if batch_invariant and (differ := _batch_dependence(self._ctx, self._memory, self._llm.tokenize(PROBE))):
+            self._close_weights()
+            raise EngineError(f"this llama.cpp build is not batch-invariant: {differ}.  Build it without "
+                              f"llamafile (`make llama-invariant`), and start no other engine before this one "
+                              f"in the process (GGML_CPU_TILED_MM=0 is read once)")
         self._batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         self.load_seconds = time.perf_counter() - started
         self._is_eog = lambda tok: llama_cpp.llama_vocab_is_eog(self._llm._model.vocab, tok)
         self.info = wire.EngineInfo(name="llama.cpp", version=f"llama-cpp-python {llama_cpp.__version__}",
-                                    backend="gpu" if gpu else "cpu")
+                                    backend=f"cpu batch-invariant {build_fingerprint()}" if batch_invariant
+                                    else "gpu" if gpu else "cpu")
         self.ref = wire.ModelRef(sha256=model.sha256, name=model.name)
         self.adapter_ref = wire.ModelRef(sha256=adapter.sha256, name=adapter.name) if adapter else None
         self.key = wire.served_key(model.sha256, adapter.sha256 if adapter else None)
@@ -489,9 +586,22 @@ class Engine:
             self._wake.notify()
         self._loop_thread.join()
         llama_cpp.llama_batch_free(self._batch)
+        self._close_weights()
+
+    def _close_weights(self) -> None:
+        """Free the context, the adapter and the model (the loop not started or stopped)."""
+        import llama_cpp
+
         llama_cpp.llama_free(self._ctx)
         if self._adapter:
             llama_cpp.llama_adapter_lora_free(self._adapter)
+        self._free_model()
+
+    def _free_model(self) -> None:
+        import llama_cpp
+
+        if self._weights:
+            llama_cpp.llama_model_free(self._weights)
         self._llm.close()
 
     # ------------------------------------------------------------------ the loop (engine thread)

@@ -93,7 +93,13 @@ def rescore(engine: Any, job_id: str, job: wire.JobRequest, result: wire.JobResu
     those :func:`proofs.draw.checked_positions` draws (all of an output of up to 32 tokens), and
     every position of a choice whose drawn ones hold an excursion (a draw only the rare tail of
     float noise explains, which one draw may be): a spoof that parts from the model by about the
-    noise shows it at more than one position; without it (a receipt checked locally), every position."""
+    noise shows it at more than one position; without it (a receipt checked locally), every position.
+
+    When this engine is batch-invariant and the result names the same engine (the same build's
+    fingerprint, batch-invariant too), the verifier's logits are the worker's bit for bit and
+    :meth:`Thresholds.exact` replaces ``thresholds``."""
+    if getattr(engine, "batch_invariant", False) and result.engine == engine.info:
+        thresholds = Thresholds.exact()
     if result.job_id != job_id:
         return Verdict(INVALID, f"the result answers job {result.job_id[:16]}…, not {job_id[:16]}…")
     choices = result.all_choices()

@@ -273,7 +273,8 @@ async def open_model(spec: str, config: Config, hardware: wire.Hardware, *, engi
             log.info("loading %s with llama.cpp (%s)…", model.name, model.path)
             opened = await trio.to_thread.run_sync(
                 lambda: Engine(model, n_ctx=config.n_ctx, n_threads=config.n_threads,
-                               n_gpu_layers=config.n_gpu_layers, n_slots=config.parallel, adapter=lora))
+                               n_gpu_layers=config.n_gpu_layers, n_slots=config.parallel, adapter=lora,
+                               batch_invariant=config.batch_invariant))
         key = cache_key(opened, hardware, threads=config.n_threads)
         speed = await trio.to_thread.run_sync(tokens_per_second, opened, key)
     except (ModelError, EngineError, ValueError) as exc:

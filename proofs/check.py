@@ -117,6 +117,16 @@ class Thresholds:
     # next to no probability whose interval happens to lie beside the draw.
     sampled_floor: float = 1e-12
 
+    @classmethod
+    def exact(cls) -> Thresholds:
+        """The thresholds of a verifier whose logits are the worker's bit for bit: both engines
+        batch-invariant on the same build (``inferad.engine.Engine(batch_invariant=True)``), so
+        the only noise left is the order of float64 sums over the vocabulary (about 1e-12 of the
+        mass).  The margins shrink to 1e-6 nats, the nucleus and top-k edges to where they are, and
+        no excursion is allowed."""
+        return cls(greedy_margin=1e-6, logprob_margin=1e-3, draw_margin=1e-6, excursion_margin=1e-6,
+                   excursions_allowed=0, nucleus_slack=0.0)
+
     def unlikely_gap(self, temperature: float) -> float:
         """The gap (nats, at temperature 1) beyond which a sampled token is under ``sampled_floor``."""
         return 2.0 * self.draw_margin + temperature * math.log(1.0 / self.sampled_floor)

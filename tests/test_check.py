@@ -48,6 +48,14 @@ def test_a_draw_that_float_noise_in_the_logits_explains_is_ambiguous_not_a_lie()
     assert judge([sampled(u=hi + 0.02)] * 2, temperature=1.0).verdict == INVALID
 
 
+def test_between_batch_invariant_engines_of_one_build_a_draw_a_hair_outside_is_a_lie():
+    hair = [sampled(u=0.6 + 1e-4)]  # ambiguous where float noise must be allowed for
+    assert judge(hair, temperature=1.0).verdict == "valid"
+    assert judge(hair, temperature=1.0, thresholds=Thresholds.exact()).verdict == "invalid"
+    assert judge([greedy(gap=1e-3)], temperature=0.0, thresholds=Thresholds.exact()).verdict == "invalid"
+    assert judge([sampled(u=0.6 - 1e-9)], temperature=1.0, thresholds=Thresholds.exact()).verdict == "valid"
+
+
 def test_one_draw_in_the_rare_tail_of_float_noise_is_tolerated_per_choice():
     """The field's case (2026-12-02): an honest job at temperature 1.5, top-p 0.95, generated 16 at a
     time, whose token 4 the verifier's logits put at [0.1048, 0.3748) while the worker's put it at
