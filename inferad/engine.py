@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from inferad.models import LocalModel
@@ -251,23 +250,13 @@ def _prepare_batch_invariance(gpu: bool) -> None:
     os.environ["GGML_CPU_TILED_MM"] = "0"  # read once per process, at the first matrix product of 8 rows or more
 
 
-def build_fingerprint() -> str:
-    """The first 16 hex digits of the sha256 of llama-cpp-python's shared libraries: engines with
-    the same fingerprint run the same compiled kernels (a rebuild, even of the same sources with
-    another compiler, may round differently, and gets another fingerprint)."""
-    import llama_cpp
-
-    digest = hashlib.sha256()
-    for path in sorted(p for pattern in ("*.so", "*.dylib", "*.dll")
-                       for p in (Path(llama_cpp.__file__).parent / "lib").glob(pattern)):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _batch_dependence(ctx, memory, tokens: list[int]) -> str | None:
+def _probe_batch_invariance(ctx, memory, tokens: list[int]) -> str:
     """Evaluate ``tokens`` in sequence 0 of ``ctx`` in one batch, then one row at a time, and
-    compare every logits row bit for bit: None when equal, else which row differs and by how
-    much (nats).  Leaves sequence 0 empty."""
+    compare every logits row bit for bit.  Returns the engine's *numerics fingerprint*: the first
+    16 hex digits of the sha256 of those logits (float32), which engines whose kernels compute
+    the same numbers share; a rebuild of the same sources may differ in its binary (llama.cpp
+    embeds its build paths) and still share it.  Raises EngineError naming the first row that
+    depends on its batch.  Leaves sequence 0 empty."""
     import llama_cpp
     import numpy as np
 
@@ -285,7 +274,7 @@ def _batch_dependence(ctx, memory, tokens: list[int]) -> str | None:
                     batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.logits[j] = tokens[at], at, 1, 1
                     batch.seq_id[j][0] = 0
                 if llama_cpp.llama_decode(ctx, batch) != 0:
-                    return "llama_decode failed on the probe"
+                    raise EngineError("llama_decode failed on the batch-invariance probe")
                 logits += [np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, j), shape=(n_vocab,)).copy()
                            for j in range(batch.n_tokens)]
             rows.append(logits)
@@ -294,9 +283,12 @@ def _batch_dependence(ctx, memory, tokens: list[int]) -> str | None:
         llama_cpp.llama_batch_free(batch)
     for i, (together, alone) in enumerate(zip(*rows, strict=True)):
         if not np.array_equal(together, alone):
-            return (f"row {i} of a {len(tokens)}-row batch differs from the same row decoded alone by up to "
-                    f"{float(np.abs(together - alone).max()):.3g} in its logits")
-    return None
+            raise EngineError(
+                f"this llama.cpp build is not batch-invariant: row {i} of a {len(tokens)}-row batch differs from "
+                f"the same row decoded alone by up to {float(np.abs(together - alone).max()):.3g} in its logits.  "
+                f"Build it without llamafile (`make llama-invariant`), and start no other engine before this one "
+                f"in the process (GGML_CPU_TILED_MM=0 is read once)")
+    return hashlib.sha256(b"".join(row.astype("<f4").tobytes() for row in rows[1])).hexdigest()[:16]
 
 
 class Engine:
@@ -401,17 +393,18 @@ class Engine:
                 raise EngineError(f"llama.cpp cannot apply the LoRA adapter {adapter.path} to {model.name} (is it "
                                   f"a GGUF LoRA made for this model's architecture and tensor shapes?)")
         self._memory = llama_cpp.llama_get_memory(self._ctx)
-        self.batch_invariant = batch_invariant
-        if batch_invariant and (differ := _batch_dependence(self._ctx, self._memory, self._llm.tokenize(PROBE))):
-            self._close_weights()
-            raise EngineError(f"this llama.cpp build is not batch-invariant: {differ}.  Build it without "
-                              f"llamafile (`make llama-invariant`), and start no other engine before this one "
-                              f"in the process (GGML_CPU_TILED_MM=0 is read once)")
+        self.batch_invariant, numerics = batch_invariant, ""
+        if batch_invariant:
+            try:
+                numerics = _probe_batch_invariance(self._ctx, self._memory, self._llm.tokenize(PROBE))
+            except EngineError:
+                self._close_weights()
+                raise
         self._batch = llama_cpp.llama_batch_init(N_BATCH, 0, 1)
         self.load_seconds = time.perf_counter() - started
         self._is_eog = lambda tok: llama_cpp.llama_vocab_is_eog(self._llm._model.vocab, tok)
         self.info = wire.EngineInfo(name="llama.cpp", version=f"llama-cpp-python {llama_cpp.__version__}",
-                                    backend=f"cpu batch-invariant {build_fingerprint()}" if batch_invariant
+                                    backend=f"cpu batch-invariant {numerics}" if batch_invariant
                                     else "gpu" if gpu else "cpu")
         self.ref = wire.ModelRef(sha256=model.sha256, name=model.name)
         self.adapter_ref = wire.ModelRef(sha256=adapter.sha256, name=adapter.name) if adapter else None
