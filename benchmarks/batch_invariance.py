@@ -13,8 +13,12 @@ Measures in two processes, one after the other: the venv's llama.cpp with the st
   (``--tokens`` each, medians of ``--runs``);
 - re-scoring a 256-token output whole, as ``inferad verify`` does, over generating it.
 
-Prints a table with the ratios invariant / stock.  Run it alone: on 2 cores anything else
-running changes every figure.
+Prints a table with the ratios invariant / stock.  First, which of llama.cpp's kernels make a
+row's logits depend on its batch: for each setting (weights repacked or not, the tiled K-quant
+product on or off, flash attention on or off, the build with llamafile or without), 4 prompts
+and 96 sampled tokens each, decoded one row at a time and evaluated again in one batch; the
+median and largest difference of the top-20 log-probabilities.  Run it alone: on 2 cores
+anything else running changes every figure.
 """
 
 from __future__ import annotations
@@ -32,6 +36,51 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 INVARIANT = ROOT / "build" / "llama-invariant"
 PROMPT = "Write a story about the number {}."
+
+
+KERNELS = (  # (build, repacked weights, tiled K-quant product, flash attention)
+    ("stock", True, True, True), ("stock", False, True, True), ("stock", False, False, True),
+    ("stock", False, False, False), ("invariant", False, False, True), ("invariant", False, False, False))
+
+
+def rows_apart(repack: bool, flash_attn: bool, rows: int = 96) -> dict:
+    """How far one-row decoding and a batched evaluation of the same tokens part, in this process
+    (``GGML_CPU_TILED_MM`` set by the caller): top-20 log-probabilities, median and max (nats)."""
+    import llama_cpp
+    import llama_cpp.llama
+    import numpy as np
+
+    defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+    def model_params():  # Llama() takes no use_extra_bufts: its defaults are where it reads them
+        params = defaults()
+        params.use_extra_bufts = repack
+        return params
+
+    llama_cpp.llama.llama_cpp.llama_model_default_params = model_params
+    path = str(__import__("inferad.models", fromlist=["resolve"]).resolve("gemma-3-270m").path)
+    llm = llama_cpp.Llama(model_path=path, n_ctx=1024, flash_attn=flash_attn, logits_all=True, verbose=False)
+    rng, apart = np.random.default_rng(0), []
+    for i in range(4):
+        prompt = llm.tokenize(PROMPT.format(i).encode())
+        llm.reset()
+        llm.eval(prompt)
+        decoded, output = [], []
+        for _ in range(rows):
+            row = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float64)
+            p = np.exp(row - row.max())
+            output.append(int(rng.choice(p.size, p=p / p.sum())))
+            decoded.append(row)
+            llm.eval([output[-1]])
+        llm.reset()
+        llm.eval(prompt + output)
+        for j, one in enumerate(decoded):
+            batched = np.array(llm.scores[len(prompt) - 1 + j], dtype=np.float64)
+            top = np.argsort(-one)[:20]
+            lsm = [x - x.max() - np.log(np.exp(x - x.max()).sum()) for x in (one, batched)]
+            apart.append(float(np.abs(lsm[0][top] - lsm[1][top]).max()))
+    llm.close()
+    return {"median": statistics.median(apart), "max": max(apart)}
 
 
 def measure(batch_invariant: bool, clients: int, tokens: int, runs: int) -> dict:
@@ -88,22 +137,40 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--one", choices=("stock", "invariant"), help=argparse.SUPPRESS)  # a child process
+    parser.add_argument("--rows", metavar="REPACK,FLASH", help=argparse.SUPPRESS)  # a child process
     args = parser.parse_args()
     if args.one:
         print(json.dumps(measure(args.one == "invariant", args.clients, args.tokens, args.runs)))
         return
+    if args.rows:
+        repack, flash = (x == "1" for x in args.rows.split(","))
+        print(json.dumps(rows_apart(repack, flash)))
+        return
     if not (INVARIANT / "llama_cpp").is_dir():
         sys.exit("build/llama-invariant is missing: run `make llama-invariant` first (~6 min the first time)")
+
+    def child(build: str, *argv: str, tiled: bool = True) -> dict:
+        env = dict(os.environ, GGML_CPU_TILED_MM="1" if tiled else "0")
+        if build == "invariant":
+            env["PYTHONPATH"] = str(INVARIANT)
+        run = subprocess.run([sys.executable, __file__, *argv], env=env, capture_output=True, text=True, check=False)
+        if run.returncode:
+            sys.exit(f"the {build} run {' '.join(argv)} failed:\n{run.stderr[-3000:]}")
+        return json.loads(run.stdout.splitlines()[-1])
+
+    print("| build | repacked weights | tiled K-quant product | flash attention | one row vs a batch: "
+          "median / max (nats) |\n|---|---|---|---|---|")
+    for build, repack, tiled, flash in KERNELS:
+        print(f"measuring rows: {build} {repack} {tiled} {flash}…", file=sys.stderr, flush=True)
+        apart = child(build, "--rows", f"{int(repack)},{int(flash)}", tiled=tiled)
+        print(f"| {build} | {'yes' if repack else 'no'} | {'on' if tiled else 'off'} | {'on' if flash else 'off'} | "
+              f"{apart['median']:.3g} / {apart['max']:.3g} |")
+    print()
     figures = {}
     for kind in ("stock", "invariant"):
-        env = dict(os.environ, PYTHONPATH=str(INVARIANT)) if kind == "invariant" else dict(os.environ)
         print(f"measuring the {kind} engine…", file=sys.stderr, flush=True)
-        child = subprocess.run([sys.executable, __file__, "--one", kind, "--clients", str(args.clients),
-                                "--tokens", str(args.tokens), "--runs", str(args.runs)],
-                               env=env, capture_output=True, text=True, check=False)
-        if child.returncode:
-            sys.exit(f"the {kind} run failed:\n{child.stderr[-3000:]}")
-        figures[kind] = json.loads(child.stdout.splitlines()[-1])
+        figures[kind] = child(kind, "--one", kind, "--clients", str(args.clients), "--tokens", str(args.tokens),
+                              "--runs", str(args.runs))
     stock, invariant = figures["stock"], figures["invariant"]
     print(f"gemma-3-270m Q4_K_M on CPU, {args.clients} clients x {args.tokens} sampled tokens, medians of "
           f"{args.runs}; stock: {stock['backend']}, invariant: {invariant['backend']}\n")

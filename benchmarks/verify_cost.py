@@ -1,6 +1,6 @@
 """What verification costs next to generation, per verified job and network-wide.
 
-    .venv/bin/python benchmarks/verify_cost.py [--runs 5] [--threads 0]
+    .venv/bin/python benchmarks/verify_cost.py [--runs 5] [--threads 0] [--batch-invariant]
 
 For 64- and 256-token outputs (greedy and sampled) on gemma-3-270m: the
 median time to generate the output with llama.cpp (the baseline, measured
@@ -10,7 +10,9 @@ beacon draws, the per-position checks), and as ``inferad verify`` does a
 receipt (every position); ratios to generating (goals for a drawn verifier:
 <= 0.25 at 64 tokens, <= 0.15 at 256).
 Then the network-wide overhead: verifiers x draw probability x ratio, at a
-new worker's draw rate (1) and at the steady-state floor.
+new worker's draw rate (1) and at the steady-state floor.  With ``--batch-invariant``, on a
+batch-invariant engine, whose results are checked exactly (``PYTHONPATH=build/llama-invariant``,
+after ``make llama-invariant``).
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--batch-invariant", action="store_true", help="on a batch-invariant engine")
     args = parser.parse_args()
-    engine = Engine(resolve("gemma-3-270m"), n_ctx=1024, n_threads=args.threads)
+    engine = Engine(resolve("gemma-3-270m"), n_ctx=1024, n_threads=args.threads, batch_invariant=args.batch_invariant)
     config = Config()
-    print(f"gemma-3-270m on CPU, {args.runs} runs each, medians; a drawn verifier re-scores "
+    print(f"gemma-3-270m on CPU ({engine.info.backend}), {args.runs} runs each, medians; a drawn verifier re-scores "
           f"{CHECKED_POSITIONS} positions drawn by the beacon, a receipt (inferad verify) every one\n")
     print("| output | sampler | generate | drawn verifier | ratio | whole output | ratio |")
     print("|---|---|---|---|---|---|---|")

@@ -245,8 +245,8 @@ def _prepare_batch_invariance(gpu: bool) -> None:
                           "set n_gpu_layers = 0, or leave batch_invariant off")
     if b"LLAMAFILE = 1" in llama_cpp.llama_print_system_info():
         raise EngineError("this llama.cpp build has llamafile's sgemm, whose kernels change with a batch's rows: "
-                          "build llama-cpp-python without it (`make llama-invariant`, "
-                          "CMAKE_ARGS=-DGGML_LLAMAFILE=OFF), or leave batch_invariant off")
+                          "run with the build of `make llama-invariant` (PYTHONPATH=build/llama-invariant: "
+                          "llama-cpp-python with CMAKE_ARGS=-DGGML_LLAMAFILE=OFF), or leave batch_invariant off")
     os.environ["GGML_CPU_TILED_MM"] = "0"  # read once per process, at the first matrix product of 8 rows or more
 
 
