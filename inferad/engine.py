@@ -371,20 +371,20 @@ class Engine:
         self._weights = None  # the batch-invariant engine's own copy of the model (unrepacked)
         if batch_invariant:
             params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
-            weights = llama_cpp.llama_model_default_params()
-            weights.n_gpu_layers, weights.use_extra_bufts = 0, False
-            self._weights = llama_cpp.llama_model_load_from_file(str(model.path).encode(), weights)
+            unrepacked = llama_cpp.llama_model_default_params()
+            unrepacked.n_gpu_layers, unrepacked.use_extra_bufts = 0, False
+            self._weights = llama_cpp.llama_model_load_from_file(str(model.path).encode(), unrepacked)
             if not self._weights:
                 self._llm.close()
                 raise EngineError(f"llama.cpp cannot load {model.path} a second time, unrepacked")
-        self._ctx = llama_cpp.llama_init_from_model(self._weights or self._llm._model.model, params)
+        weights = self._weights or self._llm._model.model
+        self._ctx = llama_cpp.llama_init_from_model(weights, params)
         if not self._ctx:
             self._free_model()
             raise EngineError(f"llama.cpp cannot make a context of {self.context.describe()}")
         self.adapter, self._adapter = adapter, None
         if adapter is not None:
-            self._adapter = llama_cpp.llama_adapter_lora_init(self._weights or self._llm._model.model,
-                                                              str(adapter.path).encode())
+            self._adapter = llama_cpp.llama_adapter_lora_init(weights, str(adapter.path).encode())
             adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._adapter)
             if not self._adapter or llama_cpp.llama_set_adapters_lora(self._ctx, adapters, 1,
                                                                       (ctypes.c_float * 1)(1.0)):
